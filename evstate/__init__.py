@@ -1,0 +1,5 @@
+"""evstate: an event-sourced state store for infrastructure-as-code tools."""
+
+from evstate.errors import EvstateError
+
+__all__ = ["EvstateError"]

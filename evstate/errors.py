@@ -1,0 +1,202 @@
+"""Every error evstate raises, under one root.
+
+Callers catch :class:`EvstateError` for "anything evstate refused or could not do", or a
+branch of the tree for something specific. Library errors (aiokafka, rocksdict, fastavro,
+cryptography) never reach a caller: the adapter that met them re-raises one of these
+``from`` the original.
+
+::
+
+    EvstateError
+    ├── ConfigError (ValueError)               settings missing or inconsistent
+    ├── ValidationError (ValueError)           bad input; nothing was written
+    │   ├── InvalidKeyError                    empty key, ':' in key, key != state.id
+    │   ├── InvalidScopeError                  empty scope name, ':' in a name
+    │   ├── InvalidStateError                  unknown status, wrong field types
+    │   └── EventTooLargeError                 encoded event over the broker's limit
+    ├── SerdeError                             a value could not be (de)serialized
+    │   ├── UnserializableError (TypeError)    socket, lock, cycle, ... (names the path)
+    │   ├── SecretError                        password missing or wrong
+    │   └── MalformedEventError                bytes that are not a readable event
+    ├── BrokerError                            running the local Apache Kafka (evstate broker)
+    │   ├── JavaNotFoundError                  no Java, or Java older than 17
+    │   ├── MavenNotFoundError                 no mvn to resolve the broker's jars
+    │   ├── JarResolutionError                 mvn could not resolve the jars
+    │   ├── PortInUseError                     a port the broker needs is taken
+    │   ├── BrokerAlreadyRunningError          a broker already runs in that data dir
+    │   ├── BrokerNotRunningError              nothing to stop or ask
+    │   └── BrokerStartTimeout (TimeoutError)  did not answer in time (carries the log tail)
+    ├── KafkaError                             talking to Kafka failed
+    │   ├── BrokerUnavailableError (ConnectionError)   bootstrap servers unreachable
+    │   ├── TopicMismatchError                 topic exists with other policy/partitions
+    │   └── WriteFailedError                   the broker did not acknowledge a write
+    ├── ViewError                              the local RocksDB view
+    │   ├── ViewLockedError                    another process holds the view dir
+    │   └── ViewUnavailableError               dir missing, read-only or deleted under us
+    ├── ConsistencyTimeout (TimeoutError)      the view did not reach a position in time
+    └── ClosedError (RuntimeError)             a client or store used after close
+
+``retriable`` on a class says whether the same call may succeed if simply tried again.
+"""
+
+from __future__ import annotations
+
+
+class EvstateError(Exception):
+    """Root of every error evstate raises."""
+
+    retriable: bool = False
+
+
+class ConfigError(EvstateError, ValueError):
+    """Settings are missing or inconsistent."""
+
+
+class ValidationError(EvstateError, ValueError):
+    """The caller's input was refused before anything was written."""
+
+
+class InvalidKeyError(ValidationError):
+    """A key is empty, contains ``:``, or differs from ``state.id``."""
+
+
+class InvalidScopeError(ValidationError):
+    """A scope name is empty or contains ``:``."""
+
+
+class InvalidStateError(ValidationError):
+    """A state has an unknown status or fields of the wrong type."""
+
+
+class EventTooLargeError(ValidationError):
+    """The encoded event is larger than the broker accepts."""
+
+    def __init__(self, message: str, *, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
+
+
+class SerdeError(EvstateError):
+    """A value could not be serialized or deserialized."""
+
+
+class UnserializableError(SerdeError, TypeError):
+    """A value has no JSON form (a socket, a lock, a cycle...); the message names its path."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class SecretError(SerdeError):
+    """A secret was met without a password, or the password is wrong."""
+
+
+class MalformedEventError(SerdeError):
+    """Bytes read from Kafka are not an event evstate can decode."""
+
+
+class BrokerError(EvstateError):
+    """Running the local Apache Kafka broker failed."""
+
+
+class JavaNotFoundError(BrokerError):
+    """No Java runtime, or one older than 17."""
+
+
+class MavenNotFoundError(BrokerError):
+    """``mvn`` is needed to resolve the broker's jars and was not found."""
+
+
+class JarResolutionError(BrokerError):
+    """Maven could not resolve the broker's jars."""
+
+
+class PortInUseError(BrokerError):
+    """A port the broker needs is already bound."""
+
+    def __init__(self, message: str, *, port: int) -> None:
+        super().__init__(message)
+        self.port = port
+
+
+class BrokerAlreadyRunningError(BrokerError):
+    """A broker started by evstate already runs in that data dir."""
+
+
+class BrokerNotRunningError(BrokerError):
+    """No broker started by evstate runs in that data dir."""
+
+
+class BrokerStartTimeout(BrokerError, TimeoutError):
+    """The broker did not answer a metadata request in time."""
+
+    def __init__(self, message: str, *, log_tail: str = "") -> None:
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+class KafkaError(EvstateError):
+    """Talking to Kafka failed."""
+
+
+class BrokerUnavailableError(KafkaError, ConnectionError):
+    """The bootstrap servers could not be reached in time."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, bootstrap_servers: str = "") -> None:
+        super().__init__(message)
+        self.bootstrap_servers = bootstrap_servers
+
+
+class TopicMismatchError(KafkaError):
+    """A topic exists with a cleanup policy or partition count evstate cannot use."""
+
+
+class WriteFailedError(KafkaError):
+    """The broker did not acknowledge a write; it may be retried."""
+
+    retriable = True
+
+
+class ViewError(EvstateError):
+    """The local RocksDB view failed."""
+
+
+class ViewLockedError(ViewError):
+    """Another process holds the view dir."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ViewUnavailableError(ViewError):
+    """The view dir is missing, read-only, or was removed while in use."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ConsistencyTimeout(EvstateError, TimeoutError):
+    """The view did not apply the wanted offset in time."""
+
+    retriable = True
+
+    def __init__(self, *, partition: int, wanted: int, reached: int, timeout: float) -> None:
+        super().__init__(
+            f"the view did not reach offset {wanted} of partition {partition} within "
+            f"{timeout:g}s (applied up to {reached}); the consumer may be lagging or the "
+            "broker unreachable: retry, or raise read_timeout"
+        )
+        self.partition = partition
+        self.wanted = wanted
+        self.reached = reached
+        self.timeout = timeout
+
+
+class ClosedError(EvstateError, RuntimeError):
+    """A client or store was used after it was closed."""
