@@ -1,0 +1,258 @@
+"""The Avro codec for :class:`~evstate.model.ChangeEvent`; the only module importing fastavro.
+
+An event is written as schemaless binary Avro with the current schema, and the writer
+schema's 8-byte CRC-64-AVRO (Rabin) fingerprint travels in the ``evstate.schema`` record
+header (little-endian, as Avro's single-object encoding writes it). A reader looks the
+fingerprint up among every ``change_event.*.avsc`` it knows and resolves the writer schema
+to its current one, so events written by older versions stay readable.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, cast
+
+import fastavro
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from evstate.errors import MalformedEventError, SerdeError, UnserializableError, ValidationError
+from evstate.model import ChangeEvent, Position
+
+__all__ = [
+    "CURRENT_FINGERPRINT",
+    "SCHEMA_HEADER",
+    "decode",
+    "encode",
+    "register_writer_schema",
+    "schema_fingerprint",
+]
+
+SCHEMA_HEADER = "evstate.schema"
+
+_SCHEMA_FILE = re.compile(r"change_event\.v(\d+)\.avsc")
+# The reader-only fallback symbol; see the op field's doc in the schema.
+_UNKNOWN_OP = "UNKNOWN"
+
+
+def _schemas_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    # A wheel ships schemas/ as evstate/schemas; a source tree keeps it beside evstate/.
+    for candidate in (here / "schemas", here.parent / "schemas"):
+        if any(candidate.glob("change_event.*.avsc")):
+            return candidate
+    raise SerdeError(f"no change_event.*.avsc found next to {here}; reinstall evstate")
+
+
+def schema_fingerprint(schema: dict[str, Any]) -> bytes:
+    """Return the 8-byte CRC-64-AVRO fingerprint of a schema's parsing canonical form.
+
+    Args:
+        schema: An Avro schema, parsed by fastavro or as loaded from JSON.
+
+    Returns:
+        The fingerprint bytes, little-endian.
+
+    Raises:
+        SerdeError: ``schema`` is not a valid Avro schema.
+    """
+    try:
+        parsed = fastavro.parse_schema(schema)
+        canonical = to_parsing_canonical_form(parsed)
+    except Exception as exc:  # fastavro raises several unrelated types for bad schemas
+        raise SerdeError(f"invalid Avro schema: {exc}") from exc
+    return bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
+
+
+# fingerprint → parsed writer schema. Loaded once at import; tests add older schemas.
+_writer_schemas: dict[bytes, dict[str, Any]] = {}
+
+
+def register_writer_schema(schema: dict[str, Any]) -> bytes:
+    """Make events written with ``schema`` decodable, and return its fingerprint.
+
+    Used at import for every shipped schema, and by tests to check that events written
+    with an older or different schema still decode with the current one.
+
+    Args:
+        schema: An Avro record schema for change events.
+
+    Returns:
+        The schema's fingerprint, as it would appear in the ``evstate.schema`` header.
+
+    Raises:
+        SerdeError: ``schema`` is not a valid Avro schema.
+    """
+    fp = schema_fingerprint(schema)
+    # A fresh named-types dict per schema: versions share the name evstate.ChangeEvent.
+    parsed = cast(dict[str, Any], fastavro.parse_schema(schema, named_schemas={}))
+    _writer_schemas.setdefault(fp, parsed)
+    return fp
+
+
+def _load_shipped() -> tuple[bytes, dict[str, Any]]:
+    latest: tuple[int, bytes] | None = None
+    for path in _schemas_dir().glob("change_event.*.avsc"):
+        match = _SCHEMA_FILE.fullmatch(path.name)
+        if match is None:
+            continue
+        fp = register_writer_schema(json.loads(path.read_text(encoding="utf-8")))
+        version = int(match.group(1))
+        if latest is None or version > latest[0]:
+            latest = (version, fp)
+    if latest is None:
+        raise SerdeError("no change_event.v<N>.avsc schema found; reinstall evstate")
+    return latest[1], _writer_schemas[latest[1]]
+
+
+CURRENT_FINGERPRINT, _CURRENT_SCHEMA = _load_shipped()
+_HEADERS: list[tuple[str, bytes]] = [(SCHEMA_HEADER, CURRENT_FINGERPRINT)]
+
+
+def encode(event: ChangeEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Encode an event as schemaless binary Avro with the current schema.
+
+    Args:
+        event: The event; ``position`` is not encoded.
+
+    Returns:
+        ``(value, headers)``, headers being ``[("evstate.schema", fingerprint)]``.
+
+    Raises:
+        UnserializableError: ``event.state`` is not a JSON-safe tree.
+        SerdeError: A field does not fit the schema (e.g. wrong type).
+    """
+    state_text: str | None = None
+    if event.state is not None:
+        try:
+            state_text = json.dumps(
+                event.state, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            )
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise UnserializableError(
+                f"event state for key {event.key!r} is not a JSON tree: {exc}", path="state"
+            ) from exc
+    record = {
+        "event_id": event.event_id,
+        "op": event.op,
+        "scope": list(event.scope),
+        "key": event.key,
+        "state": state_text,
+        "version": event.version,
+        "expected_version": event.expected_version,
+        "timestamp": event.timestamp,
+        "actor": event.actor,
+        "reason": event.reason,
+        "correlation_id": event.correlation_id,
+    }
+    out = io.BytesIO()
+    try:
+        fastavro.schemaless_writer(out, _CURRENT_SCHEMA, record)
+    except Exception as exc:  # fastavro's errors for a bad datum are not one type
+        raise SerdeError(f"event for key {event.key!r} does not fit the schema: {exc}") from exc
+    return out.getvalue(), list(_HEADERS)
+
+
+def _where(position: Position | None) -> str:
+    return f" at {position}" if position is not None else ""
+
+
+def _fingerprint(headers: Sequence[tuple[str, bytes]] | None, position: Position | None) -> bytes:
+    found: bytes | None = None
+    for name, value in headers or ():
+        if name == SCHEMA_HEADER:
+            found = value
+    if found is None:
+        raise MalformedEventError(
+            f"event{_where(position)} has no {SCHEMA_HEADER!r} header; not written by evstate?"
+        )
+    return bytes(found)
+
+
+def decode(
+    value: bytes,
+    headers: Sequence[tuple[str, bytes]] | None,
+    position: Position | None = None,
+) -> ChangeEvent:
+    """Decode an event read from Kafka.
+
+    Args:
+        value: The record value.
+        headers: The record headers; must hold ``evstate.schema``.
+        position: Where the record was read; set on the event and named in errors.
+
+    Returns:
+        The event, with ``position`` set.
+
+    Raises:
+        MalformedEventError: The schema header is missing or unknown, the bytes are not
+            (exactly) one Avro event, the op is unknown to this version, or the state is
+            not a JSON object. The message names the position when given.
+    """
+    fp = _fingerprint(headers, position)
+    writer = _writer_schemas.get(fp)
+    if writer is None:
+        raise MalformedEventError(
+            f"event{_where(position)} was written with unknown schema {fp.hex()}; "
+            "upgrade evstate to read it"
+        )
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise MalformedEventError(f"event{_where(position)} has no value bytes")
+    data = io.BytesIO(value)
+    try:
+        # Same schema: skip resolution, the fast path every current event takes.
+        reader = None if writer is _CURRENT_SCHEMA else _CURRENT_SCHEMA
+        record = fastavro.schemaless_reader(data, writer, reader)
+    except Exception as exc:  # truncated/garbage bytes surface as many fastavro types
+        raise MalformedEventError(
+            f"event{_where(position)} is not a readable Avro event: {exc!r}"
+        ) from exc
+    if data.tell() != len(value):
+        raise MalformedEventError(
+            f"event{_where(position)} has {len(value) - data.tell()} trailing bytes"
+        )
+    if not isinstance(record, dict):  # the record schema guarantees a dict; keeps mypy honest
+        raise MalformedEventError(f"event{_where(position)} did not decode to a record")
+    return _to_event(record, position)
+
+
+def _to_event(record: dict[str, Any], position: Position | None) -> ChangeEvent:
+    if record["op"] == _UNKNOWN_OP:
+        raise MalformedEventError(
+            f"event{_where(position)} has an op this evstate does not know; upgrade evstate"
+        )
+    state_text = record["state"]
+    state: dict[str, Any] | None = None
+    if state_text is not None:
+        try:
+            state = json.loads(state_text)
+        except ValueError as exc:
+            raise MalformedEventError(
+                f"event{_where(position)} has a state that is not JSON: {exc}"
+            ) from exc
+        if not isinstance(state, dict):
+            raise MalformedEventError(
+                f"event{_where(position)} has a state that is not a JSON object"
+            )
+    timestamp: datetime = record["timestamp"]
+    try:
+        return ChangeEvent(
+            event_id=record["event_id"],
+            op=record["op"],
+            scope=tuple(record["scope"]),
+            key=record["key"],
+            state=state,
+            version=record["version"],
+            expected_version=record["expected_version"],
+            timestamp=timestamp,
+            actor=record["actor"],
+            reason=record["reason"],
+            correlation_id=record["correlation_id"],
+            position=position,
+        )
+    except ValidationError as exc:
+        raise MalformedEventError(f"event{_where(position)} is invalid: {exc}") from exc

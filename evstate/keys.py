@@ -1,0 +1,171 @@
+"""Record keys and the scope → partition rule.
+
+A record key is ``scope.path + ":" + id``; it is unambiguous because ``:`` is forbidden in
+scope names and ids. The partition is the one Kafka's Java default partitioner picks for
+a record whose key is the scope path, so every event of a scope lands in one partition
+(totally ordered) and a client in any language can find it.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from evstate.errors import InvalidKeyError, ValidationError
+from evstate.model import Scope
+
+__all__ = [
+    "murmur2",
+    "partition_for",
+    "record_key",
+    "scope_prefix",
+    "split_record_key",
+    "to_positive",
+    "validate_key",
+]
+
+_MASK32 = 0xFFFFFFFF
+_SEED = 0x9747B28C
+_M = 0x5BD1E995
+_R = 24
+
+
+def murmur2(data: bytes) -> int:
+    """Hash bytes exactly as Kafka's Java ``org.apache.kafka.common.utils.Utils.murmur2``.
+
+    Args:
+        data: The bytes to hash.
+
+    Returns:
+        The hash as a signed 32-bit int, the value Java returns.
+    """
+    length = len(data)
+    h = (_SEED ^ length) & _MASK32
+    whole = length & ~3
+    # Java reads each 4-byte block little-endian; unpacking them at once keeps this fast.
+    for k in struct.unpack_from(f"<{whole // 4}I", data):
+        k = (k * _M) & _MASK32
+        k ^= k >> _R
+        k = (k * _M) & _MASK32
+        h = ((h * _M) & _MASK32) ^ k
+    extra = length & 3
+    if extra == 3:
+        h ^= data[whole + 2] << 16
+    if extra >= 2:
+        h ^= data[whole + 1] << 8
+    if extra >= 1:
+        h ^= data[whole]
+        h = (h * _M) & _MASK32
+    h ^= h >> 13
+    h = (h * _M) & _MASK32
+    h ^= h >> 15
+    # Java ints are signed; return the same number so vectors compare directly.
+    return h - (1 << 32) if h & 0x80000000 else h
+
+
+def to_positive(n: int) -> int:
+    """Return ``n & 0x7fffffff``, as Kafka's ``Utils.toPositive``.
+
+    Args:
+        n: A signed 32-bit int, e.g. from :func:`murmur2`.
+
+    Returns:
+        A non-negative int below 2**31.
+    """
+    return n & 0x7FFFFFFF
+
+
+def partition_for(scope: Scope | str, partitions: int) -> int:
+    """Return the partition every event of ``scope`` goes to.
+
+    The scope path (not the record key) is hashed, so one scope is one partition.
+
+    Args:
+        scope: The scope, or its path.
+        partitions: The state topic's partition count.
+
+    Returns:
+        ``to_positive(murmur2(path.encode("utf-8"))) % partitions``.
+
+    Raises:
+        ValidationError: ``partitions`` is below 1.
+    """
+    if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
+        raise ValidationError(f"partitions must be an int >= 1, got {partitions!r}")
+    path = scope.path if isinstance(scope, Scope) else scope
+    return to_positive(murmur2(path.encode("utf-8"))) % partitions
+
+
+def validate_key(key: object) -> None:
+    """Refuse a key that cannot be an id in a record key.
+
+    Args:
+        key: The candidate key.
+
+    Raises:
+        InvalidKeyError: ``key`` is not a str, is empty, or contains ``:``.
+    """
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"a key must be a str, got {type(key).__name__}")
+    if not key:
+        raise InvalidKeyError("a key must not be empty")
+    if ":" in key:
+        raise InvalidKeyError(f"a key must not contain ':', got {key!r}")
+
+
+def record_key(scope: Scope, key: str) -> str:
+    """Return the record key (and RocksDB key) for ``key`` in ``scope``.
+
+    Args:
+        scope: The scope.
+        key: The state's id; may contain ``/``.
+
+    Returns:
+        ``scope.path + ":" + key``.
+
+    Raises:
+        InvalidKeyError: ``key`` is invalid (see :func:`validate_key`).
+    """
+    validate_key(key)
+    return f"{scope.path}:{key}"
+
+
+def scope_prefix(scope: Scope) -> str:
+    """Return the prefix shared by every record key directly in ``scope``.
+
+    Nested scopes (``path/child:``) never match it, so a prefix scan lists one scope.
+
+    Args:
+        scope: The scope.
+
+    Returns:
+        ``scope.path + ":"``.
+    """
+    return f"{scope.path}:"
+
+
+def split_record_key(rk: str) -> tuple[tuple[str, ...], str]:
+    """Split a record key into scope chain and key.
+
+    The split is at the first ``:`` since neither part may contain one. The chain comes
+    from ``path.split("/")``, which is lossy: a scope name that itself contains ``/``
+    (e.g. ``Scope("a/b")``) comes back as two names (``("a", "b")``). The path, and so the
+    partition and prefix, are the same either way.
+
+    Args:
+        rk: A record key from :func:`record_key`.
+
+    Returns:
+        ``(chain, key)``.
+
+    Raises:
+        InvalidKeyError: ``rk`` is not a str, has no ``:``, or either part is empty.
+    """
+    if not isinstance(rk, str):
+        raise InvalidKeyError(f"a record key must be a str, got {type(rk).__name__}")
+    path, sep, key = rk.partition(":")
+    if not sep or not path or not key or ":" in key:
+        raise InvalidKeyError(f"invalid record key {rk!r}; expected 'scope/path:key'")
+    chain = tuple(path.split("/"))
+    if not all(chain):
+        raise InvalidKeyError(f"invalid record key {rk!r}: empty scope name")
+    return chain, key

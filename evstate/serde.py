@@ -1,0 +1,319 @@
+"""Live values ↔ JSON-safe trees, with Alchemy's markers.
+
+==========================  ==========================================
+Python value                tree
+==========================  ==========================================
+``datetime`` (tz-aware)     ``{"@date": "2024-01-02T03:04:05.678Z"}``
+``bytes``/``bytearray``     ``{"@buffer": "<standard base64>"}``
+:class:`~evstate.model.Scope`  ``{"@scope": null}`` (reads back as the store's scope)
+secret                      ``{"@secret": {...}}`` (see :func:`_decrypt`)
+dict (str keys), list,      themselves (a tuple becomes a list)
+tuple, str, int, finite
+float, bool, None
+==========================  ==========================================
+
+Anything else is refused with :class:`~evstate.errors.UnserializableError` naming its path
+(``props.db.password``, ``items[3]``), as are cycles. Keys like ``"Symbol(name)"`` are
+ordinary strings here and pass through.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
+from evstate.model import Scope, State
+
+__all__ = [
+    "MARKERS",
+    "deserialize",
+    "deserialize_state",
+    "serialize",
+    "serialize_state",
+]
+
+MARKERS = ("@secret", "@date", "@scope", "@buffer")
+
+# JSON from Kafka or a caller could nest arbitrarily; a bound turns "too deep" into a
+# SerdeError naming the path rather than a RecursionError from deep inside.
+_MAX_DEPTH = 200
+
+_SCALARS = (str, int, bool, type(None))
+
+
+def _key_path(path: str, key: str) -> str:
+    if key.isidentifier():
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
+
+
+def _where(path: str) -> str:
+    return path or "the top level"
+
+
+def _format_date(value: datetime, path: str) -> str:
+    if value.tzinfo is None or value.utcoffset() is None:
+        # A naive datetime could be local time or UTC; guessing would shift it silently.
+        raise UnserializableError(
+            f"naive datetime at {_where(path)} is ambiguous; give it a tzinfo "
+            "(e.g. datetime.now(UTC))",
+            path=path,
+        )
+    utc = value.astimezone(UTC)
+    # JavaScript's Date.toISOString() shape: milliseconds and "Z".
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
+    """Turn a live value into a JSON-safe tree with Alchemy's markers.
+
+    Args:
+        scope: The scope the value belongs to (secrets will need its password).
+        value: The value to serialize.
+        path: The name of ``value`` in error messages, e.g. ``"props"``.
+
+    Returns:
+        A tree of dict/list/str/int/float/bool/None.
+
+    Raises:
+        UnserializableError: A value has no JSON form (socket, lock, set, naive datetime,
+            non-finite float, non-str dict key, a key reserved for markers), or there is
+            a cycle; the message and ``path`` attribute name where.
+    """
+    return _serialize(scope, value, path, set(), 0)
+
+
+def _serialize(scope: Scope, value: object, path: str, active: set[int], depth: int) -> Any:
+    if type(value) in _SCALARS:
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise UnserializableError(
+                f"non-finite float {value!r} at {_where(path)} has no JSON form", path=path
+            )
+        return float(value)
+    if isinstance(value, bool | int):
+        # Subclasses such as IntEnum: keep the number, drop the class.
+        return value if isinstance(value, bool) else int(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, datetime):
+        return {"@date": _format_date(value, path)}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"@buffer": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, Scope):
+        return {"@scope": None}
+    # Hook: the secrets issue adds the Secret type here, encrypted with scope.password.
+    if isinstance(value, dict | list | tuple):
+        return _serialize_container(scope, value, path, active, depth)
+    raise UnserializableError(
+        f"{type(value).__module__}.{type(value).__qualname__} at {_where(path)} "
+        "cannot be serialized",
+        path=path,
+    )
+
+
+def _serialize_container(
+    scope: Scope,
+    value: dict[Any, Any] | list[Any] | tuple[Any, ...],
+    path: str,
+    active: set[int],
+    depth: int,
+) -> Any:
+    # Only containers on the current path count: the same list shared twice is fine.
+    ident = id(value)
+    if ident in active:
+        raise UnserializableError(
+            f"cycle at {_where(path)}: a container contains itself", path=path
+        )
+    if depth >= _MAX_DEPTH:
+        raise UnserializableError(
+            f"value at {_where(path)} is nested deeper than {_MAX_DEPTH} levels", path=path
+        )
+    active.add(ident)
+    try:
+        if isinstance(value, dict):
+            out: dict[str, Any] = {}
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise UnserializableError(
+                        f"dict key {key!r} at {_where(path)} is not a str", path=path
+                    )
+                sub = _key_path(path, key)
+                if key in MARKERS:
+                    # On read the dict would turn into a marker value; refuse rather
+                    # than return something else than was stored.
+                    raise UnserializableError(
+                        f"dict key {key!r} at {_where(path)} is reserved for serde markers",
+                        path=sub,
+                    )
+                out[str.__str__(key)] = _serialize(scope, item, sub, active, depth + 1)
+            return out
+        return [
+            _serialize(scope, item, f"{path}[{index}]", active, depth + 1)
+            for index, item in enumerate(value)
+        ]
+    finally:
+        active.discard(ident)
+
+
+def _decrypt(scope: Scope, payload: object, path: str) -> object:
+    """Turn an ``{"@secret": payload}`` marker back into its secret.
+
+    A hook for the secrets issue, which implements AES-256-GCM with ``scope.password``.
+
+    Args:
+        scope: The scope whose password decrypts the secret.
+        payload: The marker's value.
+        path: Where the marker sits, for error messages.
+
+    Returns:
+        The secret.
+
+    Raises:
+        SecretError: Always, for now: secrets are not supported yet.
+    """
+    raise SecretError(f"secret at {_where(path)}: secrets are not supported yet")
+
+
+def _parse_date(text: object, path: str) -> datetime:
+    if isinstance(text, str):
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            pass
+        else:
+            # Alchemy always writes UTC with "Z"; a tz-less text can only mean UTC.
+            if parsed.tzinfo is None:
+                return parsed.replace(tzinfo=UTC)
+            return parsed.astimezone(UTC)
+    raise SerdeError(f"malformed @date marker at {_where(path)}: {text!r}")
+
+
+def _parse_buffer(text: object, path: str) -> bytes:
+    if isinstance(text, str):
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise SerdeError(f"malformed @buffer marker at {_where(path)}: expected base64 text")
+
+
+def deserialize(scope: Scope, tree: object, *, path: str = "") -> Any:
+    """Turn a JSON-safe tree back into live values; the reverse of :func:`serialize`.
+
+    Markers are recognised as Alchemy does: by the presence of the marker key, in the
+    order ``@secret``, ``@date``, ``@scope``, ``@buffer``. ``{"@scope": null}`` reads back
+    as ``scope`` itself.
+
+    Args:
+        scope: The scope of the store reading the tree.
+        tree: A tree of dict/list/str/int/float/bool/None.
+        path: The name of ``tree`` in error messages, e.g. ``"props"``.
+
+    Returns:
+        The live value.
+
+    Raises:
+        SerdeError: A marker is malformed, or the tree holds a non-JSON value or is
+            nested too deeply; the message names the path.
+        SecretError: A secret could not be decrypted.
+    """
+    return _deserialize(scope, tree, path, 0)
+
+
+def _deserialize(scope: Scope, tree: object, path: str, depth: int) -> Any:
+    if type(tree) in _SCALARS or type(tree) is float:
+        return tree
+    if depth >= _MAX_DEPTH:
+        raise SerdeError(f"tree at {_where(path)} is nested deeper than {_MAX_DEPTH} levels")
+    if type(tree) is dict:
+        if "@secret" in tree:
+            return _decrypt(scope, tree["@secret"], path)
+        if "@date" in tree:
+            return _parse_date(tree["@date"], path)
+        if "@scope" in tree:
+            return scope
+        if "@buffer" in tree:
+            return _parse_buffer(tree["@buffer"], path)
+        out: dict[str, Any] = {}
+        for key, item in tree.items():
+            if not isinstance(key, str):
+                raise SerdeError(f"dict key {key!r} at {_where(path)} is not a str")
+            out[key] = _deserialize(scope, item, _key_path(path, key), depth + 1)
+        return out
+    if type(tree) is list:
+        return [
+            _deserialize(scope, item, f"{path}[{index}]", depth + 1)
+            for index, item in enumerate(tree)
+        ]
+    raise SerdeError(f"{type(tree).__name__} at {_where(path)} is not part of a JSON tree")
+
+
+# (State attribute, its name in paths): paths use Python names, as callers see them.
+_VALUE_FIELDS = ("data", "props", "old_props", "output")
+
+
+def serialize_state(scope: Scope, state: State) -> dict[str, Any]:
+    """Return ``state.to_json()`` with data, props, old_props and output serialized.
+
+    Args:
+        scope: The scope the state belongs to.
+        state: The state.
+
+    Returns:
+        A JSON-safe dict with Alchemy's field names.
+
+    Raises:
+        InvalidStateError: The state has fields of the wrong type or an unknown status.
+        UnserializableError: A value has no JSON form; the path starts at the field,
+            e.g. ``props.db.password``.
+    """
+    state.validate()
+    tree = state.to_json()
+    for name in _VALUE_FIELDS:
+        value = getattr(state, name)
+        if value is not None:
+            json_name = "oldProps" if name == "old_props" else name
+            tree[json_name] = serialize(scope, value, path=name)
+    return tree
+
+
+def deserialize_state(scope: Scope, tree: object) -> State:
+    """Build a live :class:`State` from a serialized tree; the reverse of :func:`serialize_state`.
+
+    The returned state's ``output["Scope"]`` is ``scope`` when output is a dict, as the
+    store contract promises.
+
+    Args:
+        scope: The scope of the store reading the state.
+        tree: A dict with Alchemy's field names.
+
+    Returns:
+        The state.
+
+    Raises:
+        InvalidStateError: A field is missing, of the wrong type, or deserializes to
+            something other than a dict.
+        SerdeError: A marker inside is malformed.
+        SecretError: A secret could not be decrypted.
+    """
+    state = State.from_json(tree)
+    for name in _VALUE_FIELDS:
+        value = getattr(state, name)
+        if value is None:
+            continue
+        live = deserialize(scope, value, path=name)
+        # A top-level marker ({"@date": ...}) would replace the dict with a scalar.
+        if not isinstance(live, dict):
+            raise InvalidStateError(
+                f"state field {name!r} deserialized to {type(live).__name__}, not a dict"
+            )
+        setattr(state, name, live)
+    if isinstance(state.output, dict):
+        state.output["Scope"] = scope
+    return state

@@ -1,0 +1,283 @@
+"""Serde: Alchemy's markers, refusals that name the path, cycles, and whole states."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+from enum import IntEnum
+from typing import Any
+
+import pytest
+
+from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
+from evstate.model import Scope, State
+from evstate.serde import deserialize, deserialize_state, serialize, serialize_state
+
+SCOPE = Scope("app", "dev", password="pw")
+
+
+class Color(IntEnum):
+    RED = 1
+
+
+class TestMarkers:
+    def test_date(self) -> None:
+        when = datetime(2024, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+        tree = serialize(SCOPE, when)
+        assert tree == {"@date": "2024-01-02T03:04:05.678Z"}
+        assert deserialize(SCOPE, tree) == when.replace(microsecond=678000)
+
+    def test_date_other_zone_becomes_utc(self) -> None:
+        when = datetime(2024, 1, 2, 5, 0, tzinfo=timezone(timedelta(hours=2)))
+        assert serialize(SCOPE, when) == {"@date": "2024-01-02T03:00:00.000Z"}
+
+    def test_date_from_alchemy_reads_as_utc(self) -> None:
+        value = deserialize(SCOPE, {"@date": "2025-06-30T23:59:59.001Z"})
+        assert value == datetime(2025, 6, 30, 23, 59, 59, 1000, tzinfo=UTC)
+        assert value.utcoffset() == timedelta(0)
+
+    def test_naive_date_refused(self) -> None:
+        with pytest.raises(UnserializableError, match="naive") as info:
+            serialize(SCOPE, {"at": datetime(2024, 1, 1)})
+        assert info.value.path == "at"
+
+    def test_buffer(self) -> None:
+        tree = serialize(SCOPE, {"b": b"\x00\xffhi", "ba": bytearray(b"xy")})
+        assert tree == {"b": {"@buffer": "AP9oaQ=="}, "ba": {"@buffer": "eHk="}}
+        assert deserialize(SCOPE, tree) == {"b": b"\x00\xffhi", "ba": b"xy"}
+
+    def test_scope(self) -> None:
+        tree = serialize(SCOPE, {"Scope": Scope("other")})
+        assert tree == {"Scope": {"@scope": None}}
+        reader = Scope("reader")
+        assert deserialize(reader, tree)["Scope"] is reader
+
+    def test_secret_hook_not_supported_yet(self) -> None:
+        tree = {"db": {"password": {"@secret": {"version": "v1", "ciphertext": "x"}}}}
+        with pytest.raises(SecretError, match=r"db\.password"):
+            deserialize(SCOPE, tree)
+
+    def test_plain_values_pass_through(self) -> None:
+        value = {
+            "s": "text ☃",
+            "i": 2**70,
+            "f": 1.25,
+            "t": True,
+            "n": None,
+            "l": [1, [2, {"x": "y"}]],
+            "Symbol(alchemy::id)": "kept",
+        }
+        tree = serialize(SCOPE, value)
+        assert tree == value
+        assert json.loads(json.dumps(tree)) == tree
+        assert deserialize(SCOPE, tree) == value
+
+    def test_tuple_becomes_list(self) -> None:
+        assert serialize(SCOPE, (1, (2, 3))) == [1, [2, 3]]
+
+    def test_subclasses_are_normalised(self) -> None:
+        tree = serialize(SCOPE, {"c": Color.RED})
+        assert tree == {"c": 1}
+        assert type(tree["c"]) is int
+
+    def test_shared_reference_is_not_a_cycle(self) -> None:
+        shared = {"x": 1}
+        assert serialize(SCOPE, [shared, shared, {"a": shared}]) == [
+            {"x": 1},
+            {"x": 1},
+            {"a": {"x": 1}},
+        ]
+
+    def test_round_trip_mixed(self) -> None:
+        when = datetime(2020, 2, 29, 12, 0, 0, 123000, tzinfo=UTC)
+        value = {"when": when, "raw": b"\x01", "nested": [{"when": when}], "scope": SCOPE}
+        back = deserialize(SCOPE, json.loads(json.dumps(serialize(SCOPE, value))))
+        assert back == value
+
+
+class TestRefusals:
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {1, 2},
+            frozenset(),
+            object(),
+            threading.Lock(),
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+            complex(1, 2),
+        ],
+    )
+    def test_refused_values_name_the_path(self, bad: object) -> None:
+        with pytest.raises(UnserializableError) as info:
+            serialize(SCOPE, {"db": {"password": bad}}, path="props")
+        assert info.value.path == "props.db.password"
+        assert "props.db.password" in str(info.value)
+
+    def test_socket_refused(self) -> None:
+        with socket.socket() as sock, pytest.raises(UnserializableError, match="socket"):
+            serialize(SCOPE, {"conn": sock})
+
+    def test_list_index_in_path(self) -> None:
+        with pytest.raises(UnserializableError) as info:
+            serialize(SCOPE, {"items": [1, 2, 3, object()]})
+        assert info.value.path == "items[3]"
+
+    def test_odd_key_in_path(self) -> None:
+        with pytest.raises(UnserializableError) as info:
+            serialize(SCOPE, {"a b": {"c": object()}}, path="props")
+        assert info.value.path == "props['a b'].c"
+
+    def test_top_level_path(self) -> None:
+        with pytest.raises(UnserializableError, match="top level") as info:
+            serialize(SCOPE, object())
+        assert info.value.path == ""
+
+    def test_non_str_key(self) -> None:
+        with pytest.raises(UnserializableError, match="not a str") as info:
+            serialize(SCOPE, {"m": {1: "x"}})
+        assert info.value.path == "m"
+
+    def test_reserved_marker_key(self) -> None:
+        with pytest.raises(UnserializableError, match="reserved") as info:
+            serialize(SCOPE, {"d": {"@date": "not a date"}})
+        assert info.value.path == "d['@date']"
+
+    def test_cycle_in_dict(self) -> None:
+        loop: dict[str, Any] = {"a": {}}
+        loop["a"]["back"] = loop
+        with pytest.raises(UnserializableError, match="cycle") as info:
+            serialize(SCOPE, loop, path="props")
+        assert info.value.path == "props.a.back"
+
+    def test_cycle_in_list(self) -> None:
+        loop: list[Any] = [1]
+        loop.append(loop)
+        with pytest.raises(UnserializableError, match="cycle") as info:
+            serialize(SCOPE, {"items": loop})
+        assert info.value.path == "items[1]"
+
+    def test_very_deep_nesting_is_an_error_not_recursion(self) -> None:
+        deep: list[Any] = []
+        cursor = deep
+        for _ in range(5000):
+            cursor.append([])
+            cursor = cursor[0]
+        with pytest.raises(UnserializableError, match="deeper"):
+            serialize(SCOPE, deep)
+        with pytest.raises(SerdeError, match="deeper"):
+            deserialize(SCOPE, deep)
+
+    def test_unserializable_is_type_error(self) -> None:
+        with pytest.raises(TypeError):
+            serialize(SCOPE, object())
+
+
+class TestMalformedMarkers:
+    @pytest.mark.parametrize(
+        "tree",
+        [
+            {"@date": 5},
+            {"@date": "yesterday"},
+            {"@date": None},
+            {"@buffer": "***"},
+            {"@buffer": 12},
+        ],
+    )
+    def test_malformed_marker_names_path(self, tree: dict[str, Any]) -> None:
+        with pytest.raises(SerdeError, match=r"props\.x\[0\]"):
+            deserialize(SCOPE, {"x": [tree]}, path="props")
+
+    def test_non_json_value_refused(self) -> None:
+        with pytest.raises(SerdeError, match="set at a"):
+            deserialize(SCOPE, {"a": {1}})
+
+
+def make_state(**changes: Any) -> State:
+    values: dict[str, Any] = {
+        "status": "updated",
+        "kind": "test::Db",
+        "id": "db/1",
+        "fqn": "app/dev/db/1",
+        "seq": 2,
+        "data": {"created": datetime(2024, 3, 1, tzinfo=UTC)},
+        "props": {"key": b"\x01\x02", "tags": ("a", "b")},
+        "old_props": {"key": b"\x00"},
+        "output": {"url": "postgres://x", "Scope": SCOPE},
+    }
+    values.update(changes)
+    return State(**values)
+
+
+class TestState:
+    def test_serialize_state(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        assert tree == {
+            "status": "updated",
+            "kind": "test::Db",
+            "id": "db/1",
+            "fqn": "app/dev/db/1",
+            "seq": 2,
+            "data": {"created": {"@date": "2024-03-01T00:00:00.000Z"}},
+            "props": {"key": {"@buffer": "AQI="}, "tags": ["a", "b"]},
+            "oldProps": {"key": {"@buffer": "AA=="}},
+            "output": {"url": "postgres://x", "Scope": {"@scope": None}},
+        }
+        json.dumps(tree)
+
+    def test_round_trip_sets_scope_in_output(self) -> None:
+        reader = Scope("app", "dev", password="other")
+        tree = json.loads(json.dumps(serialize_state(SCOPE, make_state())))
+        state = deserialize_state(reader, tree)
+        assert state.output is not None
+        assert state.output["Scope"] is reader
+        assert state.output["url"] == "postgres://x"
+        assert state.props == {"key": b"\x01\x02", "tags": ["a", "b"]}
+        assert state.old_props == {"key": b"\x00"}
+        assert state.data == {"created": datetime(2024, 3, 1, tzinfo=UTC)}
+
+    def test_output_scope_added_even_if_absent(self) -> None:
+        tree = serialize_state(SCOPE, make_state(output={"n": 1}))
+        state = deserialize_state(SCOPE, tree)
+        assert state.output == {"n": 1, "Scope": SCOPE}
+
+    def test_none_fields_stay_none(self) -> None:
+        tree = serialize_state(SCOPE, make_state(props=None, old_props=None, output=None))
+        assert "oldProps" not in tree
+        state = deserialize_state(SCOPE, tree)
+        assert (state.props, state.old_props, state.output) == (None, None, None)
+
+    def test_serialize_state_path_starts_at_field(self) -> None:
+        with pytest.raises(UnserializableError) as info:
+            serialize_state(SCOPE, make_state(props={"db": {"password": object()}}))
+        assert info.value.path == "props.db.password"
+
+    def test_serialize_state_validates(self) -> None:
+        with pytest.raises(InvalidStateError, match="status"):
+            serialize_state(SCOPE, make_state(status="bogus"))
+
+    def test_deserialize_state_refuses_marker_as_field(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["data"] = {"@date": "2024-01-01T00:00:00.000Z"}
+        with pytest.raises(InvalidStateError, match="'data'"):
+            deserialize_state(SCOPE, tree)
+
+    def test_deserialize_state_missing_field(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        del tree["kind"]
+        with pytest.raises(InvalidStateError, match="kind"):
+            deserialize_state(SCOPE, tree)
+
+    def test_deserialize_state_malformed_marker(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["props"]["key"] = {"@buffer": 3}
+        with pytest.raises(SerdeError, match=r"props\.key"):
+            deserialize_state(SCOPE, tree)
+
+    def test_state_object_itself_not_mutated(self) -> None:
+        state = make_state()
+        serialize_state(SCOPE, state)
+        assert state.props == {"key": b"\x01\x02", "tags": ("a", "b")}
