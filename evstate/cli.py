@@ -1,0 +1,148 @@
+"""The ``evstate`` command line.
+
+Every command maps :class:`~evstate.errors.EvstateError` to a one-line message on stderr and
+exit status 2, so scripts can tell "evstate refused" (2) from "a check failed" (1).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
+from evstate.errors import EvstateError
+
+app = typer.Typer(
+    help="evstate: an event-sourced state store on Apache Kafka with a RocksDB view.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+broker_app = typer.Typer(
+    help="Run a real Apache Kafka broker on this machine.", no_args_is_help=True
+)
+app.add_typer(broker_app, name="broker")
+
+out = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _default_broker_dir() -> Path:
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    default = os.path.join(state_home, "evstate", "broker")
+    return Path(os.environ.get("EVSTATE_BROKER_DIR") or default)
+
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder holding the broker's configs, logs and data "
+        "[default: $EVSTATE_BROKER_DIR or ~/.local/state/evstate/broker].",
+    ),
+]
+
+
+def _fail(exc: EvstateError) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+@broker_app.command("start")
+def broker_start(
+    port: Annotated[int, typer.Option(help="First client port.")] = DEFAULT_PORT,
+    data_dir: DataDir = None,
+    nodes: Annotated[int, typer.Option(help="1, or 3 for a replicated cluster.")] = 1,
+    detach: Annotated[bool, typer.Option(help="Return once the broker answers.")] = False,
+    kafka_version: Annotated[str, typer.Option(help="Apache Kafka version.")] = KAFKA_VERSION,
+    heap: Annotated[str, typer.Option(help="JVM heap per node.")] = "512m",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 120.0,
+) -> None:
+    """Start a real Apache Kafka (KRaft) on loopback and print its bootstrap address."""
+    try:
+        broker = LocalBroker(
+            data_dir or _default_broker_dir(),
+            port=port,
+            nodes=nodes,
+            version=kafka_version,
+            heap=heap,
+        )
+        with err.status(f"starting Apache Kafka {kafka_version} ({nodes} node(s))..."):
+            bootstrap = broker.start(timeout=timeout)
+    except EvstateError as exc:
+        raise _fail(exc) from exc
+    out.print(bootstrap, highlight=False)
+    err.print(f"data dir: {broker.data_dir} (server.properties and server.log per node)")
+    if detach:
+        return
+
+    def _stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        code = broker.wait_process()
+        err.print(f"a broker node exited with status {code}; stopping the rest")
+    except KeyboardInterrupt:
+        err.print("stopping...")
+    finally:
+        broker.stop()
+    raise typer.Exit(0)
+
+
+@broker_app.command("stop")
+def broker_stop(data_dir: DataDir = None) -> None:
+    """Stop the broker started from the data dir (by its recorded pids)."""
+    broker = LocalBroker(data_dir or _default_broker_dir())
+    try:
+        running = [s for s in broker.status() if s.running]
+        broker.stop()
+    except EvstateError as exc:
+        raise _fail(exc) from exc
+    if running:
+        err.print(f"stopped {len(running)} node(s) of {broker.data_dir}")
+    else:
+        err.print(f"nothing was running from {broker.data_dir}")
+
+
+@broker_app.command("status")
+def broker_status(data_dir: DataDir = None) -> None:
+    """Say what runs where; exit 1 when nothing runs."""
+    broker = LocalBroker(data_dir or _default_broker_dir())
+    try:
+        nodes = broker.status()
+    except EvstateError as exc:
+        raise _fail(exc) from exc
+    if not nodes:
+        err.print(f"no broker was ever started from {broker.data_dir}")
+        raise typer.Exit(1)
+    table = Table(title=f"evstate broker — {broker.data_dir}")
+    for column in ("node", "address", "pid", "state"):
+        table.add_column(column)
+    for node in nodes:
+        table.add_row(
+            str(node.node_id),
+            f"127.0.0.1:{node.port}",
+            str(node.pid or "-"),
+            "[green]running[/]" if node.running else "[red]stopped[/]",
+        )
+    out.print(table)
+    if not any(n.running for n in nodes):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    """Entry point of the ``evstate`` script."""
+    app(prog_name="evstate")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
