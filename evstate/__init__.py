@@ -1,5 +1,27 @@
-"""evstate: an event-sourced state store for infrastructure-as-code tools."""
+"""evstate: an event-sourced state store for infrastructure-as-code tools.
 
-from evstate.errors import EvstateError
+Alchemy's ``StateStore`` contract, kept as Avro events on Apache Kafka and served from a
+local RocksDB view. See README.md and DESIGN.md.
+"""
 
-__all__ = ["EvstateError"]
+from evstate.client import ClientState, Consistency, EvstateClient
+from evstate.config import Settings
+from evstate.errors import ConsistencyTimeout, EvstateError
+from evstate.model import ChangeEvent, Position, Scope, State
+from evstate.store import KafkaStateStore, StoreFactory, store_factory
+
+__all__ = [
+    "ChangeEvent",
+    "ClientState",
+    "Consistency",
+    "ConsistencyTimeout",
+    "EvstateClient",
+    "EvstateError",
+    "KafkaStateStore",
+    "Position",
+    "Scope",
+    "Settings",
+    "State",
+    "StoreFactory",
+    "store_factory",
+]

@@ -13,6 +13,7 @@ import io
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
@@ -25,11 +26,15 @@ from evstate.model import ChangeEvent, Position
 
 __all__ = [
     "CURRENT_FINGERPRINT",
+    "DELETE_HEADER",
     "SCHEMA_HEADER",
+    "EventSummary",
     "decode",
     "encode",
     "register_writer_schema",
     "schema_fingerprint",
+    "state_record",
+    "summarize",
 ]
 
 SCHEMA_HEADER = "evstate.schema"
@@ -173,26 +178,10 @@ def _fingerprint(headers: Sequence[tuple[str, bytes]] | None, position: Position
     return bytes(found)
 
 
-def decode(
-    value: bytes,
-    headers: Sequence[tuple[str, bytes]] | None,
-    position: Position | None = None,
-) -> ChangeEvent:
-    """Decode an event read from Kafka.
-
-    Args:
-        value: The record value.
-        headers: The record headers; must hold ``evstate.schema``.
-        position: Where the record was read; set on the event and named in errors.
-
-    Returns:
-        The event, with ``position`` set.
-
-    Raises:
-        MalformedEventError: The schema header is missing or unknown, the bytes are not
-            (exactly) one Avro event, the op is unknown to this version, or the state is
-            not a JSON object. The message names the position when given.
-    """
+def _read_record(
+    value: bytes, headers: Sequence[tuple[str, bytes]] | None, position: Position | None
+) -> dict[str, Any]:
+    """The Avro record of an event, resolved to the current schema (no JSON parsing)."""
     fp = _fingerprint(headers, position)
     writer = _writer_schemas.get(fp)
     if writer is None:
@@ -217,7 +206,30 @@ def decode(
         )
     if not isinstance(record, dict):  # the record schema guarantees a dict; keeps mypy honest
         raise MalformedEventError(f"event{_where(position)} did not decode to a record")
-    return _to_event(record, position)
+    return record
+
+
+def decode(
+    value: bytes,
+    headers: Sequence[tuple[str, bytes]] | None,
+    position: Position | None = None,
+) -> ChangeEvent:
+    """Decode an event read from Kafka.
+
+    Args:
+        value: The record value.
+        headers: The record headers; must hold ``evstate.schema``.
+        position: Where the record was read; set on the event and named in errors.
+
+    Returns:
+        The event, with ``position`` set.
+
+    Raises:
+        MalformedEventError: The schema header is missing or unknown, the bytes are not
+            (exactly) one Avro event, the op is unknown to this version, or the state is
+            not a JSON object. The message names the position when given.
+    """
+    return _to_event(_read_record(value, headers, position), position)
 
 
 def _to_event(record: dict[str, Any], position: Position | None) -> ChangeEvent:
@@ -256,3 +268,51 @@ def _to_event(record: dict[str, Any], position: Position | None) -> ChangeEvent:
         )
     except ValidationError as exc:
         raise MalformedEventError(f"event{_where(position)} is invalid: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    """What the view needs of an event: no JSON parsing, no :class:`ChangeEvent`."""
+
+    op: str
+    key: str
+    version: int
+    state_text: str | None
+
+
+def summarize(
+    value: bytes,
+    headers: Sequence[tuple[str, bytes]] | None,
+    position: Position | None = None,
+) -> EventSummary:
+    """Decode just enough of an event to apply it to the view (the rebuild hot path).
+
+    Raises:
+        MalformedEventError: as :func:`decode`, except that the state's JSON is not checked.
+    """
+    record = _read_record(value, headers, position)
+    if record["op"] == _UNKNOWN_OP:
+        raise MalformedEventError(
+            f"event{_where(position)} has an op this evstate does not know; upgrade evstate"
+        )
+    return EventSummary(record["op"], record["key"], record["version"], record["state"])
+
+
+DELETE_HEADER = "evstate.delete"
+"""Header of a state-topic tombstone that carries the DELETE event itself."""
+
+
+def state_record(event: ChangeEvent) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The value and headers of ``event``'s record in the compacted state topic.
+
+    A SET is the encoded event. A DELETE is a tombstone (null value), so compaction can
+    drop the key for good, with the encoded event in the ``evstate.delete`` header, so the
+    record still says who deleted what and why until it is compacted away.
+
+    Raises:
+        UnserializableError, SerdeError: as :func:`encode`.
+    """
+    value, headers = encode(event)
+    if event.op == "DELETE":
+        return None, [*headers, (DELETE_HEADER, value)]
+    return value, headers

@@ -1,18 +1,112 @@
 """The Kafka adapter: the only module that imports aiokafka.
 
-Producer, consumer and admin wrappers live here, and so does error translation: no
-aiokafka exception leaves this module; each is re-raised as an :mod:`evstate.errors` class
-``from`` the original.
+Three small wrappers, each an async resource with ``start``/``stop``:
+
+* :class:`Producer` — idempotent, ``acks=all``; :meth:`Producer.send` returns where the
+  record landed.
+* :class:`Admin` — creates topics with explicit settings and checks existing ones.
+* :class:`Tail` — a ``read_committed`` consumer assigned every partition of one topic,
+  positioned by the caller (the view's stored offsets), no consumer group.
+
+Error translation lives here too: no aiokafka exception leaves this module; each is
+re-raised as an :mod:`evstate.errors` class ``from`` the original.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import AIOKafkaClient
-from aiokafka.errors import KafkaError as _AioKafkaError
+import aiokafka.errors as kerr
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.helpers import create_ssl_context
 
-from evstate.errors import BrokerUnavailableError
+from evstate.config import Settings
+from evstate.errors import (
+    BrokerUnavailableError,
+    EventTooLargeError,
+    KafkaError,
+    TopicMismatchError,
+    WriteFailedError,
+)
+
+log = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[str, bytes]]
+
+# Kafka's default max.message.bytes; the producer is allowed the same.
+DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
+# Room for the record batch header, key, headers and varints around a value.
+RECORD_OVERHEAD = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record read from a partition."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic evstate needs, and the settings it must have."""
+
+    name: str
+    partitions: int
+    replication_factor: int | None  # None: min(3, brokers)
+    configs: Mapping[str, str]
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """The connection options every aiokafka object gets (SASL/TLS passed through)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "request_timeout_ms": int(settings.request_timeout * 1000),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(
+            cafile=settings.ssl_cafile,
+            certfile=settings.ssl_certfile,
+            keyfile=settings.ssl_keyfile,
+        )
+    if settings.sasl_mechanism:
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_plain_username
+        options["sasl_plain_password"] = settings.sasl_plain_password
+    return options
+
+
+def _unavailable(settings: Settings, exc: BaseException | None = None) -> BrokerUnavailableError:
+    detail = f" ({exc})" if exc is not None and str(exc) else ""
+    return BrokerUnavailableError(
+        f"cannot reach Kafka at {settings.bootstrap_servers} within "
+        f"{settings.connect_timeout:g}s{detail}; is the broker running "
+        "(`evstate broker start`) and is EVSTATE_BOOTSTRAP_SERVERS right?",
+        bootstrap_servers=settings.bootstrap_servers,
+    )
+
+
+async def _start(settings: Settings, what: Any) -> None:
+    """Start an aiokafka object within ``connect_timeout``, or raise BrokerUnavailableError."""
+    try:
+        await asyncio.wait_for(what.start(), settings.connect_timeout)
+    except (TimeoutError, kerr.KafkaError, OSError) as exc:
+        with contextlib.suppress(Exception):
+            await what.stop() if hasattr(what, "stop") else await what.close()
+        raise _unavailable(settings, exc) from exc
 
 
 async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
@@ -33,10 +127,280 @@ async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return len(client.cluster.brokers())
-    except (TimeoutError, _AioKafkaError, OSError) as exc:
+    except (TimeoutError, kerr.KafkaError, OSError) as exc:
         raise BrokerUnavailableError(
             f"no Kafka broker answered at {bootstrap_servers} within {timeout:g}s",
             bootstrap_servers=bootstrap_servers,
         ) from exc
     finally:
         await client.close()
+
+
+class Producer:
+    """An idempotent ``acks=all`` producer.
+
+    Contract: :meth:`send` returns only once every in-sync replica has the record; it
+    raises :class:`WriteFailedError` (retriable) when the broker did not acknowledge in
+    ``request_timeout``, :class:`EventTooLargeError` when the broker refused the size.
+    """
+
+    def __init__(self, settings: Settings, *, max_request_size: int = DEFAULT_MAX_MESSAGE_BYTES):
+        self._settings = settings
+        self._producer = AIOKafkaProducer(
+            **client_options(settings),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            max_request_size=max_request_size,
+        )
+
+    async def start(self) -> None:
+        """Connect; BrokerUnavailableError within ``connect_timeout`` if nothing answers."""
+        await _start(self._settings, self._producer)
+
+    async def stop(self) -> None:
+        """Flush and disconnect; idempotent."""
+        with contextlib.suppress(kerr.KafkaError):
+            await self._producer.stop()
+
+    async def send(
+        self, topic: str, partition: int, key: bytes, value: bytes | None, headers: Headers
+    ) -> tuple[int, int]:
+        """Write one record and wait for its acknowledgement.
+
+        Returns:
+            ``(partition, offset)`` of the record.
+
+        Raises:
+            EventTooLargeError, WriteFailedError, BrokerUnavailableError.
+        """
+        try:
+            meta = await self._producer.send_and_wait(
+                topic, value=value, key=key, partition=partition, headers=list(headers)
+            )
+        except (kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError) as exc:
+            size = len(value or b"")
+            raise EventTooLargeError(
+                f"the broker refused a {size}-byte event for {topic} as too large "
+                "(max.message.bytes); store less in the state",
+                size=size,
+                limit=0,
+            ) from exc
+        except kerr.NotEnoughReplicasError as exc:
+            raise WriteFailedError(
+                f"write to {topic}[{partition}] refused: too few in-sync replicas "
+                "(min.insync.replicas not met); bring brokers back and retry"
+            ) from exc
+        except (kerr.KafkaTimeoutError, kerr.RequestTimedOutError) as exc:
+            raise WriteFailedError(
+                f"Kafka at {self._settings.bootstrap_servers} did not acknowledge a write "
+                f"to {topic}[{partition}] within {self._settings.request_timeout:g}s; "
+                "the write may or may not have been applied: retry it"
+            ) from exc
+        except kerr.KafkaError as exc:
+            raise WriteFailedError(
+                f"write to {topic}[{partition}] failed: {exc!r}; retry it"
+            ) from exc
+        return meta.partition, meta.offset
+
+
+class Admin:
+    """Topic creation and inspection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._admin = AIOKafkaAdminClient(**client_options(settings))
+
+    async def start(self) -> None:
+        """Connect; BrokerUnavailableError within ``connect_timeout`` if nothing answers."""
+        await _start(self._settings, self._admin)
+
+    async def stop(self) -> None:
+        """Disconnect; idempotent."""
+        with contextlib.suppress(kerr.KafkaError):
+            await self._admin.close()
+
+    async def broker_count(self) -> int:
+        """How many brokers the cluster has."""
+        try:
+            cluster = await self._admin.describe_cluster()
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        return len(cluster["brokers"])
+
+    async def partitions(self, topic: str) -> int | None:
+        """The partition count of ``topic``, or None if it does not exist."""
+        try:
+            topics = await self._admin.describe_topics([topic])
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        for t in topics:
+            if t["topic"] == topic and t["error_code"] == 0:
+                return len(t["partitions"])
+        return None
+
+    async def topic_configs(self, topic: str) -> dict[str, str]:
+        """Every config of ``topic`` (defaults included)."""
+        try:
+            responses = await self._admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic)]
+            )
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        configs: dict[str, str] = {}
+        for response in responses:
+            for resource in response.resources:
+                error_code, error_message = resource[0], resource[1]
+                if error_code:
+                    raise KafkaError(f"describing {topic} failed: {error_message}")
+                for entry in resource[4]:
+                    configs[entry[0]] = entry[1]
+        return configs
+
+    async def ensure_topic(self, spec: TopicSpec) -> int:
+        """Create ``spec`` if missing; check an existing topic's policy and partitions.
+
+        Returns:
+            The topic's ``max.message.bytes``.
+
+        Raises:
+            TopicMismatchError: the topic exists with another cleanup policy or partition
+                count; nothing is changed.
+            KafkaError: the broker refused to create it.
+        """
+        existing = await self.partitions(spec.name)
+        if existing is None:
+            await self._create(spec)
+        configs = await self.topic_configs(spec.name)
+        existing = await self.partitions(spec.name)
+        want_policy = spec.configs.get("cleanup.policy")
+        have_policy = configs.get("cleanup.policy")
+        if want_policy is not None and have_policy != want_policy:
+            raise TopicMismatchError(
+                f"topic {spec.name} exists with cleanup.policy={have_policy}, evstate needs "
+                f"{want_policy}; use another topic_prefix or fix the topic "
+                f"(kafka-configs --alter --entity-name {spec.name} --add-config "
+                f"cleanup.policy={want_policy})"
+            )
+        if existing != spec.partitions:
+            raise TopicMismatchError(
+                f"topic {spec.name} exists with {existing} partitions, evstate is configured "
+                f"for {spec.partitions}; set partitions={existing} (scopes are placed by "
+                "partition count, so it must match) or use another topic_prefix"
+            )
+        return int(configs.get("max.message.bytes", DEFAULT_MAX_MESSAGE_BYTES))
+
+    async def _create(self, spec: TopicSpec) -> None:
+        rf = spec.replication_factor or min(3, await self.broker_count())
+        configs = dict(spec.configs)
+        if rf >= 3 and "min.insync.replicas" not in configs:
+            configs["min.insync.replicas"] = "2"
+        try:
+            response = await self._admin.create_topics(
+                [NewTopic(spec.name, spec.partitions, rf, topic_configs=configs)]
+            )
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        for name, code, message in response.topic_errors:
+            if code and code != kerr.TopicAlreadyExistsError.errno:
+                raise KafkaError(f"creating topic {name} failed (error {code}): {message}")
+        # Metadata reaches every broker shortly after creation; wait until it shows.
+        for _ in range(100):
+            if await self.partitions(spec.name) == spec.partitions:
+                return
+            await asyncio.sleep(0.05)
+
+
+class Tail:
+    """A ``read_committed`` reader of every partition of one topic, from given offsets.
+
+    Contract: :meth:`fetch` returns records in offset order per partition; :meth:`positions`
+    says where each partition's next fetch starts, past transaction markers and aborted
+    batches, so a caller can store it even when a fetch returned no record.
+    """
+
+    def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
+        self._settings = settings
+        self._topic = topic
+        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self._consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=None,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+
+    async def start(self, offsets: Mapping[int, int]) -> None:
+        """Connect, assign every partition, and seek each to ``offsets`` (or the start)."""
+        await _start(self._settings, self._consumer)
+        self._consumer.assign(self._tps)
+        for tp in self._tps:
+            if tp.partition in offsets:
+                self._consumer.seek(tp, offsets[tp.partition])
+            else:
+                await self._consumer.seek_to_beginning(tp)
+
+    async def stop(self) -> None:
+        """Disconnect; idempotent."""
+        with contextlib.suppress(kerr.KafkaError):
+            await self._consumer.stop()
+
+    async def fetch(
+        self, timeout: float, max_records: int | None = None
+    ) -> dict[int, list[Record]]:
+        """Records that arrived, waiting up to ``timeout`` seconds for the first.
+
+        Raises:
+            KafkaError: the fetch failed for a reason retrying will not fix.
+        """
+        try:
+            batches = await self._consumer.getmany(
+                timeout_ms=int(timeout * 1000), max_records=max_records
+            )
+        except kerr.OffsetOutOfRangeError as exc:
+            raise KafkaError(
+                f"stored offsets of {self._topic} are out of range (topic recreated?); "
+                "run `evstate rebuild`"
+            ) from exc
+        except kerr.KafkaError as exc:
+            raise KafkaError(f"reading {self._topic} failed: {exc!r}") from exc
+        return {
+            tp.partition: [
+                Record(
+                    partition=tp.partition,
+                    offset=r.offset,
+                    key=r.key,
+                    value=r.value,
+                    headers=r.headers,
+                    timestamp_ms=r.timestamp,
+                )
+                for r in records
+            ]
+            for tp, records in batches.items()
+        }
+
+    async def positions(self) -> dict[int, int]:
+        """The next offset each partition will be read from."""
+        return {tp.partition: await self._consumer.position(tp) for tp in self._tps}
+
+    async def end_offsets(self) -> dict[int, int]:
+        """Each partition's last stable offset (read_committed end), asked of the broker."""
+        try:
+            ends = await self._consumer.end_offsets(self._tps)
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        return {tp.partition: off for tp, off in ends.items()}
+
+    async def records(self, until: Mapping[int, int]) -> AsyncIterator[list[Record]]:
+        """Read batches until every partition's position reaches ``until``."""
+        while True:
+            positions = await self.positions()
+            if all(positions[p] >= until.get(p, 0) for p in positions):
+                return
+            batches = await self.fetch(0.5)
+            for records in batches.values():
+                if records:
+                    yield records

@@ -1,0 +1,368 @@
+"""One connection to Kafka and one view per process, shared by every scope's store.
+
+:class:`EvstateClient` owns the producer, the admin client, the RocksDB view and the
+applier that feeds it. Stores (:class:`~evstate.store.KafkaStateStore`) are thin: they
+validate, serialize and call :meth:`EvstateClient.write` / :meth:`EvstateClient.consistent`.
+
+Read-your-writes: the client remembers, per partition, the highest offset it wrote; a
+``session`` read waits until the view has applied it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from evstate import events, keys
+from evstate.applier import Applier, Progress, decode_view_value, to_changes
+from evstate.config import Settings
+from evstate.errors import ClosedError, EventTooLargeError, ValidationError
+from evstate.log import RECORD_OVERHEAD, Admin, Producer, Tail, TopicSpec
+from evstate.model import ChangeEvent, Position, Scope
+from evstate.view import View
+
+if TYPE_CHECKING:
+    from evstate.store import KafkaStateStore
+
+Consistency = Literal["session", "strong", "eventual"]
+CONSISTENCIES: tuple[Consistency, ...] = ("session", "strong", "eventual")
+
+
+class ClientState(enum.Enum):
+    """Where a client is in its life."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One key on which the view and the topic disagree."""
+
+    key: str
+    problem: Literal["missing from view", "not in topic", "different value"]
+
+
+class EvstateClient:
+    """A process's connection to evstate: one producer, one consumer, one view.
+
+    Use as ``async with EvstateClient(bootstrap_servers=..., view_dir=...) as client``;
+    ``client.store(scope)`` gives the store of a scope. Operations start the client on
+    first use, so factories may hand out stores before anything is awaited.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        """Args:
+        settings: complete settings; otherwise built by ``Settings.from_env(**overrides)``.
+        **overrides: any :class:`~evstate.config.Settings` field.
+
+        Raises:
+            ConfigError: a setting is invalid.
+        """
+        self.settings = settings if settings is not None else Settings.from_env(**overrides)
+        self._state = ClientState.UNOPENED
+        self._lock = asyncio.Lock()
+        self._view: View | None = None
+        self._producer: Producer | None = None
+        self._admin: Admin | None = None
+        self._applier: Applier | None = None
+        self._topics_ready = False
+        self._max_bytes = 0
+        self._written: dict[int, int] = {}
+        self._versions: dict[bytes, int] = {}
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def __aenter__(self) -> EvstateClient:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def state(self) -> ClientState:
+        """UNOPENED, OPEN or CLOSED."""
+        return self._state
+
+    async def start(self) -> None:
+        """Open the view and connect to Kafka; a no-op when already open.
+
+        Raises:
+            ViewLockedError: another process uses ``view_dir``.
+            BrokerUnavailableError: Kafka did not answer within ``connect_timeout``.
+            ClosedError: the client was closed.
+        """
+        async with self._lock:
+            if self._state is ClientState.OPEN:
+                return
+            if self._state is ClientState.CLOSED:
+                raise ClosedError("this EvstateClient is closed; make a new one")
+            view = await asyncio.to_thread(View.open, self.settings.view_dir)
+            try:
+                producer = Producer(self.settings)
+                admin = Admin(self.settings)
+                await producer.start()
+                self._producer = producer
+                await admin.start()
+                self._admin = admin
+                self._view = view
+                partitions = await admin.partitions(self.settings.state_topic)
+                if partitions is not None:
+                    await self._start_applier(partitions)
+            except BaseException:
+                await self._shutdown()
+                raise
+            self._state = ClientState.OPEN
+
+    async def close(self) -> None:
+        """Stop applying, disconnect, close the view. Idempotent."""
+        async with self._lock:
+            if self._state is ClientState.CLOSED:
+                return
+            self._state = ClientState.CLOSED
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self._applier is not None:
+            await self._applier.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._admin is not None:
+            await self._admin.stop()
+        if self._view is not None:
+            self._view.close()
+        self._applier = self._producer = self._admin = self._view = None
+
+    async def _open(self) -> None:
+        if self._state is not ClientState.OPEN:
+            await self.start()
+
+    async def _start_applier(self, partitions: int) -> None:
+        assert self._view is not None
+        applier = Applier(self.settings, self._view, partitions)
+        await applier.start()
+        self._applier = applier
+
+    # -- topics -------------------------------------------------------------------
+
+    def _specs(self) -> list[TopicSpec]:
+        return [
+            TopicSpec(
+                name=self.settings.state_topic,
+                partitions=self.settings.partitions,
+                replication_factor=self.settings.replication_factor,
+                configs={"cleanup.policy": "compact"},
+            )
+        ]
+
+    async def ensure_topics(self) -> None:
+        """Create the topics if missing, check them if present (idempotent).
+
+        Raises:
+            TopicMismatchError: a topic exists with another cleanup policy or partition count.
+        """
+        await self._open()
+        if self._topics_ready:
+            return
+        async with self._lock:
+            if self._topics_ready:
+                return
+            assert self._admin is not None
+            for spec in self._specs():
+                limit = await self._admin.ensure_topic(spec)
+                if spec.name == self.settings.state_topic:
+                    self._max_bytes = limit
+            if self._applier is None:
+                await self._start_applier(self.settings.partitions)
+            self._topics_ready = True
+
+    # -- what stores call ---------------------------------------------------------
+
+    def store(self, scope: Scope) -> KafkaStateStore:
+        """The store of ``scope``, sharing this client."""
+        from evstate.store import KafkaStateStore
+
+        return KafkaStateStore(scope, client=self)
+
+    def partition_of(self, scope: Scope) -> int:
+        """The partition holding every event of ``scope``."""
+        partitions = (
+            self._applier.partitions if self._applier is not None else self.settings.partitions
+        )
+        return keys.partition_for(scope, partitions)
+
+    @property
+    def view(self) -> View:
+        """The open view (for reads)."""
+        if self._view is None:
+            raise ClosedError("this EvstateClient is not open")
+        return self._view
+
+    def next_version(self, record_key: bytes) -> int:
+        """The version a new event of ``record_key`` gets: one above the newest known.
+
+        The newest known is the larger of what the view holds and what this process
+        wrote; writers in other processes are seen once the view has applied them.
+        """
+        raw = self.view.get(record_key)
+        in_view = decode_view_value(raw)[0] if raw is not None else 0
+        return max(in_view, self._versions.get(record_key, 0)) + 1
+
+    async def write(self, scope: Scope, event: ChangeEvent) -> Position:
+        """Append ``event`` to the state topic and wait for Kafka's acknowledgement.
+
+        Raises:
+            EventTooLargeError: the encoded event is over the topic's limit; nothing sent.
+            WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
+        """
+        await self.ensure_topics()
+        assert self._producer is not None
+        record_key = keys.record_key(scope, event.key).encode("utf-8")
+        value, headers = events.state_record(event)
+        size = len(record_key) + sum(len(v) + len(k) for k, v in headers) + len(value or b"")
+        if size + RECORD_OVERHEAD > self._max_bytes:
+            raise EventTooLargeError(
+                f"the event for {keys.record_key(scope, event.key)!r} is {size} bytes, over "
+                f"the state topic's limit of {self._max_bytes - RECORD_OVERHEAD} "
+                "(max.message.bytes); nothing was written: store less in the state",
+                size=size,
+                limit=self._max_bytes - RECORD_OVERHEAD,
+            )
+        partition = self.partition_of(scope)
+        p, offset = await self._producer.send(
+            self.settings.state_topic, partition, record_key, value, headers
+        )
+        if offset > self._written.get(p, -1):
+            self._written[p] = offset
+        self._versions[record_key] = event.version
+        return Position(p, offset)
+
+    async def consistent(
+        self,
+        scope: Scope,
+        consistency: Consistency = "session",
+        min_position: Position | None = None,
+    ) -> None:
+        """Wait until the view may serve a read of ``scope`` at the asked consistency.
+
+        Raises:
+            ConsistencyTimeout: the view did not get there within ``read_timeout``.
+            ValidationError: unknown consistency.
+        """
+        await self._open()
+        if consistency not in CONSISTENCIES:
+            raise ValidationError(
+                f"consistency must be one of {', '.join(CONSISTENCIES)}, not {consistency!r}"
+            )
+        applier = self._applier
+        if applier is None:  # no topic yet: nothing was ever written
+            return
+        applier.check()
+        if min_position is not None:
+            await applier.wait_for(min_position.partition, min_position.offset)
+        if consistency == "eventual":
+            return
+        partition = self.partition_of(scope)
+        if consistency == "strong":
+            await applier.wait_until(partition, await applier.end_offset(partition))
+            return
+        written = self._written.get(partition)
+        if written is not None:
+            await applier.wait_for(partition, written)
+
+    def applied_position(self, scope: Scope) -> Position:
+        """The view's position in ``scope``'s partition, as a token (offset = last applied)."""
+        partition = self.partition_of(scope)
+        applied = self._applier.applied(partition) if self._applier is not None else 0
+        return Position(partition, applied - 1)
+
+    # -- whole-view operations (CLI) ---------------------------------------------
+
+    def scopes(self) -> list[str]:
+        """Every scope path that has at least one state in the view, sorted."""
+        return [p.decode("utf-8") for p in self.view.prefixes(b":")]
+
+    async def catch_up(self) -> None:
+        """Wait until the view has applied everything committed to the topic so far."""
+        await self._open()
+        if self._applier is not None:
+            await self._applier.catch_up()
+
+    async def rebuild(self, progress: Progress | None = None) -> int:
+        """Drop the view and replay the state topic into it.
+
+        Returns:
+            The number of records read.
+        """
+        await self._open()
+        if self._applier is None:
+            self.view.clear()
+            return 0
+        return await self._applier.rebuild(progress)
+
+    async def verify(self) -> list[Difference]:
+        """Recompute the state from the topic and compare it with the view, key by key.
+
+        Returns:
+            The differences; empty when the view is right.
+        """
+        await self.catch_up()
+        applier = self._applier
+        if applier is None:
+            return []
+        await applier.stop()  # hold the view still while comparing
+        try:
+            upto = self.view.applied_offsets()
+            expected: dict[bytes, bytes | None] = {}
+            tail = Tail(self.settings, self.settings.state_topic, applier.partitions)
+            await tail.start({})
+            try:
+                stats = type(applier.stats)()
+                while True:
+                    positions = await tail.positions()
+                    if all(positions[p] >= upto.get(p, 0) for p in positions):
+                        break
+                    for p, records in (await tail.fetch(0.5)).items():
+                        wanted = [r for r in records if r.offset < upto.get(p, 0)]
+                        expected.update(to_changes(wanted, stats))
+            finally:
+                await tail.stop()
+            found = dict(self.view.scan_prefix(b""))
+        finally:
+            await applier.start()
+        diffs: list[Difference] = []
+        for key, value in expected.items():
+            have = found.pop(key, None)
+            if value is None and have is not None:
+                diffs.append(Difference(key.decode(), "not in topic"))
+            elif value is not None and have is None:
+                diffs.append(Difference(key.decode(), "missing from view"))
+            elif value != have:
+                diffs.append(Difference(key.decode(), "different value"))
+        diffs.extend(Difference(key.decode(), "not in topic") for key in found)
+        return sorted(diffs, key=lambda d: d.key)
+
+    @property
+    def applier(self) -> Applier | None:
+        """The applier feeding the view (None until the state topic exists)."""
+        return self._applier
+
+
+def state_json(raw: bytes) -> Any:
+    """The serialized state tree held in a view value."""
+    return json.loads(decode_view_value(raw)[1])
+
+
+StoreFactory = Callable[[Scope], "KafkaStateStore"]

@@ -1,0 +1,253 @@
+"""Alchemy's ``StateStore`` contract for one scope, on Kafka and the RocksDB view.
+
+Writes validate and serialize everything before a byte is sent, so bad input raises a
+:class:`~evstate.errors.ValidationError` (or a serde error) and nothing is written.
+Reads wait for the asked consistency (``session`` by default: this process's own writes),
+then read the view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from evstate import keys
+from evstate.applier import decode_view_value
+from evstate.client import Consistency, EvstateClient
+from evstate.errors import InvalidKeyError
+from evstate.model import ChangeEvent, Position, Scope, State
+from evstate.serde import deserialize_state, serialize_state
+
+# deinit deletes keys with this many writes in flight at once.
+_DEINIT_CONCURRENCY = 64
+
+
+class KafkaStateStore:
+    """The state store of one scope.
+
+    Either made by :meth:`EvstateClient.store` (sharing that client), or on its own:
+    ``async with KafkaStateStore(scope, bootstrap_servers=..., view_dir=...) as store``,
+    in which case it owns a client and closes it on exit.
+    """
+
+    def __init__(self, scope: Scope, *, client: EvstateClient | None = None, **settings: Any):
+        """Args:
+        scope: the scope this store serves.
+        client: a shared client; when None the store makes (and owns) one.
+        **settings: :class:`~evstate.config.Settings` fields for an owned client.
+        """
+        if not isinstance(scope, Scope):
+            raise TypeError(f"scope must be an evstate.Scope, not {type(scope).__name__}")
+        self.scope = scope
+        self._owns = client is None
+        self._client = client if client is not None else EvstateClient(**settings)
+        self._prefix = keys.scope_prefix(scope).encode("utf-8")
+
+    async def __aenter__(self) -> KafkaStateStore:
+        if self._owns:
+            await self._client.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._owns:
+            await self._client.close()
+
+    @property
+    def client(self) -> EvstateClient:
+        """The client this store writes and reads through."""
+        return self._client
+
+    def _record_key(self, key: str) -> bytes:
+        keys.validate_key(key)
+        return self._prefix + key.encode("utf-8")
+
+    def _state(self, raw: bytes) -> State:
+        return deserialize_state(self.scope, json.loads(decode_view_value(raw)[1]))
+
+    # -- the contract -------------------------------------------------------------
+
+    async def init(self) -> None:
+        """Create the topics and start the view (idempotent).
+
+        Raises:
+            TopicMismatchError: a topic exists with settings evstate cannot use.
+            BrokerUnavailableError: Kafka is unreachable.
+        """
+        await self._client.ensure_topics()
+
+    async def deinit(self) -> None:
+        """Delete every state of this scope: a DELETE event per key, kept in the history."""
+        ids = await self.list()
+        gate = asyncio.Semaphore(_DEINIT_CONCURRENCY)
+
+        async def one(key: str) -> None:
+            async with gate:
+                await self._write_delete(key, reason="deinit", correlation_id=None)
+
+        await asyncio.gather(*(one(k) for k in ids))
+
+    async def list(
+        self, *, consistency: Consistency = "session", min_position: Position | None = None
+    ) -> builtins.list[str]:
+        """Ids directly in this scope (nested scopes excluded), in key order."""
+        await self._client.consistent(self.scope, consistency, min_position)
+        cut = len(self._prefix)
+        return [k[cut:].decode("utf-8") for k in self._client.view.keys_prefix(self._prefix)]
+
+    async def count(
+        self, *, consistency: Consistency = "session", min_position: Position | None = None
+    ) -> int:
+        """How many states this scope holds (no state is decoded)."""
+        await self._client.consistent(self.scope, consistency, min_position)
+        return self._client.view.count_prefix(self._prefix)
+
+    async def get(
+        self,
+        key: str,
+        *,
+        consistency: Consistency = "session",
+        min_position: Position | None = None,
+    ) -> State | None:
+        """The state of ``key``, or None when it has none.
+
+        Raises:
+            InvalidKeyError: the key is empty or contains ``:``.
+            ConsistencyTimeout: the view did not reach the asked position in time.
+        """
+        record_key = self._record_key(key)
+        await self._client.consistent(self.scope, consistency, min_position)
+        raw = self._client.view.get(record_key)
+        return None if raw is None else self._state(raw)
+
+    async def get_batch(
+        self,
+        ids: Sequence[str],
+        *,
+        consistency: Consistency = "session",
+        min_position: Position | None = None,
+    ) -> dict[str, State]:
+        """``{id: State}`` for the ids that have a state; missing ids are left out."""
+        if not ids:
+            return {}
+        record_keys = [self._record_key(i) for i in ids]
+        await self._client.consistent(self.scope, consistency, min_position)
+        found = self._client.view.get_many(record_keys)
+        return {
+            i: self._state(found[rk]) for i, rk in zip(ids, record_keys, strict=True) if rk in found
+        }
+
+    async def all(
+        self, *, consistency: Consistency = "session", min_position: Position | None = None
+    ) -> dict[str, State]:
+        """Every state of this scope, by id."""
+        await self._client.consistent(self.scope, consistency, min_position)
+        cut = len(self._prefix)
+        return {
+            k[cut:].decode("utf-8"): self._state(v)
+            for k, v in self._client.view.scan_prefix(self._prefix)
+        }
+
+    async def set(
+        self,
+        key: str,
+        state: State,
+        *,
+        reason: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Position:
+        """Upsert ``state`` under ``key`` (which must equal ``state.id``).
+
+        Returns:
+            Where the event landed; hand it to another reader as ``min_position``.
+
+        Raises:
+            InvalidKeyError: empty key, ``:`` in it, or ``key != state.id``.
+            InvalidStateError: unknown status or wrong field types.
+            UnserializableError: a value has no JSON form (the message names its path).
+            EventTooLargeError: the event is over the broker's limit.
+            WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
+        """
+        record_key = self._record_key(key)
+        if not isinstance(state, State):
+            raise TypeError(f"state must be an evstate.State, not {type(state).__name__}")
+        if state.id != key:
+            raise InvalidKeyError(f"key {key!r} differs from state.id {state.id!r}")
+        tree = serialize_state(self.scope, state)
+        await self._client.ensure_topics()
+        event = ChangeEvent.new(
+            op="SET",
+            scope=self.scope,
+            key=key,
+            state=tree,
+            version=self._client.next_version(record_key),
+            actor=self._client.settings.actor,
+            reason=reason,
+            correlation_id=correlation_id,
+        )
+        return await self._client.write(self.scope, event)
+
+    async def delete(
+        self, key: str, *, reason: str | None = None, correlation_id: str | None = None
+    ) -> Position:
+        """Delete ``key``'s state; a key with no state is a no-op.
+
+        Returns:
+            Where the DELETE landed, or, for a no-op, the view's current position.
+        """
+        record_key = self._record_key(key)
+        await self._client.consistent(self.scope, "session")
+        if self._client.view.get(record_key) is None:
+            return self._client.applied_position(self.scope)
+        return await self._write_delete(key, reason=reason, correlation_id=correlation_id)
+
+    async def _write_delete(
+        self, key: str, *, reason: str | None, correlation_id: str | None
+    ) -> Position:
+        event = ChangeEvent.new(
+            op="DELETE",
+            scope=self.scope,
+            key=key,
+            state=None,
+            version=self._client.next_version(self._record_key(key)),
+            actor=self._client.settings.actor,
+            reason=reason,
+            correlation_id=correlation_id,
+        )
+        return await self._client.write(self.scope, event)
+
+
+class StoreFactory:
+    """Alchemy-style ``state_store(scope)``: every store shares one lazily started client."""
+
+    def __init__(self, **settings: Any) -> None:
+        """Args:
+        **settings: :class:`~evstate.config.Settings` fields (the rest from the environment).
+        """
+        self.client = EvstateClient(**settings)
+
+    def __call__(self, scope: Scope) -> KafkaStateStore:
+        """The store of ``scope``."""
+        return self.client.store(scope)
+
+    async def aclose(self) -> None:
+        """Close the shared client."""
+        await self.client.close()
+
+
+def store_factory(**settings: Any) -> StoreFactory:
+    """Return ``scope -> KafkaStateStore`` for Alchemy-style code; close it with ``aclose()``.
+
+    Args:
+        **settings: :class:`~evstate.config.Settings` fields; the rest come from
+            ``EVSTATE_*`` environment variables.
+    """
+    return StoreFactory(**settings)
