@@ -24,3 +24,22 @@ def free_port_block(count: int) -> int:
         if ok:
             return base
     raise RuntimeError(f"no block of {count} free ports on 127.0.0.1")
+
+
+async def topic_record_count(bootstrap_servers: str, topic: str) -> int:
+    """How many offsets a topic's partitions hold in all (0 when it does not exist)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers)
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            return 0
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
+        return sum(ends.values())
+    finally:
+        await consumer.stop()

@@ -1,0 +1,122 @@
+"""Reads see prior writes: across processes, after restarts, after a crash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evstate import ConsistencyTimeout, EvstateClient, Position, Scope
+from tests.contract import make_state
+
+PROCS = Path(__file__).parent / "procs"
+APP = Scope("app", "prod")
+
+
+def _client(bootstrap: str, prefix: str, view_dir: Path, **more: object) -> EvstateClient:
+    return EvstateClient(
+        bootstrap_servers=bootstrap, view_dir=str(view_dir), topic_prefix=prefix, **more
+    )
+
+
+async def test_other_process_reads_with_strong_and_min_position(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
+        store = writer.store(APP)
+        await store.init()
+        with subprocess.Popen(
+            [
+                sys.executable,
+                str(PROCS / "reader.py"),
+                bootstrap_servers,
+                topic_prefix,
+                str(tmp_path / "reader"),
+                APP.path,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        ) as reader:
+            assert reader.stdin is not None and reader.stdout is not None
+            assert reader.stdout.readline().strip() == "ready"
+            await store.set("k", make_state(APP, "k", v=1))
+            reader.stdin.write("strong k\n")
+            reader.stdin.flush()
+            assert json.loads(reader.stdout.readline()) == {"v": 1}
+            pos = await store.set("k", make_state(APP, "k", v=2))
+            reader.stdin.write(f"pos k {pos.token}\n")
+            reader.stdin.flush()
+            assert json.loads(reader.stdout.readline()) == {"v": 2}
+            reader.stdin.close()
+            assert reader.wait(timeout=30) == 0
+
+
+async def test_restart_resumes_from_stored_offsets(
+    bootstrap_servers: str, topic_prefix: str, view_dir: Path
+) -> None:
+    async with _client(bootstrap_servers, topic_prefix, view_dir) as client:
+        store = client.store(APP)
+        await store.init()
+        for i in range(20):
+            await store.set(f"r{i}", make_state(APP, f"r{i}"))
+        assert await store.count() == 20
+        assert client.applier is not None
+        assert client.applier.stats.records_applied == 20
+        offsets_before = client.view.applied_offsets()
+    async with _client(bootstrap_servers, topic_prefix, view_dir) as client:
+        assert client.view.applied_offsets() == offsets_before
+        store = client.store(APP)
+        await store.set("one-more", make_state(APP, "one-more"))
+        assert await store.count() == 21
+        assert client.applier is not None
+        # Only the new event was applied: the old 20 were not read again.
+        assert client.applier.stats.records_applied == 1
+
+
+async def test_killed_between_ack_and_apply_comes_back_consistent(
+    bootstrap_servers: str, topic_prefix: str, view_dir: Path
+) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(PROCS / "writer_killed.py"),
+            bootstrap_servers,
+            topic_prefix,
+            str(view_dir),
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == -9, proc.stderr
+    last = Position.parse(proc.stdout.strip())
+    async with _client(bootstrap_servers, topic_prefix, view_dir) as client:
+        store = client.store(APP)
+        got = await store.get("r29", consistency="eventual", min_position=last)
+        assert got is not None
+        assert got.props == {"i": 29}
+        assert await store.count() == 30
+        assert await client.verify() == []
+
+
+async def test_wait_that_runs_out_names_partition_and_offsets(
+    bootstrap_servers: str, topic_prefix: str, view_dir: Path
+) -> None:
+    async with _client(bootstrap_servers, topic_prefix, view_dir, read_timeout=0.3) as client:
+        store = client.store(APP)
+        await store.init()
+        pos = await store.set("a", make_state(APP, "a"))
+        future = Position(pos.partition, pos.offset + 1000)
+        with pytest.raises(ConsistencyTimeout) as info:
+            await store.get("a", min_position=future)
+        err = info.value
+        assert (err.partition, err.wanted) == (pos.partition, pos.offset + 1000)
+        assert err.reached == pos.offset
+        assert f"partition {pos.partition}" in str(err)
+        assert isinstance(err, TimeoutError)
