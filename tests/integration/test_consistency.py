@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -28,31 +29,33 @@ async def test_other_process_reads_with_strong_and_min_position(
     async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
         store = writer.store(APP)
         await store.init()
-        with subprocess.Popen(
-            [
-                sys.executable,
-                str(PROCS / "reader.py"),
-                bootstrap_servers,
-                topic_prefix,
-                str(tmp_path / "reader"),
-                APP.path,
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        ) as reader:
-            assert reader.stdin is not None and reader.stdout is not None
-            assert reader.stdout.readline().strip() == "ready"
-            await store.set("k", make_state(APP, "k", v=1))
-            reader.stdin.write("strong k\n")
-            reader.stdin.flush()
-            assert json.loads(reader.stdout.readline()) == {"v": 1}
-            pos = await store.set("k", make_state(APP, "k", v=2))
-            reader.stdin.write(f"pos k {pos.token}\n")
-            reader.stdin.flush()
-            assert json.loads(reader.stdout.readline()) == {"v": 2}
-            reader.stdin.close()
-            assert reader.wait(timeout=30) == 0
+        reader = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(PROCS / "reader.py"),
+            bootstrap_servers,
+            topic_prefix,
+            str(tmp_path / "reader"),
+            APP.path,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert reader.stdin is not None
+        assert reader.stdout is not None
+
+        async def ask(line: str) -> object:
+            assert reader.stdin is not None
+            assert reader.stdout is not None
+            reader.stdin.write(line.encode() + b"\n")
+            await reader.stdin.drain()
+            return json.loads(await asyncio.wait_for(reader.stdout.readline(), 60))
+
+        assert (await asyncio.wait_for(reader.stdout.readline(), 60)).strip() == b"ready"
+        await store.set("k", make_state(APP, "k", v=1))
+        assert await ask("strong k") == {"v": 1}
+        pos = await store.set("k", make_state(APP, "k", v=2))
+        assert await ask(f"pos k {pos.token}") == {"v": 2}
+        reader.stdin.close()
+        assert await asyncio.wait_for(reader.wait(), 30) == 0
 
 
 async def test_restart_resumes_from_stored_offsets(
@@ -80,7 +83,8 @@ async def test_restart_resumes_from_stored_offsets(
 async def test_killed_between_ack_and_apply_comes_back_consistent(
     bootstrap_servers: str, topic_prefix: str, view_dir: Path
 ) -> None:
-    proc = subprocess.run(
+    proc = await asyncio.to_thread(
+        subprocess.run,
         [
             sys.executable,
             str(PROCS / "writer_killed.py"),

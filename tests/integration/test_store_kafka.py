@@ -177,7 +177,7 @@ async def test_bad_input_is_refused_and_nothing_written(
         cyclic["self"] = cyclic
         with pytest.raises(UnserializableError, match="cycle"):
             await store.set("a", make_state(APP, "a", loop=cyclic))
-        with pytest.raises(EventTooLargeError, match="max.message.bytes") as info:
+        with pytest.raises(EventTooLargeError, match=r"max\.message\.bytes") as info:
             await store.set("a", make_state(APP, "a", blob="x" * 2_000_000))
         assert info.value.size > info.value.limit
         assert await topic_record_count(bootstrap_servers, topic) == 0
