@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -22,6 +22,7 @@ from evstate import events, keys
 from evstate.applier import Applier, Progress, decode_view_value, to_changes
 from evstate.config import Settings
 from evstate.errors import ClosedError, EventTooLargeError, ValidationError
+from evstate.history import scope_events
 from evstate.log import RECORD_OVERHEAD, Admin, Producer, Tail, TopicSpec
 from evstate.model import ChangeEvent, Position, Scope
 from evstate.view import View
@@ -353,6 +354,17 @@ class EvstateClient:
                 diffs.append(Difference(key.decode(), "different value"))
         diffs.extend(Difference(key.decode(), "not in topic") for key in found)
         return sorted(diffs, key=lambda d: d.key)
+
+    async def history(self, scope: Scope, key: str | None = None) -> AsyncIterator[ChangeEvent]:
+        """Every event of ``scope`` (or of ``key`` in it), oldest first."""
+        await self._open()
+        partitions = self._applier.partitions if self._applier is not None else None
+        if partitions is None:
+            return
+        async for event in scope_events(
+            self.settings, self.settings.state_topic, partitions, scope, key
+        ):
+            yield event
 
     @property
     def applier(self) -> Applier | None:

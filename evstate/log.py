@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -304,9 +304,12 @@ class Admin:
         for name, code, message in response.topic_errors:
             if code and code != kerr.TopicAlreadyExistsError.errno:
                 raise KafkaError(f"creating topic {name} failed (error {code}): {message}")
-        # Metadata reaches every broker shortly after creation; wait until it shows.
-        for _ in range(100):
-            if await self.partitions(spec.name) == spec.partitions:
+        # Metadata and leaders reach every broker shortly after creation; wait for both
+        # so the first reads and writes do not meet NotLeaderForPartition.
+        for _ in range(200):
+            topics = await self._admin.describe_topics([spec.name])
+            parts = [p for t in topics if t["error_code"] == 0 for p in t["partitions"]]
+            if len(parts) == spec.partitions and all(p["leader"] >= 0 for p in parts):
                 return
             await asyncio.sleep(0.05)
 
@@ -319,10 +322,18 @@ class Tail:
     batches, so a caller can store it even when a fetch returned no record.
     """
 
-    def __init__(self, settings: Settings, topic: str, partitions: int) -> None:
+    def __init__(
+        self, settings: Settings, topic: str, partitions: int, *, only: Sequence[int] = ()
+    ) -> None:
+        """Args:
+        settings: connection settings.
+        topic: the topic to read.
+        partitions: how many partitions it has.
+        only: read just these partitions (default: all).
+        """
         self._settings = settings
         self._topic = topic
-        self._tps = [TopicPartition(topic, p) for p in range(partitions)]
+        self._tps = [TopicPartition(topic, p) for p in (only or range(partitions))]
         self._consumer = AIOKafkaConsumer(
             **client_options(settings),
             group_id=None,
@@ -393,14 +404,3 @@ class Tail:
         except kerr.KafkaError as exc:
             raise _unavailable(self._settings, exc) from exc
         return {tp.partition: off for tp, off in ends.items()}
-
-    async def records(self, until: Mapping[int, int]) -> AsyncIterator[list[Record]]:
-        """Read batches until every partition's position reaches ``until``."""
-        while True:
-            positions = await self.positions()
-            if all(positions[p] >= until.get(p, 0) for p in positions):
-                return
-            batches = await self.fetch(0.5)
-            for records in batches.values():
-                if records:
-                    yield records
