@@ -2,21 +2,24 @@
 
 Every command maps :class:`~evstate.errors.EvstateError` to a one-line message on stderr and
 exit status 2, so scripts can tell "evstate refused" (2) from "a check failed" (1).
+
+The store commands (``scopes``, ``ls``, ``get``, ``rm``, ``rebuild``, ``verify``) live in
+:mod:`evstate.cli_store`, registered on the same app.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from evstate import cli_store
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
+from evstate.cli_store import err, fail, out
 from evstate.errors import EvstateError
 
 app = typer.Typer(
@@ -28,11 +31,7 @@ broker_app = typer.Typer(
     help="Run a real Apache Kafka broker on this machine.", no_args_is_help=True
 )
 app.add_typer(broker_app, name="broker")
-
-out = Console()
-err = Console(stderr=True)
-
-F = TypeVar("F", bound=Callable[..., Any])
+cli_store.register(app)
 
 
 def _default_broker_dir() -> Path:
@@ -46,14 +45,9 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         help="Folder holding the broker's configs, logs and data "
-        "[default: $EVSTATE_BROKER_DIR or ~/.local/state/evstate/broker].",
+        "(default: $EVSTATE_BROKER_DIR or ~/.local/state/evstate/broker).",
     ),
 ]
-
-
-def _fail(exc: EvstateError) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(2)
 
 
 @broker_app.command("start")
@@ -78,7 +72,7 @@ def broker_start(
         with err.status(f"starting Apache Kafka {kafka_version} ({nodes} node(s))..."):
             bootstrap = broker.start(timeout=timeout)
     except EvstateError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     out.print(bootstrap, highlight=False)
     err.print(f"data dir: {broker.data_dir} (server.properties and server.log per node)")
     if detach:
@@ -106,7 +100,7 @@ def broker_stop(data_dir: DataDir = None) -> None:
         running = [s for s in broker.status() if s.running]
         broker.stop()
     except EvstateError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if running:
         err.print(f"stopped {len(running)} node(s) of {broker.data_dir}")
     else:
@@ -120,7 +114,7 @@ def broker_status(data_dir: DataDir = None) -> None:
     try:
         nodes = broker.status()
     except EvstateError as exc:
-        raise _fail(exc) from exc
+        raise fail(exc) from exc
     if not nodes:
         err.print(f"no broker was ever started from {broker.data_dir}")
         raise typer.Exit(1)

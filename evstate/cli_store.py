@@ -1,0 +1,392 @@
+"""The store commands of the ``evstate`` command line: look into the view, repair it.
+
+``scopes``, ``ls``, ``get``, ``rm``, ``rebuild`` and ``verify`` each open an
+:class:`~evstate.client.EvstateClient` on the CLI's own view dir, catch the view up with
+the state topic (so they show what is in Kafka now, not what the view held when last
+used), do their job and close. :func:`register` adds them to the ``evstate`` app.
+
+Exit status: 0 done, 1 a check failed (a missing key, a view that differs from the
+topic), 2 evstate refused (:class:`~evstate.errors.EvstateError`, one line on stderr).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from evstate import keys
+from evstate.applier import decode_view_value
+from evstate.client import Difference, EvstateClient, state_json
+from evstate.errors import EvstateError
+from evstate.model import Scope
+from evstate.serde import deserialize
+
+__all__ = ["MASK", "err", "fail", "mask_secrets", "out", "register", "reveal_secrets"]
+
+MASK = "********"
+"""What a secret looks like in ``evstate get`` without ``--reveal``."""
+
+out = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+BootstrapServers = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap-servers",
+        help="Kafka bootstrap servers (default: $EVSTATE_BOOTSTRAP_SERVERS or 127.0.0.1:9092).",
+        show_default=False,
+    ),
+]
+ViewDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--view-dir",
+        help="This CLI's RocksDB view; not one a running client holds "
+        "(default: $EVSTATE_VIEW_DIR or ~/.local/state/evstate/view).",
+        show_default=False,
+    ),
+]
+TopicPrefix = Annotated[
+    str | None,
+    typer.Option(
+        "--topic-prefix",
+        help="Topics are PREFIX.state and PREFIX.history "
+        "(default: $EVSTATE_TOPIC_PREFIX or evstate).",
+        show_default=False,
+    ),
+]
+ScopeArg = Annotated[
+    str,
+    typer.Argument(
+        metavar="SCOPE",
+        help="The scope, written app/stage or app/stage/child/...",
+        show_default=False,
+    ),
+]
+KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="The state's id (may contain '/').")]
+
+
+def fail(exc: EvstateError) -> typer.Exit:
+    """Print ``exc`` as one line on stderr; return the exit (status 2) to raise."""
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _settings(
+    bootstrap_servers: str | None,
+    view_dir: Path | None,
+    topic_prefix: str | None,
+    password: str | None = None,
+) -> dict[str, Any]:
+    """Overrides for ``Settings.from_env``; ``None`` leaves the EVSTATE_* value or default."""
+    return {
+        "bootstrap_servers": bootstrap_servers,
+        "view_dir": None if view_dir is None else str(view_dir),
+        "topic_prefix": topic_prefix,
+        "password": password,
+    }
+
+
+def _run(
+    overrides: dict[str, Any],
+    job: Callable[[EvstateClient], Awaitable[T]],
+    *,
+    catch_up: bool = True,
+) -> T:
+    """Open a client, catch its view up with the topic, run ``job``, close.
+
+    Raises:
+        typer.Exit: status 2 when evstate refused (the message is on stderr).
+    """
+
+    # aiokafka logs transient errors (a fresh topic's leader not elected yet) that it
+    # retries itself; what it cannot recover from reaches us as an EvstateError.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+    async def main() -> T:
+        async with EvstateClient(**overrides) as client:
+            if catch_up:
+                await client.catch_up()
+            return await job(client)
+
+    try:
+        return asyncio.run(main())
+    except EvstateError as exc:
+        raise fail(exc) from exc
+
+
+def _parse_scope(path: str, password: str | None = None) -> Scope:
+    try:
+        return Scope.parse(path, password=password)
+    except EvstateError as exc:
+        raise fail(exc) from exc
+
+
+def _missing(message: str) -> typer.Exit:
+    err.print(message, highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+# -- secrets in trees ---------------------------------------------------------------
+
+
+def _walk_secrets(tree: Any, path: str, replace: Callable[[Any, str], Any]) -> Any:
+    """A copy of ``tree`` with every ``{"@secret": ...}`` marker replaced by ``replace``."""
+    if isinstance(tree, dict):
+        if "@secret" in tree:  # serde recognises markers by the key, so do we
+            return replace(tree, path)
+        return {k: _walk_secrets(v, f"{path}.{k}" if path else k, replace) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_walk_secrets(v, f"{path}[{i}]", replace) for i, v in enumerate(tree)]
+    return tree
+
+
+def mask_secrets(tree: Any) -> Any:
+    """A copy of a serialized tree with every secret marker shown as :data:`MASK`."""
+    return _walk_secrets(tree, "", lambda _marker, _path: MASK)
+
+
+def _plain(value: Any) -> Any:
+    """A revealed secret as JSON: its plaintext (``unencrypted``, as Alchemy's Secret)."""
+    value = getattr(value, "unencrypted", value)
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
+
+
+def reveal_secrets(scope: Scope, tree: Any) -> Any:
+    """A copy of a serialized tree with every secret decrypted with ``scope.password``.
+
+    Other markers (``@date``, ``@buffer``, ...) stay as they are, so the output is the
+    stored tree with only the secrets opened.
+
+    Raises:
+        SecretError: no password, a wrong one, or a secret that cannot be decrypted.
+    """
+    return _walk_secrets(
+        tree, "", lambda marker, path: _plain(deserialize(scope, marker, path=path))
+    )
+
+
+# -- the commands -------------------------------------------------------------------
+
+
+def scopes(
+    counts: Annotated[
+        bool, typer.Option("--counts", help="A table with states per scope.")
+    ] = False,
+    bootstrap_servers: BootstrapServers = None,
+    view_dir: ViewDir = None,
+    topic_prefix: TopicPrefix = None,
+) -> None:
+    """List every scope that holds at least one state, one path per line."""
+
+    async def job(client: EvstateClient) -> list[tuple[str, int]]:
+        view = client.view
+        return [
+            (path, view.count_prefix(f"{path}:".encode()) if counts else 0)
+            for path in client.scopes()
+        ]
+
+    rows = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    if not counts:
+        for path, _ in rows:
+            typer.echo(path)
+        return
+    table = Table()
+    table.add_column("scope")
+    table.add_column("states", justify="right")
+    for path, n in rows:
+        table.add_row(path, str(n))
+    out.print(table)
+
+
+def ls(
+    scope: ScopeArg,
+    long: Annotated[
+        bool, typer.Option("--long", "-l", help="A table with kind, status, seq, version.")
+    ] = False,
+    bootstrap_servers: BootstrapServers = None,
+    view_dir: ViewDir = None,
+    topic_prefix: TopicPrefix = None,
+) -> None:
+    """List the ids directly in SCOPE (not in nested scopes), one per line."""
+    where = _parse_scope(scope)
+    prefix = keys.scope_prefix(where).encode("utf-8")
+
+    async def job(client: EvstateClient) -> list[tuple[str, int, Any]]:
+        view = client.view
+        if not long:
+            return [(k[len(prefix) :].decode(), 0, None) for k in view.keys_prefix(prefix)]
+        items = await asyncio.to_thread(lambda: list(view.scan_prefix(prefix)))
+        rows = []
+        for k, raw in items:
+            version, text = decode_view_value(raw)
+            rows.append((k[len(prefix) :].decode(), version, json.loads(text)))
+        return rows
+
+    rows = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    if not long:
+        for key, _, _ in rows:
+            typer.echo(key)
+        return
+    table = Table()
+    for column in ("id", "kind", "status", "seq", "version"):
+        table.add_column(column, justify="right" if column in ("seq", "version") else "left")
+    for key, version, tree in rows:
+        table.add_row(
+            key, str(tree.get("kind")), str(tree.get("status")), str(tree.get("seq")), str(version)
+        )
+    out.print(table)
+
+
+def get(
+    scope: ScopeArg,
+    key: KeyArg,
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="Decrypt secrets (needs the password).")
+    ] = False,
+    password: Annotated[
+        str | None,
+        typer.Option(
+            "--password",
+            help="Password for --reveal (default: $EVSTATE_PASSWORD).",
+            show_default=False,
+        ),
+    ] = None,
+    bootstrap_servers: BootstrapServers = None,
+    view_dir: ViewDir = None,
+    topic_prefix: TopicPrefix = None,
+) -> None:
+    """Print the state of KEY in SCOPE as JSON (Alchemy's field names); secrets masked.
+
+    Exits 1 when the key has no state.
+    """
+    where = _parse_scope(scope)
+    try:
+        record_key = keys.record_key(where, key).encode("utf-8")
+    except EvstateError as exc:
+        raise fail(exc) from exc
+
+    async def job(client: EvstateClient) -> tuple[Any, str | None]:
+        raw = client.view.get(record_key)
+        return (None if raw is None else state_json(raw)), client.settings.password
+
+    tree, secret_password = _run(
+        _settings(bootstrap_servers, view_dir, topic_prefix, password), job
+    )
+    if tree is None:
+        raise _missing(f"no state for {key!r} in scope {where.path!r}")
+    try:
+        shown = (
+            reveal_secrets(Scope(*where.chain, password=secret_password), tree)
+            if reveal
+            else mask_secrets(tree)
+        )
+    except EvstateError as exc:
+        raise fail(exc) from exc
+    typer.echo(json.dumps(shown, indent=2, ensure_ascii=False))
+
+
+def rm(
+    scope: ScopeArg,
+    key: KeyArg,
+    bootstrap_servers: BootstrapServers = None,
+    view_dir: ViewDir = None,
+    topic_prefix: TopicPrefix = None,
+) -> None:
+    """Delete the state of KEY in SCOPE and print where the delete landed (partition:offset).
+
+    The delete is an event: the history keeps the state. Exits 1 when the key has no state.
+    """
+    where = _parse_scope(scope)
+    try:
+        record_key = keys.record_key(where, key).encode("utf-8")
+    except EvstateError as exc:
+        raise fail(exc) from exc
+
+    async def job(client: EvstateClient) -> str | None:
+        if client.view.get(record_key) is None:
+            return None
+        return (await client.store(where).delete(key, reason="evstate rm")).token
+
+    token = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    if token is None:
+        raise _missing(f"no state for {key!r} in scope {where.path!r}; nothing deleted")
+    typer.echo(token)
+
+
+def rebuild(
+    bootstrap_servers: BootstrapServers = None,
+    view_dir: ViewDir = None,
+    topic_prefix: TopicPrefix = None,
+) -> None:
+    """Drop this CLI's view and replay the state topic into it, with a progress bar."""
+    started = time.monotonic()
+    with Progress(
+        TextColumn("replaying {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("the state topic", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        async def job(client: EvstateClient) -> int:
+            return await client.rebuild(progress)
+
+        read = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
+    elapsed = time.monotonic() - started
+    typer.echo(f"rebuilt the view from {read} records in {elapsed:.1f}s")
+
+
+def verify(
+    bootstrap_servers: BootstrapServers = None,
+    view_dir: ViewDir = None,
+    topic_prefix: TopicPrefix = None,
+) -> None:
+    """Recompute the state from the topic and compare it with the view, key by key.
+
+    Exits 1 and lists the keys when they differ (``evstate rebuild`` repairs the view).
+    """
+
+    async def job(client: EvstateClient) -> tuple[list[Difference], int]:
+        diffs = await client.verify()
+        return diffs, client.view.count_prefix(b"")
+
+    diffs, count = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    if not diffs:
+        typer.echo(f"view matches topic: {count} keys")
+        return
+    err.print(f"{len(diffs)} key(s) differ between the view and the topic:", highlight=False)
+    table = Table()
+    for column in ("scope", "id", "problem"):
+        table.add_column(column, overflow="fold")
+    for diff in diffs:
+        path, _, ident = diff.key.partition(":")
+        table.add_row(path, ident, diff.problem)
+    out.print(table)
+    err.print("run `evstate rebuild` to rebuild the view from the topic", highlight=False)
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the store commands to ``app``."""
+    for command in (scopes, ls, get, rm, rebuild, verify):
+        app.command(command.__name__)(command)
