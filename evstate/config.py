@@ -16,11 +16,12 @@ from typing import Any
 
 from evstate.errors import ConfigError
 
-__all__ = ["ENV_VARS", "SECURITY_PROTOCOLS", "Settings"]
+__all__ = ["ENV_VARS", "SECURITY_PROTOCOLS", "Settings", "default_broker_dir"]
 
 # Settings field → environment variable; only these are read from the environment.
 ENV_VARS: Mapping[str, str] = {
     "bootstrap_servers": "EVSTATE_BOOTSTRAP_SERVERS",
+    "transactional_id": "EVSTATE_TRANSACTIONAL_ID",
     "view_dir": "EVSTATE_VIEW_DIR",
     "topic_prefix": "EVSTATE_TOPIC_PREFIX",
     "password": "EVSTATE_PASSWORD",
@@ -33,6 +34,12 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _TOPIC_CHARS = re.compile(r"[a-zA-Z0-9._-]+")
 _TOPIC_MAX = 249
 _LONGEST_SUFFIX = ".history"
+
+
+def default_broker_dir() -> str:
+    """Where ``evstate broker`` keeps its data: ``$EVSTATE_BROKER_DIR`` or the XDG state dir."""
+    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.environ.get("EVSTATE_BROKER_DIR") or os.path.join(state_home, "evstate", "broker")
 
 
 def _default_view_dir() -> str:
@@ -73,7 +80,17 @@ class Settings:
         ssl_cafile: CA bundle for TLS, if any.
         ssl_certfile: Client certificate for TLS, if any.
         ssl_keyfile: Client key for TLS, if any.
-        history: Whether writes also go to the history topic.
+        history: Whether writes also go to the history topic (in one transaction with the
+            state topic).
+        history_retention_ms: ``retention.ms`` of the history topic; -1 keeps it forever.
+        state_topic_configs: Extra configs for a state topic evstate creates (e.g. segment
+            sizes); cleanup.policy is always ``compact``.
+        history_topic_configs: Extra configs for a history topic evstate creates.
+        transactional_id: The producer's transactional id; ``None`` derives a stable one
+            from the host and the view dir, so a restarted writer fences its dead
+            predecessor and aborts its open transaction at once.
+        transaction_timeout: Seconds before the broker aborts a transaction whose writer
+            vanished (readers of its partitions wait at most this long).
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -95,6 +112,11 @@ class Settings:
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     history: bool = True
+    history_retention_ms: int = -1
+    state_topic_configs: Mapping[str, str] = field(default_factory=dict)
+    history_topic_configs: Mapping[str, str] = field(default_factory=dict)
+    transactional_id: str | None = None
+    transaction_timeout: float = 15.0
 
     def __post_init__(self) -> None:
         for name in ("bootstrap_servers", "view_dir", "topic_prefix", "actor", "client_id"):
@@ -137,6 +159,26 @@ class Settings:
             )
         if not isinstance(self.history, bool):
             raise ConfigError(f"setting 'history' must be a bool, got {self.history!r}")
+        if isinstance(self.history_retention_ms, bool) or not isinstance(
+            self.history_retention_ms, int
+        ):
+            raise ConfigError("setting 'history_retention_ms' must be an int (-1: forever)")
+        for name in ("state_topic_configs", "history_topic_configs"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+            ):
+                raise ConfigError(f"setting {name!r} must map str to str")
+        if self.transactional_id is not None and not (
+            isinstance(self.transactional_id, str) and self.transactional_id.strip()
+        ):
+            raise ConfigError("setting 'transactional_id' must be a non-empty str or None")
+        if (
+            isinstance(self.transaction_timeout, bool)
+            or not isinstance(self.transaction_timeout, int | float)
+            or not 1 <= self.transaction_timeout <= 900
+        ):
+            raise ConfigError("setting 'transaction_timeout' must be between 1 and 900 seconds")
 
     def _check_topic_prefix(self) -> None:
         prefix = self.topic_prefix

@@ -236,17 +236,18 @@ class Position:
 
     Attributes:
         partition: The partition number.
-        offset: The offset within the partition.
+        offset: The offset within the partition; -1 is "before the first record" (what a
+            no-op delete returns in a partition the view has applied nothing of).
     """
 
     partition: int
     offset: int
 
     def __post_init__(self) -> None:
-        for name in ("partition", "offset"):
+        for name, least in (("partition", 0), ("offset", -1)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValidationError(f"position {name} must be an int >= 0, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValidationError(f"position {name} must be an int >= {least}, got {value!r}")
 
     @property
     def token(self) -> str:
@@ -267,12 +268,12 @@ class Position:
             The position.
 
         Raises:
-            ValidationError: ``token`` is not two non-negative decimal ints joined by ``:``.
+            ValidationError: ``token`` is not ``partition:offset`` (decimal ints, offset >= -1).
         """
         if isinstance(token, str):
             partition, sep, offset = token.partition(":")
             # isdecimal refuses signs, spaces and '_' that int() would accept.
-            if sep and partition.isdecimal() and offset.isdecimal():
+            if sep and partition.isdecimal() and (offset.isdecimal() or offset == "-1"):
                 return cls(int(partition), int(offset))
         raise ValidationError(f"invalid position token {token!r}; expected 'partition:offset'")
 

@@ -184,3 +184,11 @@ class StoreContract:
         assert await store.count() == 0
         assert await store.list() == []
         assert await child.list() == ["c"]
+
+    async def test_delete_missing_in_an_untouched_scope(
+        self, open_store: OpenStore, records_written: RecordsWritten
+    ) -> None:
+        store = open_store(Scope("untouched", "scope"))
+        await store.init()
+        await store.delete("nothing")
+        assert await records_written() == 0

@@ -278,7 +278,7 @@ class LocalBroker:
         state = self.load()
         if state is None:
             return []
-        return [NodeStatus(n.node_id, n.port, n.pid, _runs_node(n.pid, n)) for n in state.nodes]
+        return [NodeStatus(n.node_id, n.port, n.pid, self._alive(n)) for n in state.nodes]
 
     def start(self, *, timeout: float = 120.0) -> str:
         """Resolve jars, format storage if new, start every node and wait until it answers.
@@ -295,7 +295,7 @@ class LocalBroker:
         """
         state = self.load()
         if state is not None:
-            running = [n for n in state.nodes if _runs_node(n.pid, n)]
+            running = [n for n in state.nodes if self._alive(n)]
             if running:
                 raise BrokerAlreadyRunningError(
                     f"a broker already runs from {self.data_dir} (pid "
@@ -397,7 +397,7 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while True:
             for node in nodes:
-                if not _runs_node(node.pid, node):
+                if not self._alive(node):
                     self._reap(node.pid)
                     raise BrokerError(
                         f"broker node {node.node_id} exited during start-up; the end of "
@@ -418,6 +418,17 @@ class LocalBroker:
                 pass
             time.sleep(0.3)
 
+    def _alive(self, node: Node) -> bool:
+        """Whether ``node`` runs: our own child by its Popen; any other by its /proc entry.
+
+        A child we just started may not have exec'd java yet, so its command line would
+        not match; the Popen object knows better.
+        """
+        proc = self._procs.get(node.pid) if node.pid is not None else None
+        if proc is not None:
+            return proc.poll() is None
+        return _runs_node(node.pid, node)
+
     def _reap(self, pid: int | None) -> None:
         proc = self._procs.pop(pid, None) if pid is not None else None
         if proc is not None:
@@ -427,17 +438,13 @@ class LocalBroker:
     def _signal_and_wait(self, nodes: list[Node], sig: int, timeout: float) -> list[Node]:
         """Signal each node, wait up to ``timeout``; return the nodes still running."""
         for node in nodes:
-            if _runs_node(node.pid, node) and node.pid is not None:
+            if self._alive(node) and node.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(node.pid, sig)
         deadline = time.monotonic() + timeout
         alive = list(nodes)
         while alive and time.monotonic() < deadline:
-            for node in alive:
-                proc = self._procs.get(node.pid) if node.pid is not None else None
-                if proc is not None:
-                    proc.poll()  # reaps our own child, so it does not linger as a zombie
-            alive = [n for n in alive if _runs_node(n.pid, n)]
+            alive = [n for n in alive if self._alive(n)]  # polling also reaps our children
             if alive:
                 time.sleep(0.1)
         return alive
@@ -470,7 +477,7 @@ class LocalBroker:
         state = self.load()
         assert state is not None
         node = next(n for n in state.nodes if n.node_id == node_id)
-        if _runs_node(node.pid, node):
+        if self._alive(node):
             return
         java = runtime.find_java(self.java)
         libs = runtime.kafka_jars(state.version, cache_dir=self.cache_dir, mvn=self.mvn)

@@ -206,7 +206,13 @@ class TestPosition:
 
     def test_negative_refused(self) -> None:
         with pytest.raises(ValidationError, match="offset"):
-            Position(0, -1)
+            Position(0, -2)
+        with pytest.raises(ValidationError, match="partition"):
+            Position(-1, 0)
+
+    def test_before_first_record(self) -> None:
+        assert Position.parse("3:-1") == Position(3, -1)
+        assert Position(3, -1) < Position(3, 0)
 
 
 class TestChangeEvent:
