@@ -9,7 +9,6 @@ The store commands (``scopes``, ``ls``, ``get``, ``rm``, ``rebuild``, ``verify``
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -20,6 +19,7 @@ from rich.table import Table
 from evstate import cli_store
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
 from evstate.cli_store import err, fail, out
+from evstate.config import default_broker_dir
 from evstate.errors import EvstateError
 
 app = typer.Typer(
@@ -35,9 +35,7 @@ cli_store.register(app)
 
 
 def _default_broker_dir() -> Path:
-    state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    default = os.path.join(state_home, "evstate", "broker")
-    return Path(os.environ.get("EVSTATE_BROKER_DIR") or default)
+    return Path(default_broker_dir())
 
 
 DataDir = Annotated[

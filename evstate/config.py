@@ -16,7 +16,7 @@ from typing import Any
 
 from evstate.errors import ConfigError
 
-__all__ = ["ENV_VARS", "SECURITY_PROTOCOLS", "Settings", "default_broker_dir"]
+__all__ = ["ENV_VARS", "SECURITY_PROTOCOLS", "Settings", "default_broker_dir", "default_cache_dir"]
 
 # Settings field → environment variable; only these are read from the environment.
 ENV_VARS: Mapping[str, str] = {
@@ -40,6 +40,12 @@ def default_broker_dir() -> str:
     """Where ``evstate broker`` keeps its data: ``$EVSTATE_BROKER_DIR`` or the XDG state dir."""
     state_home = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.environ.get("EVSTATE_BROKER_DIR") or os.path.join(state_home, "evstate", "broker")
+
+
+def default_cache_dir() -> str:
+    """Where resolved broker jars are cached: ``$EVSTATE_CACHE_DIR`` or ``~/.cache/evstate``."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.environ.get("EVSTATE_CACHE_DIR") or os.path.join(cache_home, "evstate")
 
 
 def _default_view_dir() -> str:

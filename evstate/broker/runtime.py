@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from evstate import config
 from evstate.errors import JarResolutionError, JavaNotFoundError, MavenNotFoundError
 
 KAFKA_VERSION = "4.1.1"
@@ -53,11 +54,8 @@ class Java:
 
 
 def default_cache_dir() -> Path:
-    """Where resolved jars live: ``$EVSTATE_CACHE_DIR`` or ``~/.cache/evstate``."""
-    root = os.environ.get("EVSTATE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "evstate"
-    )
-    return Path(root)
+    """Where resolved jars live (see :func:`evstate.config.default_cache_dir`)."""
+    return Path(config.default_cache_dir())
 
 
 def parse_java_major(version_output: str) -> int | None:
