@@ -6,11 +6,16 @@ Python value                tree
 ``datetime`` (tz-aware)     ``{"@date": "2024-01-02T03:04:05.678Z"}``
 ``bytes``/``bytearray``     ``{"@buffer": "<standard base64>"}``
 :class:`~evstate.model.Scope`  ``{"@scope": null}`` (reads back as the store's scope)
-secret                      ``{"@secret": {...}}`` (see :func:`_decrypt`)
+:class:`Secret` (str)       ``{"@secret": {"version": "v1", "ciphertext", "iv", "salt", "tag"}}``
+:class:`Secret` (other)     ``{"@secret": {"data": {"version": "v1", ...}}}``
 dict (str keys), list,      themselves (a tuple becomes a list)
 tuple, str, int, finite
 float, bool, None
 ==========================  ==========================================
+
+A secret's plaintext is encrypted with the scope's password by :mod:`evstate.secrets`
+(AES-256-GCM, as Alchemy does); a non-string secret is encrypted as its JSON text, as
+Alchemy's ``JSON.stringify`` would write it. Plaintext never appears in a tree.
 
 Anything else is refused with :class:`~evstate.errors.UnserializableError` naming its path
 (``props.db.password``, ``items[3]``), as are cycles. Keys like ``"Symbol(name)"`` are
@@ -21,15 +26,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import math
 from datetime import UTC, datetime
 from typing import Any
 
+from evstate import secrets
 from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
 from evstate.model import Scope, State
 
 __all__ = [
     "MARKERS",
+    "Secret",
     "deserialize",
     "deserialize_state",
     "serialize",
@@ -43,6 +51,39 @@ MARKERS = ("@secret", "@date", "@scope", "@buffer")
 _MAX_DEPTH = 200
 
 _SCALARS = (str, int, bool, type(None))
+
+
+class Secret:
+    """A value stored encrypted: ``{"@secret": ...}`` in every tree, never plaintext.
+
+    As Alchemy's ``Secret``: the value is ``unencrypted``; ``repr``, ``str`` and f-strings
+    show ``Secret(****)``. Two secrets are equal when their values are.
+
+    Args:
+        unencrypted: The value: a str, or anything JSON can hold (dict, list, number,
+            bool, None), which is stored as its JSON text.
+    """
+
+    # Defining __eq__ leaves Secret unhashable, as it should be: the value may be a dict.
+    __slots__ = ("_unencrypted",)
+
+    def __init__(self, unencrypted: Any) -> None:
+        self._unencrypted = unencrypted
+
+    @property
+    def unencrypted(self) -> Any:
+        """The plaintext value."""
+        return self._unencrypted
+
+    def __repr__(self) -> str:
+        return "Secret(****)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return bool(self._unencrypted == other._unencrypted)
 
 
 def _key_path(path: str, key: str) -> str:
@@ -83,6 +124,8 @@ def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
         UnserializableError: A value has no JSON form (socket, lock, set, naive datetime,
             non-finite float, non-str dict key, a key reserved for markers), or there is
             a cycle; the message and ``path`` attribute name where.
+        SecretError: A :class:`Secret` is met and ``scope`` has no password; the message
+            names where.
     """
     return _serialize(scope, value, path, set(), 0)
 
@@ -107,7 +150,8 @@ def _serialize(scope: Scope, value: object, path: str, active: set[int], depth: 
         return {"@buffer": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, Scope):
         return {"@scope": None}
-    # Hook: the secrets issue adds the Secret type here, encrypted with scope.password.
+    if isinstance(value, Secret):
+        return {"@secret": _encrypt(scope, value, path)}
     if isinstance(value, dict | list | tuple):
         return _serialize_container(scope, value, path, active, depth)
     raise UnserializableError(
@@ -161,10 +205,28 @@ def _serialize_container(
         active.discard(ident)
 
 
-def _decrypt(scope: Scope, payload: object, path: str) -> object:
-    """Turn an ``{"@secret": payload}`` marker back into its secret.
+def _encrypt(scope: Scope, secret: Secret, path: str) -> dict[str, Any]:
+    """The ``@secret`` payload of ``secret``, as Alchemy's ``serialize`` writes it."""
+    if scope.password is None:
+        raise SecretError(
+            f"secret at {_where(path)} cannot be stored without a password: give the "
+            "scope one (Scope(..., password=...))"
+        )
+    value = secret.unencrypted
+    if isinstance(value, str):
+        return secrets.encrypt(str.__str__(value), scope.password)
+    try:
+        # Alchemy stores JSON.stringify(value); compact separators are its spelling.
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UnserializableError(
+            f"secret at {_where(path)} holds a value with no JSON form: {exc}", path=path
+        ) from None
+    return {"data": secrets.encrypt(text, scope.password)}
 
-    A hook for the secrets issue, which implements AES-256-GCM with ``scope.password``.
+
+def _decrypt(scope: Scope, payload: object, path: str) -> Secret:
+    """Turn an ``{"@secret": payload}`` marker back into its :class:`Secret`.
 
     Args:
         scope: The scope whose password decrypts the secret.
@@ -175,9 +237,16 @@ def _decrypt(scope: Scope, payload: object, path: str) -> object:
         The secret.
 
     Raises:
-        SecretError: Always, for now: secrets are not supported yet.
+        SecretError: No password, a wrong one, or Alchemy's legacy libsodium format.
+        SerdeError: The marker is malformed.
     """
-    raise SecretError(f"secret at {_where(path)}: secrets are not supported yet")
+    if isinstance(payload, dict) and "data" in payload:
+        text = secrets.decrypt(payload["data"], scope.password, path=path)
+        try:
+            return Secret(json.loads(text))
+        except ValueError:
+            raise SerdeError(f"secret at {_where(path)} holds data that is not JSON text") from None
+    return Secret(secrets.decrypt(payload, scope.password, path=path))
 
 
 def _parse_date(text: object, path: str) -> datetime:

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from evstate import events
 from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
-from evstate.model import Scope, State
-from evstate.serde import deserialize, deserialize_state, serialize, serialize_state
+from evstate.model import ChangeEvent, Scope, State
+from evstate.serde import Secret, deserialize, deserialize_state, serialize, serialize_state
 
 SCOPE = Scope("app", "dev", password="pw")
 
@@ -54,11 +55,6 @@ class TestMarkers:
         reader = Scope("reader")
         assert deserialize(reader, tree)["Scope"] is reader
 
-    def test_secret_hook_not_supported_yet(self) -> None:
-        tree = {"db": {"password": {"@secret": {"version": "v1", "ciphertext": "x"}}}}
-        with pytest.raises(SecretError, match=r"db\.password"):
-            deserialize(SCOPE, tree)
-
     def test_plain_values_pass_through(self) -> None:
         value = {
             "s": "text ☃",
@@ -95,6 +91,131 @@ class TestMarkers:
         value = {"when": when, "raw": b"\x01", "nested": [{"when": when}], "scope": SCOPE}
         back = deserialize(SCOPE, json.loads(json.dumps(serialize(SCOPE, value))))
         assert back == value
+
+
+class TestSecrets:
+    @pytest.mark.parametrize(
+        "plaintext", ["", "   ", "ünïcødé ☃ 🔑", "line 1\nline 2\r\n", "p" * 1000]
+    )
+    def test_string_secret_round_trips(self, plaintext: str) -> None:
+        tree = serialize(SCOPE, {"s": Secret(plaintext)})
+        assert set(tree["s"]["@secret"]) == {"version", "ciphertext", "iv", "salt", "tag"}
+        assert deserialize(SCOPE, json.loads(json.dumps(tree))) == {"s": Secret(plaintext)}
+
+    @pytest.mark.parametrize(
+        "value", [{"user": "bob", "n": [1, 2.5, None, True]}, ["a"], 42, 1.5, True, None]
+    )
+    def test_non_string_secret_is_encrypted_json(self, value: object) -> None:
+        tree = serialize(SCOPE, Secret(value))
+        assert list(tree["@secret"]) == ["data"]
+        assert tree["@secret"]["data"]["version"] == "v1"
+        back = deserialize(SCOPE, tree)
+        assert isinstance(back, Secret)
+        assert back.unencrypted == value
+
+    def test_two_encryptions_of_one_secret_differ(self) -> None:
+        one, two = serialize(SCOPE, [Secret("same"), Secret("same")])
+        assert one != two
+
+    def test_nested_in_lists_and_dicts(self) -> None:
+        value = {"a": [Secret("1"), {"b": Secret("2"), "c": [[Secret({"d": "3"})]]}]}
+        assert deserialize(SCOPE, serialize(SCOPE, value)) == value
+
+    def test_plaintext_never_in_the_tree(self) -> None:
+        plaintext = "hunter2-plaintext"
+        text = json.dumps(serialize(SCOPE, {"x": Secret(plaintext), "y": Secret([plaintext])}))
+        assert plaintext not in text
+
+    def test_plaintext_absent_from_encoded_event_bytes(self) -> None:
+        plaintext = "plaintext-that-must-not-leak"
+        state = make_state(props={"db": {"password": Secret(plaintext)}})
+        event = ChangeEvent.new(
+            op="SET",
+            scope=SCOPE,
+            key=state.id,
+            state=serialize_state(SCOPE, state),
+            version=1,
+            actor="test",
+        )
+        value, headers = events.state_record(event)
+        assert value is not None
+        assert plaintext.encode() not in value
+        assert all(plaintext.encode() not in v for _k, v in headers)
+
+    def test_wrong_password_names_the_path(self) -> None:
+        tree = serialize(SCOPE, {"db": {"password": Secret("x")}}, path="props")
+        with pytest.raises(SecretError, match=r"props\.db\.password.*wrong password"):
+            deserialize(Scope("app", password="wrong"), tree, path="props")
+
+    def test_missing_password_on_read(self) -> None:
+        tree = serialize(SCOPE, {"items": [Secret("x")]})
+        with pytest.raises(SecretError, match=r"items\[0\].*without a password"):
+            deserialize(Scope("app"), tree)
+
+    def test_missing_password_on_write(self) -> None:
+        with pytest.raises(SecretError, match=r"props\.db\.password"):
+            serialize_state(Scope("app"), make_state(props={"db": {"password": Secret("x")}}))
+
+    def test_no_password_needed_without_secrets(self) -> None:
+        tree = serialize(Scope("app"), {"a": 1})
+        assert deserialize(Scope("app"), tree) == {"a": 1}
+
+    @pytest.mark.parametrize("bad", [object(), {1, 2}, float("nan"), b"bytes"])
+    def test_unserializable_secret_value(self, bad: object) -> None:
+        with pytest.raises(UnserializableError, match="no JSON form") as info:
+            serialize(SCOPE, {"k": Secret({"v": bad})}, path="props")
+        assert info.value.path == "props.k"
+
+    def test_cycle_inside_a_secret(self) -> None:
+        loop: list[Any] = []
+        loop.append(loop)
+        with pytest.raises(UnserializableError) as info:
+            serialize(SCOPE, {"k": Secret(loop)})
+        assert info.value.path == "k"
+
+    @pytest.mark.parametrize(
+        "marker",
+        [
+            {"@secret": None},
+            {"@secret": {"version": "v1"}},
+            {"@secret": {"data": 5}},
+            {"@secret": {"version": "v9", "ciphertext": "", "iv": "", "salt": "", "tag": ""}},
+        ],
+    )
+    def test_malformed_marker_names_the_path(self, marker: dict[str, Any]) -> None:
+        with pytest.raises(SerdeError, match=r"props\.x\[0\]"):
+            deserialize(SCOPE, {"x": [marker]}, path="props")
+
+    def test_data_that_is_not_json(self) -> None:
+        from evstate import secrets
+
+        tree = {"@secret": {"data": secrets.encrypt("{not json", "pw")}}
+        with pytest.raises(SerdeError, match="not JSON"):
+            deserialize(SCOPE, tree)
+
+    def test_repr_never_shows_the_value(self) -> None:
+        secret = Secret("hunter2")
+        for shown in (repr(secret), str(secret), f"{secret}", repr({"s": secret}), repr([secret])):
+            assert "hunter2" not in shown
+        state = make_state(props={"p": secret})
+        assert "hunter2" not in repr(state)
+        assert secret.unencrypted == "hunter2"
+
+    def test_equality_and_hash(self) -> None:
+        assert Secret("a") == Secret("a")
+        assert Secret("a") != Secret("b")
+        assert Secret("a") != "a"
+        with pytest.raises(TypeError):
+            hash(Secret("a"))
+
+    def test_secrets_in_a_whole_state(self) -> None:
+        state = make_state(
+            props={"db": {"password": Secret("pw1")}}, output={"token": Secret({"t": 1})}
+        )
+        back = deserialize_state(SCOPE, json.loads(json.dumps(serialize_state(SCOPE, state))))
+        assert back.props == {"db": {"password": Secret("pw1")}}
+        assert back.output is not None
+        assert back.output["token"] == Secret({"t": 1})
 
 
 class TestRefusals:
