@@ -8,6 +8,7 @@ from evstate.client import ClientState, Consistency, EvstateClient
 from evstate.config import Settings
 from evstate.errors import ConsistencyTimeout, EvstateError
 from evstate.model import ChangeEvent, Position, Scope, State
+from evstate.serde import Secret
 from evstate.store import KafkaStateStore, StoreFactory, store_factory
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "KafkaStateStore",
     "Position",
     "Scope",
+    "Secret",
     "Settings",
     "State",
     "StoreFactory",

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from evstate import events, keys
+from evstate import keys
 from evstate.applier import Applier, Progress, decode_view_value, to_changes
 from evstate.config import Settings
-from evstate.errors import ClosedError, EventTooLargeError, ValidationError
+from evstate.errors import ClosedError, ValidationError
 from evstate.history import scope_events
-from evstate.log import RECORD_OVERHEAD, Admin, Producer, Tail, TopicSpec
+from evstate.log import Admin, Tail, TopicSpec
 from evstate.model import ChangeEvent, Position, Scope
 from evstate.view import View
+from evstate.writer import Writer
 
 if TYPE_CHECKING:
     from evstate.store import KafkaStateStore
@@ -70,11 +71,10 @@ class EvstateClient:
         self._state = ClientState.UNOPENED
         self._lock = asyncio.Lock()
         self._view: View | None = None
-        self._producer: Producer | None = None
+        self._writer: Writer | None = None
         self._admin: Admin | None = None
         self._applier: Applier | None = None
         self._topics_ready = False
-        self._max_bytes = 0
         self._written: dict[int, int] = {}
         self._versions: dict[bytes, int] = {}
 
@@ -112,10 +112,7 @@ class EvstateClient:
                 raise ClosedError("this EvstateClient is closed; make a new one")
             view = await asyncio.to_thread(View.open, self.settings.view_dir)
             try:
-                producer = Producer(self.settings)
                 admin = Admin(self.settings)
-                await producer.start()
-                self._producer = producer
                 await admin.start()
                 self._admin = admin
                 self._view = view
@@ -138,13 +135,13 @@ class EvstateClient:
     async def _shutdown(self) -> None:
         if self._applier is not None:
             await self._applier.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        if self._writer is not None:
+            await self._writer.stop()
         if self._admin is not None:
             await self._admin.stop()
         if self._view is not None:
             self._view.close()
-        self._applier = self._producer = self._admin = self._view = None
+        self._applier = self._writer = self._admin = self._view = None
 
     async def _open(self) -> None:
         if self._state is not ClientState.OPEN:
@@ -159,14 +156,29 @@ class EvstateClient:
     # -- topics -------------------------------------------------------------------
 
     def _specs(self) -> list[TopicSpec]:
-        return [
+        s = self.settings
+        specs = [
             TopicSpec(
-                name=self.settings.state_topic,
-                partitions=self.settings.partitions,
-                replication_factor=self.settings.replication_factor,
-                configs={"cleanup.policy": "compact"},
+                name=s.state_topic,
+                partitions=s.partitions,
+                replication_factor=s.replication_factor,
+                configs={**s.state_topic_configs, "cleanup.policy": "compact"},
             )
         ]
+        if s.history:
+            specs.append(
+                TopicSpec(
+                    name=s.history_topic,
+                    partitions=s.partitions,
+                    replication_factor=s.replication_factor,
+                    configs={
+                        "retention.ms": str(s.history_retention_ms),
+                        **s.history_topic_configs,
+                        "cleanup.policy": "delete",
+                    },
+                )
+            )
+        return specs
 
     async def ensure_topics(self) -> None:
         """Create the topics if missing, check them if present (idempotent).
@@ -181,20 +193,27 @@ class EvstateClient:
             if self._topics_ready:
                 return
             assert self._admin is not None
-            for spec in self._specs():
-                limit = await self._admin.ensure_topic(spec)
-                if spec.name == self.settings.state_topic:
-                    self._max_bytes = limit
+            limits = [await self._admin.ensure_topic(spec) for spec in self._specs()]
             if self._applier is None:
                 await self._start_applier(self.settings.partitions)
+            writer = Writer(
+                self.settings, partitions=self.settings.partitions, max_bytes=min(limits)
+            )
+            await writer.start()
+            self._writer = writer
             self._topics_ready = True
 
     # -- what stores call ---------------------------------------------------------
 
     def store(self, scope: Scope) -> KafkaStateStore:
-        """The store of ``scope``, sharing this client."""
+        """The store of ``scope``, sharing this client.
+
+        A scope without a password gets the ``password`` setting (``EVSTATE_PASSWORD``).
+        """
         from evstate.store import KafkaStateStore
 
+        if scope.password is None and self.settings.password is not None:
+            scope = Scope(*scope.chain, password=self.settings.password)
         return KafkaStateStore(scope, client=self)
 
     def partition_of(self, scope: Scope) -> int:
@@ -222,33 +241,22 @@ class EvstateClient:
         return max(in_view, self._versions.get(record_key, 0)) + 1
 
     async def write(self, scope: Scope, event: ChangeEvent) -> Position:
-        """Append ``event`` to the state topic and wait for Kafka's acknowledgement.
+        """Append ``event`` (state and history topics) and wait for Kafka's acknowledgement.
+
+        Returns:
+            The event's position in the state topic.
 
         Raises:
             EventTooLargeError: the encoded event is over the topic's limit; nothing sent.
             WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
         """
         await self.ensure_topics()
-        assert self._producer is not None
-        record_key = keys.record_key(scope, event.key).encode("utf-8")
-        value, headers = events.state_record(event)
-        size = len(record_key) + sum(len(v) + len(k) for k, v in headers) + len(value or b"")
-        if size + RECORD_OVERHEAD > self._max_bytes:
-            raise EventTooLargeError(
-                f"the event for {keys.record_key(scope, event.key)!r} is {size} bytes, over "
-                f"the state topic's limit of {self._max_bytes - RECORD_OVERHEAD} "
-                "(max.message.bytes); nothing was written: store less in the state",
-                size=size,
-                limit=self._max_bytes - RECORD_OVERHEAD,
-            )
-        partition = self.partition_of(scope)
-        p, offset = await self._producer.send(
-            self.settings.state_topic, partition, record_key, value, headers
-        )
-        if offset > self._written.get(p, -1):
-            self._written[p] = offset
-        self._versions[record_key] = event.version
-        return Position(p, offset)
+        assert self._writer is not None
+        pos = await self._writer.write(scope, event)
+        if pos.offset > self._written.get(pos.partition, -1):
+            self._written[pos.partition] = pos.offset
+        self._versions[keys.record_key(scope, event.key).encode("utf-8")] = event.version
+        return pos
 
     async def consistent(
         self,

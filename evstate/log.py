@@ -59,6 +59,17 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record to write."""
+
+    topic: str
+    partition: int
+    key: bytes
+    value: bytes | None
+    headers: Headers
+
+
+@dataclass(frozen=True, slots=True)
 class TopicSpec:
     """A topic evstate needs, and the settings it must have."""
 
@@ -136,6 +147,38 @@ async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
         await client.close()
 
 
+def _write_error(
+    settings: Settings, exc: BaseException, where: str, size: int, *, atomic: bool = False
+) -> KafkaError | EventTooLargeError:
+    """The evstate error for a write that Kafka did not acknowledge."""
+    if isinstance(exc, kerr.MessageSizeTooLargeError | kerr.RecordTooLargeError):
+        return EventTooLargeError(
+            f"the broker refused a {size}-byte event for {where} as too large "
+            "(max.message.bytes); store less in the state",
+            size=size,
+            limit=0,
+        )
+    if isinstance(exc, kerr.NotEnoughReplicasError | kerr.NotEnoughReplicasAfterAppendError):
+        return WriteFailedError(
+            f"write to {where} refused: too few in-sync replicas (min.insync.replicas not "
+            "met); bring brokers back and retry"
+        )
+    if isinstance(exc, kerr.ProducerFenced):
+        return WriteFailedError(
+            f"this writer was fenced: another process uses transactional id "
+            f"{settings.transactional_id!r}; give each writer its own view_dir or "
+            "transactional_id"
+        )
+    if isinstance(exc, TimeoutError | kerr.KafkaTimeoutError | kerr.RequestTimedOutError):
+        return WriteFailedError(
+            f"Kafka at {settings.bootstrap_servers} did not acknowledge a write to {where} "
+            f"within {settings.request_timeout:g}s; "
+            + ("it was aborted" if atomic else "it may or may not have been applied")
+            + ": retry it"
+        )
+    return WriteFailedError(f"write to {where} failed: {exc!r}; retry it")
+
+
 class Producer:
     """An idempotent ``acks=all`` producer.
 
@@ -145,6 +188,10 @@ class Producer:
     """
 
     def __init__(self, settings: Settings, *, max_request_size: int = DEFAULT_MAX_MESSAGE_BYTES):
+        """Args:
+        settings: connection settings.
+        max_request_size: the largest record the producer may send.
+        """
         self._settings = settings
         self._producer = AIOKafkaProducer(
             **client_options(settings),
@@ -178,30 +225,88 @@ class Producer:
             meta = await self._producer.send_and_wait(
                 topic, value=value, key=key, partition=partition, headers=list(headers)
             )
-        except (kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError) as exc:
-            size = len(value or b"")
-            raise EventTooLargeError(
-                f"the broker refused a {size}-byte event for {topic} as too large "
-                "(max.message.bytes); store less in the state",
-                size=size,
-                limit=0,
-            ) from exc
-        except kerr.NotEnoughReplicasError as exc:
-            raise WriteFailedError(
-                f"write to {topic}[{partition}] refused: too few in-sync replicas "
-                "(min.insync.replicas not met); bring brokers back and retry"
-            ) from exc
-        except (kerr.KafkaTimeoutError, kerr.RequestTimedOutError) as exc:
-            raise WriteFailedError(
-                f"Kafka at {self._settings.bootstrap_servers} did not acknowledge a write "
-                f"to {topic}[{partition}] within {self._settings.request_timeout:g}s; "
-                "the write may or may not have been applied: retry it"
-            ) from exc
         except kerr.KafkaError as exc:
-            raise WriteFailedError(
-                f"write to {topic}[{partition}] failed: {exc!r}; retry it"
+            raise _write_error(
+                self._settings, exc, f"{topic}[{partition}]", len(value or b"")
             ) from exc
         return meta.partition, meta.offset
+
+
+class TransactionalProducer:
+    """Writes batches of records atomically: all of them become visible, or none.
+
+    Contract: :meth:`commit` returns ``(partition, offset)`` per record once the
+    transaction is committed; on any failure the transaction is aborted (or left to the
+    broker's transaction timeout), nothing of it is visible to ``read_committed`` readers,
+    and :class:`WriteFailedError` (or :class:`EventTooLargeError`) is raised. It never
+    waits longer than ``request_timeout`` plus a little. After a failure the next commit
+    starts from a fresh producer, which fences whatever the old one left open.
+    """
+
+    def __init__(self, settings: Settings, transactional_id: str, *, max_request_size: int):
+        self._settings = settings
+        self._tid = transactional_id
+        self._max_request_size = max_request_size
+        self._producer: AIOKafkaProducer | None = None
+
+    def _make(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **client_options(self._settings),
+            transactional_id=self._tid,
+            transaction_timeout_ms=int(self._settings.transaction_timeout * 1000),
+            linger_ms=0,
+            # CONCURRENT_TRANSACTIONS is answered while the previous commit's markers are
+            # written; the default 100 ms back-off would dominate every small transaction.
+            retry_backoff_ms=5,
+            max_request_size=self._max_request_size,
+        )
+
+    async def start(self) -> None:
+        """Connect and register the transactional id (fencing a predecessor's)."""
+        producer = self._make()
+        await _start(self._settings, producer)
+        self._producer = producer
+
+    async def stop(self) -> None:
+        """Disconnect; an open transaction is aborted by the broker. Idempotent."""
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(kerr.KafkaError, OSError):
+                await asyncio.wait_for(producer.stop(), self._settings.request_timeout)
+
+    async def commit(self, records: Sequence[OutRecord]) -> list[tuple[int, int]]:
+        """Write ``records`` in one transaction.
+
+        Raises:
+            WriteFailedError, EventTooLargeError, BrokerUnavailableError.
+        """
+        if self._producer is None:
+            await self.start()
+        producer = self._producer
+        assert producer is not None
+        where = ", ".join(sorted({f"{r.topic}[{r.partition}]" for r in records}))
+        try:
+            return await asyncio.wait_for(
+                self._transact(producer, records), self._settings.request_timeout + 5
+            )
+        except (kerr.KafkaError, TimeoutError) as exc:
+            await self.stop()  # its transaction state is unknown: start afresh next time
+            size = max((len(r.value or b"") for r in records), default=0)
+            raise _write_error(self._settings, exc, where, size, atomic=True) from exc
+
+    @staticmethod
+    async def _transact(
+        producer: AIOKafkaProducer, records: Sequence[OutRecord]
+    ) -> list[tuple[int, int]]:
+        async with producer.transaction():
+            futures = [
+                await producer.send(
+                    r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+                )
+                for r in records
+            ]
+            metas = await asyncio.gather(*futures)
+        return [(m.partition, m.offset) for m in metas]
 
 
 class Admin:

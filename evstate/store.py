@@ -15,13 +15,15 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from evstate import keys
+from evstate import keys, secrets
 from evstate.applier import decode_view_value
 from evstate.client import Consistency, EvstateClient
 from evstate.errors import InvalidKeyError
 from evstate.model import ChangeEvent, Position, Scope, State
 from evstate.serde import deserialize_state, serialize_state
 
+# A view value holding a secret contains this; others need no key derivation.
+_SECRET = b'"@secret"'
 # deinit deletes keys with this many writes in flight at once.
 _DEINIT_CONCURRENCY = 64
 
@@ -70,8 +72,12 @@ class KafkaStateStore:
         keys.validate_key(key)
         return self._prefix + key.encode("utf-8")
 
-    def _state(self, raw: bytes) -> State:
-        return deserialize_state(self.scope, json.loads(decode_view_value(raw)[1]))
+    async def _states(self, raws: builtins.list[bytes]) -> builtins.list[State]:
+        """Decode view values; the scrypt for any secret runs off the event loop first."""
+        trees = [json.loads(decode_view_value(raw)[1]) for raw in raws]
+        if self.scope.password is not None and any(_SECRET in raw for raw in raws):
+            await secrets.warm(self.scope.password, trees)
+        return [deserialize_state(self.scope, tree) for tree in trees]
 
     # -- the contract -------------------------------------------------------------
 
@@ -126,7 +132,7 @@ class KafkaStateStore:
         record_key = self._record_key(key)
         await self._client.consistent(self.scope, consistency, min_position)
         raw = self._client.view.get(record_key)
-        return None if raw is None else self._state(raw)
+        return None if raw is None else (await self._states([raw]))[0]
 
     async def get_batch(
         self,
@@ -141,9 +147,9 @@ class KafkaStateStore:
         record_keys = [self._record_key(i) for i in ids]
         await self._client.consistent(self.scope, consistency, min_position)
         found = self._client.view.get_many(record_keys)
-        return {
-            i: self._state(found[rk]) for i, rk in zip(ids, record_keys, strict=True) if rk in found
-        }
+        present = [(i, found[rk]) for i, rk in zip(ids, record_keys, strict=True) if rk in found]
+        states = await self._states([raw for _, raw in present])
+        return {i: state for (i, _), state in zip(present, states, strict=True)}
 
     async def all(
         self, *, consistency: Consistency = "session", min_position: Position | None = None
@@ -151,10 +157,9 @@ class KafkaStateStore:
         """Every state of this scope, by id."""
         await self._client.consistent(self.scope, consistency, min_position)
         cut = len(self._prefix)
-        return {
-            k[cut:].decode("utf-8"): self._state(v)
-            for k, v in self._client.view.scan_prefix(self._prefix)
-        }
+        rows = list(self._client.view.scan_prefix(self._prefix))
+        states = await self._states([v for _, v in rows])
+        return {k[cut:].decode("utf-8"): state for (k, _), state in zip(rows, states, strict=True)}
 
     async def set(
         self,
@@ -181,6 +186,7 @@ class KafkaStateStore:
             raise TypeError(f"state must be an evstate.State, not {type(state).__name__}")
         if state.id != key:
             raise InvalidKeyError(f"key {key!r} differs from state.id {state.id!r}")
+        await secrets.warm(self.scope.password)  # scrypt off the event loop, once
         tree = serialize_state(self.scope, state)
         await self._client.ensure_topics()
         event = ChangeEvent.new(
