@@ -22,9 +22,10 @@ from evstate import keys
 from evstate.applier import Applier, Progress, decode_view_value, to_changes
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
-from evstate.history import scope_events
+from evstate.history import Diff, Point, Tree, diff_trees, read_events, trees_at
 from evstate.log import Admin, Tail, TopicSpec
-from evstate.model import ChangeEvent, Position, Scope
+from evstate.model import ChangeEvent, Position, Scope, State
+from evstate.serde import deserialize_state
 from evstate.view import View
 from evstate.writer import Writer
 
@@ -363,16 +364,76 @@ class EvstateClient:
         diffs.extend(Difference(key.decode(), "not in topic") for key in found)
         return sorted(diffs, key=lambda d: d.key)
 
-    async def history(self, scope: Scope, key: str | None = None) -> AsyncIterator[ChangeEvent]:
-        """Every event of ``scope`` (or of ``key`` in it), oldest first."""
+    def _history_partitions(self) -> int | None:
+        return self._applier.partitions if self._applier is not None else None
+
+    async def history(
+        self,
+        scope: Scope,
+        key: str | None = None,
+        *,
+        since: Point | None = None,
+        until: Point | None = None,
+        progress: Progress | None = None,
+    ) -> AsyncIterator[ChangeEvent]:
+        """Every event of ``scope`` (or of ``key`` in it), oldest first.
+
+        Args:
+            scope: the scope.
+            key: only this key's events.
+            since: first point to include (a ``datetime``, or a Position of an event).
+            until: last point to include.
+            progress: called with (offsets read, offsets in all) while reading.
+
+        Raises:
+            ValidationError: a bound is a naive datetime or a Position of another partition.
+        """
         await self._open()
-        partitions = self._applier.partitions if self._applier is not None else None
+        partitions = self._history_partitions()
         if partitions is None:
             return
-        async for event in scope_events(
-            self.settings, self.settings.state_topic, partitions, scope, key
+        if key is not None:
+            keys.validate_key(key)
+        async for event in read_events(
+            self.settings,
+            partitions,
+            scope,
+            key=key,
+            since=since,
+            until=until,
+            progress=progress,
         ):
             yield event
+
+    async def state_at(
+        self, scope: Scope, at: Point, progress: Progress | None = None
+    ) -> dict[str, State]:
+        """Every state of ``scope`` as it was at ``at`` (a ``datetime`` or an event's Position).
+
+        Raises:
+            SecretError: a state holds secrets and the scope has no (or a wrong) password.
+        """
+        trees = await self._trees_at(scope, at, progress)
+        return {key: deserialize_state(scope, tree) for key, tree in trees.items()}
+
+    async def _trees_at(
+        self, scope: Scope, at: Point, progress: Progress | None
+    ) -> dict[str, Tree]:
+        await self._open()
+        partitions = self._history_partitions()
+        if partitions is None:
+            return {}
+        return await trees_at(self.settings, partitions, scope, at, progress)
+
+    async def diff(self, scope: Scope, a: Point, b: Point) -> Diff:
+        """The keys added, removed and changed in ``scope`` from point ``a`` to point ``b``.
+
+        Returns:
+            A :class:`~evstate.history.Diff` of serialized states (secrets stay encrypted).
+        """
+        return diff_trees(
+            await self._trees_at(scope, a, None), await self._trees_at(scope, b, None)
+        )
 
     @property
     def applier(self) -> Applier | None:

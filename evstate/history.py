@@ -1,22 +1,50 @@
-"""Reading events back: every change of a scope (or one key), oldest first.
+"""The change log read back: every event of a scope, state as of any point, diffs.
 
-Until the history topic exists (a later change), events are read from the state topic,
-which holds every event of a key until compaction keeps only the latest.
+Events come from the history topic (append-only, every event kept), or from the state
+topic when history is off (there compaction keeps only each key's latest event).
+
+Points in time are a ``datetime`` (by the events' own timestamps) or a :class:`Position`
+in the topic read — the ``position`` that :func:`read_events` puts on each event.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
 
 from evstate import events, keys
 from evstate.config import Settings
-from evstate.errors import MalformedEventError
+from evstate.errors import MalformedEventError, ValidationError
 from evstate.log import Record, Tail
 from evstate.model import ChangeEvent, Position, Scope
 
+Point = datetime | Position
+"""A point in a scope's history."""
+
+Tree = dict[str, Any]
+"""A serialized state (Alchemy's field names, secrets still encrypted)."""
+
+# Producers stamp records a little after the event itself, and clocks of different
+# writers differ: look this far past a time bound before filtering by event time.
+_CLOCK_SLACK = timedelta(seconds=5)
+
+
+@dataclass(slots=True)
+class Diff:
+    """What changed in a scope between two points, as serialized trees."""
+
+    added: dict[str, Tree] = field(default_factory=dict)
+    removed: dict[str, Tree] = field(default_factory=dict)
+    changed: dict[str, tuple[Tree, Tree]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
 
 def record_event(record: Record) -> ChangeEvent:
-    """The event a state-topic record holds (a tombstone's is in its header).
+    """The event a record holds (a state-topic tombstone's is in its header).
 
     Raises:
         MalformedEventError: the record holds no readable event.
@@ -30,31 +58,110 @@ def record_event(record: Record) -> ChangeEvent:
     return events.decode(carried[-1], record.headers, position)
 
 
-async def scope_events(
-    settings: Settings, topic: str, partitions: int, scope: Scope, key: str | None = None
-) -> AsyncIterator[ChangeEvent]:
-    """Every event of ``scope`` (or of one key) in ``topic``, oldest first.
+def _check_point(point: Point | None, partition: int, name: str) -> None:
+    if isinstance(point, Position) and point.partition != partition:
+        raise ValidationError(
+            f"{name}={point} is in partition {point.partition}, but this scope's events "
+            f"are in partition {partition}"
+        )
+    if isinstance(point, datetime) and point.tzinfo is None:
+        raise ValidationError(f"{name} must be a timezone-aware datetime, got {point!r}")
 
-    Reads the scope's partition from its start to its end as of the call.
+
+def _ms(when: datetime) -> int:
+    return max(0, int(when.timestamp() * 1000))
+
+
+async def read_events(
+    settings: Settings,
+    partitions: int,
+    scope: Scope,
+    *,
+    key: str | None = None,
+    since: Point | None = None,
+    until: Point | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AsyncIterator[ChangeEvent]:
+    """Every event of ``scope`` (or one ``key`` in it), oldest first, within the bounds.
+
+    Reads the scope's partition up to its end as of the call. ``since`` and ``until`` are
+    inclusive. ``progress(done, total)`` counts offsets read.
+
+    Raises:
+        ValidationError: a Position bound in another partition, or a naive datetime.
+        MalformedEventError: a record of this scope is not a readable event.
     """
+    topic = settings.history_topic if settings.history else settings.state_topic
     partition = keys.partition_for(scope, partitions)
-    wanted = (
-        keys.record_key(scope, key).encode() if key is not None else None,
-        keys.scope_prefix(scope).encode(),
-    )
+    _check_point(since, partition, "since")
+    _check_point(until, partition, "until")
+    exact = keys.record_key(scope, key).encode() if key is not None else None
+    prefix = keys.scope_prefix(scope).encode()
     tail = Tail(settings, topic, partitions, only=[partition])
     await tail.start({})
     try:
         end = (await tail.end_offsets())[partition]
-        while (await tail.positions())[partition] < end:
+        start = (await tail.positions())[partition]
+        if isinstance(since, Position):
+            start = max(start, since.offset)
+        elif isinstance(since, datetime):
+            found = await tail.offset_for_time(partition, _ms(since - _CLOCK_SLACK))
+            start = end if found is None else max(start, found)
+        if isinstance(until, Position):
+            end = min(end, until.offset + 1)
+        elif isinstance(until, datetime):
+            found = await tail.offset_for_time(partition, _ms(until + _CLOCK_SLACK))
+            end = end if found is None else min(end, found)
+        tail.seek(partition, start)
+        total = max(0, end - start)
+        while (pos := (await tail.positions())[partition]) < end:
+            if progress is not None:
+                progress(min(pos - start, total), total)
             for record in (await tail.fetch(0.5)).get(partition, []):
                 if record.offset >= end or record.key is None:
                     continue
-                if wanted[0] is not None and record.key != wanted[0]:
+                # The prefix matches this scope's ids only: nested scopes continue with '/'.
+                wanted = record.key == exact if exact else record.key.startswith(prefix)
+                if not wanted:
                     continue
-                if not record.key.startswith(wanted[1]):
+                event = record_event(record)
+                if isinstance(since, datetime) and event.timestamp < since:
                     continue
-                # The prefix also matches ids of this scope only: nested scopes use '/'.
-                yield record_event(record)
+                if isinstance(until, datetime) and event.timestamp > until:
+                    continue
+                yield event
+        if progress is not None:
+            progress(total, total)
     finally:
         await tail.stop()
+
+
+async def trees_at(
+    settings: Settings,
+    partitions: int,
+    scope: Scope,
+    at: Point,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Tree]:
+    """Every state of ``scope`` as of ``at``, replayed from the events up to it."""
+    trees: dict[str, Tree] = {}
+    async for event in read_events(settings, partitions, scope, until=at, progress=progress):
+        if event.op == "SET" and event.state is not None:
+            trees[event.key] = event.state
+        elif event.op == "DELETE":
+            trees.pop(event.key, None)
+    return trees
+
+
+def diff_trees(before: dict[str, Tree], after: dict[str, Tree]) -> Diff:
+    """The keys added, removed and changed from ``before`` to ``after``."""
+    result = Diff()
+    for key, tree in after.items():
+        if key not in before:
+            result.added[key] = tree
+        elif before[key] != tree:
+            result.changed[key] = (before[key], tree)
+    for key, tree in before.items():
+        if key not in after:
+            result.removed[key] = tree
+    return result

@@ -464,6 +464,20 @@ class Tail:
         with contextlib.suppress(kerr.KafkaError):
             await self._consumer.stop()
 
+    def seek(self, partition: int, offset: int) -> None:
+        """Read ``partition`` from ``offset`` on."""
+        self._consumer.seek(TopicPartition(self._topic, partition), offset)
+
+    async def offset_for_time(self, partition: int, ms: int) -> int | None:
+        """The first offset of ``partition`` whose record time is >= ``ms``, if any."""
+        tp = TopicPartition(self._topic, partition)
+        try:
+            found = await self._consumer.offsets_for_times({tp: ms})
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        hit = found.get(tp)
+        return None if hit is None else int(hit.offset)
+
     async def fetch(
         self, timeout: float, max_records: int | None = None
     ) -> dict[int, list[Record]]:
