@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from evstate.log import Record
+
 
 def free_port_block(count: int) -> int:
     """A first port such that ``count`` consecutive loopback ports are free right now."""
@@ -41,5 +43,37 @@ async def topic_record_count(bootstrap_servers: str, topic: str) -> int:
             return 0
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
         return sum(ends.values())
+    finally:
+        await consumer.stop()
+
+
+async def committed_records(bootstrap_servers: str, topic: str) -> list[Record]:
+    """Every record a read_committed reader sees in ``topic``, all partitions, in order."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[Record] = []
+        # Transaction markers take offsets too: read until every position reaches its end.
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            for tp, recs in (await consumer.getmany(timeout_ms=2000)).items():
+                out.extend(
+                    Record(tp.partition, r.offset, r.key, r.value, r.headers, r.timestamp)
+                    for r in recs
+                )
+        return sorted(out, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
