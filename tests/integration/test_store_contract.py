@@ -15,14 +15,20 @@ from tests.contract import OpenStore, RecordsWritten, StoreContract
 
 
 class TestPythonStore(StoreContract):
+    """Default settings: state and history topics written in one transaction."""
+
     invalid_input = ValidationError
+    history = True
 
     @pytest.fixture
     async def client(
         self, bootstrap_servers: str, topic_prefix: str, view_dir: Path
     ) -> AsyncIterator[EvstateClient]:
         async with EvstateClient(
-            bootstrap_servers=bootstrap_servers, view_dir=str(view_dir), topic_prefix=topic_prefix
+            bootstrap_servers=bootstrap_servers,
+            view_dir=str(view_dir),
+            topic_prefix=topic_prefix,
+            history=self.history,
         ) as client:
             yield client
 
@@ -39,3 +45,9 @@ class TestPythonStore(StoreContract):
             return await topic_record_count(bootstrap_servers, client.settings.state_topic)
 
         return count
+
+
+class TestPythonStoreWithoutHistory(TestPythonStore):
+    """history=False: one idempotent, non-transactional write to the state topic."""
+
+    history = False
