@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from evstate import cli_alchemy, cli_store
+from evstate import cli_alchemy, cli_history, cli_store
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
 from evstate.cli_store import err, fail, out
 from evstate.config import default_broker_dir
@@ -33,6 +33,7 @@ broker_app = typer.Typer(
 app.add_typer(broker_app, name="broker")
 cli_store.register(app)
 cli_alchemy.register(app)
+cli_history.register(app)
 
 
 def _default_broker_dir() -> Path:
