@@ -6,18 +6,14 @@ Thin commands over :mod:`evstate.alchemy_migrate`; :func:`register` adds them to
 
 from __future__ import annotations
 
-import asyncio
-import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
 
 from evstate.alchemy_migrate import ImportResult, export_alchemy, import_alchemy
-from evstate.cli_store import BootstrapServers, ScopeArg, TopicPrefix, ViewDir, err, fail, out
+from evstate.cli_store import BootstrapServers, ScopeArg, TopicPrefix, ViewDir, err, out, run
 from evstate.client import EvstateClient
-from evstate.errors import EvstateError
 
 __all__ = ["export_command", "import_command", "register"]
 
@@ -32,25 +28,6 @@ Password = Annotated[
         show_default=False,
     ),
 ]
-
-
-def _run(overrides: dict[str, Any], job: Callable[[EvstateClient], Awaitable[T]]) -> T:
-    """Open a client, run ``job``, close; an EvstateError becomes exit status 2."""
-    # aiokafka logs transient errors it retries itself; what it cannot recover from
-    # reaches us as an EvstateError.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-
-    async def main() -> T:
-        async with EvstateClient(**overrides) as client:
-            return await job(client)
-
-    try:
-        return asyncio.run(main())
-    except EvstateError as exc:
-        raise fail(exc) from exc
-    except OSError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from exc
 
 
 def import_command(
@@ -82,7 +59,7 @@ def import_command(
     async def job(client: EvstateClient) -> ImportResult:
         return await import_alchemy(client, directory, password=client.settings.password)
 
-    result = _run(overrides, job)
+    result = run(overrides, job)
     for record_key in result.written:
         out.print(f"written    {record_key}", highlight=False)
     for record_key in result.unchanged:
@@ -117,7 +94,7 @@ def export_command(
     async def job(client: EvstateClient) -> list[Path]:
         return await export_alchemy(client, scope, directory)
 
-    files = _run(overrides, job)
+    files = run(overrides, job)
     for path in files:
         out.print(str(path), highlight=False)
     err.print(f"{len(files)} state(s) written to {directory}", highlight=False)

@@ -33,13 +33,13 @@ from evstate.cli_store import (
     ScopeArg,
     TopicPrefix,
     ViewDir,
-    _parse_scope,
-    _run,
-    _settings,
     err,
     fail,
     mask_secrets,
     out,
+    parse_scope,
+    run,
+    settings_overrides,
 )
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError, ValidationError
@@ -246,7 +246,7 @@ def history(
     topic_prefix: TopicPrefix = None,
 ) -> None:
     """Every change to SCOPE (or KEY in it), oldest first: when, who, op, what changed."""
-    where = _parse_scope(scope)
+    where = parse_scope(scope)
     _check_points(since, until)
     now = datetime.now(UTC)
 
@@ -254,7 +254,7 @@ def history(
         bounds = _point(client, where, since, now), _point(client, where, until, now)
         return [e async for e in client.history(where, key, since=bounds[0], until=bounds[1])]
 
-    events = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
+    events = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
     if as_json:
         for event in events:
             typer.echo(json.dumps(event_json(event), ensure_ascii=False))
@@ -291,7 +291,7 @@ def replay(
 
     States are serialized trees (Alchemy's field names); secrets stay encrypted.
     """
-    where = _parse_scope(scope)
+    where = parse_scope(scope)
     _check_points(at)
     now = datetime.now(UTC)
     point: list[Point] = []
@@ -300,10 +300,11 @@ def replay(
 
         async def job(client: EvstateClient) -> dict[str, Tree]:
             point.append(parse_point(at, partition=client.partition_of(where), now=now))
-            # TODO(client): make _trees_at public as trees_at(scope, at, progress).
-            return await client._trees_at(where, point[0], progress)
+            return await client.trees_at(where, point[0], progress)
 
-        trees = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
+        trees = run(
+            settings_overrides(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False
+        )
     with _output(out_file) as sink:
         sink.write(json.dumps(trees, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     err.print(f"{len(trees)} state(s) of {where.path} as of {_show_point(point[0])}")
@@ -321,7 +322,7 @@ def diff(
     topic_prefix: TopicPrefix = None,
 ) -> None:
     """List the keys of SCOPE added, removed and changed from one point to another."""
-    where = _parse_scope(scope)
+    where = parse_scope(scope)
     _check_points(from_, to)
     now = datetime.now(UTC)
 
@@ -330,7 +331,7 @@ def diff(
         b = parse_point(to, partition=client.partition_of(where), now=now)
         return await client.diff(where, a, b)
 
-    found = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
+    found = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
     if not found:
         err.print(f"no differences in {where.path} from {from_} to {to}", highlight=False)
         return
@@ -361,7 +362,7 @@ def export(
     Each line: position, event_id, op, scope, key, version, expected_version, timestamp,
     actor, reason, correlation_id, state (secrets as ciphertext, never plaintext).
     """
-    where = _parse_scope(scope)
+    where = parse_scope(scope)
 
     with _output(out_file) as sink:
 
@@ -372,7 +373,9 @@ def export(
                 count += 1
             return count
 
-        written = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
+        written = run(
+            settings_overrides(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False
+        )
     err.print(f"{written} event(s) of {where.path}", highlight=False)
 
 

@@ -84,7 +84,7 @@ def fail(exc: EvstateError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _settings(
+def settings_overrides(
     bootstrap_servers: str | None,
     view_dir: Path | None,
     topic_prefix: str | None,
@@ -99,7 +99,7 @@ def _settings(
     }
 
 
-def _run(
+def run(
     overrides: dict[str, Any],
     job: Callable[[EvstateClient], Awaitable[T]],
     *,
@@ -127,7 +127,7 @@ def _run(
         raise fail(exc) from exc
 
 
-def _parse_scope(path: str, password: str | None = None) -> Scope:
+def parse_scope(path: str, password: str | None = None) -> Scope:
     try:
         return Scope.parse(path, password=password)
     except EvstateError as exc:
@@ -200,7 +200,7 @@ def scopes(
             for path in client.scopes()
         ]
 
-    rows = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    rows = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if not counts:
         for path, _ in rows:
             typer.echo(path)
@@ -223,7 +223,7 @@ def ls(
     topic_prefix: TopicPrefix = None,
 ) -> None:
     """List the ids directly in SCOPE (not in nested scopes), one per line."""
-    where = _parse_scope(scope)
+    where = parse_scope(scope)
     prefix = keys.scope_prefix(where).encode("utf-8")
 
     async def job(client: EvstateClient) -> list[tuple[str, int, Any]]:
@@ -237,7 +237,7 @@ def ls(
             rows.append((k[len(prefix) :].decode(), version, json.loads(text)))
         return rows
 
-    rows = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    rows = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if not long:
         for key, _, _ in rows:
             typer.echo(key)
@@ -274,7 +274,7 @@ def get(
 
     Exits 1 when the key has no state.
     """
-    where = _parse_scope(scope)
+    where = parse_scope(scope)
     try:
         record_key = keys.record_key(where, key).encode("utf-8")
     except EvstateError as exc:
@@ -284,8 +284,8 @@ def get(
         raw = client.view.get(record_key)
         return (None if raw is None else state_json(raw)), client.settings.password
 
-    tree, secret_password = _run(
-        _settings(bootstrap_servers, view_dir, topic_prefix, password), job
+    tree, secret_password = run(
+        settings_overrides(bootstrap_servers, view_dir, topic_prefix, password), job
     )
     if tree is None:
         raise _missing(f"no state for {key!r} in scope {where.path!r}")
@@ -311,7 +311,7 @@ def rm(
 
     The delete is an event: the history keeps the state. Exits 1 when the key has no state.
     """
-    where = _parse_scope(scope)
+    where = parse_scope(scope)
     try:
         record_key = keys.record_key(where, key).encode("utf-8")
     except EvstateError as exc:
@@ -322,7 +322,7 @@ def rm(
             return None
         return (await client.store(where).delete(key, reason="evstate rm")).token
 
-    token = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    token = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if token is None:
         raise _missing(f"no state for {key!r} in scope {where.path!r}; nothing deleted")
     typer.echo(token)
@@ -351,7 +351,9 @@ def rebuild(
         async def job(client: EvstateClient) -> int:
             return await client.rebuild(progress)
 
-        read = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False)
+        read = run(
+            settings_overrides(bootstrap_servers, view_dir, topic_prefix), job, catch_up=False
+        )
     elapsed = time.monotonic() - started
     typer.echo(f"rebuilt the view from {read} records in {elapsed:.1f}s")
 
@@ -370,7 +372,7 @@ def verify(
         diffs = await client.verify()
         return diffs, client.view.count_prefix(b"")
 
-    diffs, count = _run(_settings(bootstrap_servers, view_dir, topic_prefix), job)
+    diffs, count = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if not diffs:
         typer.echo(f"view matches topic: {count} keys")
         return

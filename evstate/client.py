@@ -22,7 +22,7 @@ from evstate import keys
 from evstate.applier import Applier, Progress, decode_view_value, to_changes
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
-from evstate.history import Diff, Point, Tree, diff_trees, read_events, trees_at
+from evstate.history import Diff, Point, Tree, diff_trees, read_events, replay_trees
 from evstate.log import Admin, Tail, TopicSpec
 from evstate.model import ChangeEvent, Position, Scope, State
 from evstate.serde import deserialize_state
@@ -413,17 +413,15 @@ class EvstateClient:
         Raises:
             SecretError: a state holds secrets and the scope has no (or a wrong) password.
         """
-        trees = await self._trees_at(scope, at, progress)
+        trees = await self.trees_at(scope, at, progress)
         return {key: deserialize_state(scope, tree) for key, tree in trees.items()}
 
-    async def _trees_at(
-        self, scope: Scope, at: Point, progress: Progress | None
-    ) -> dict[str, Tree]:
+    async def trees_at(self, scope: Scope, at: Point, progress: Progress | None) -> dict[str, Tree]:
         await self._open()
         partitions = self._history_partitions()
         if partitions is None:
             return {}
-        return await trees_at(self.settings, partitions, scope, at, progress)
+        return await replay_trees(self.settings, partitions, scope, at, progress)
 
     async def diff(self, scope: Scope, a: Point, b: Point) -> Diff:
         """The keys added, removed and changed in ``scope`` from point ``a`` to point ``b``.
@@ -431,9 +429,7 @@ class EvstateClient:
         Returns:
             A :class:`~evstate.history.Diff` of serialized states (secrets stay encrypted).
         """
-        return diff_trees(
-            await self._trees_at(scope, a, None), await self._trees_at(scope, b, None)
-        )
+        return diff_trees(await self.trees_at(scope, a, None), await self.trees_at(scope, b, None))
 
     @property
     def applier(self) -> Applier | None:

@@ -136,7 +136,7 @@ async def read_events(
         await tail.stop()
 
 
-async def trees_at(
+async def replay_trees(
     settings: Settings,
     partitions: int,
     scope: Scope,
