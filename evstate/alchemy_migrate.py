@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from evstate import alchemy_fs, keys, secrets
-from evstate.client import EvstateClient, state_json
-from evstate.model import ChangeEvent, Scope
+from evstate.client import EvstateClient
+from evstate.model import Scope
 from evstate.serde import deserialize_state
+from evstate.store import KafkaStateStore
 
 __all__ = ["ImportResult", "export_alchemy", "import_alchemy"]
 
@@ -83,33 +84,23 @@ async def import_alchemy(
         await _check_secrets(files, password)
     await client.catch_up()
     result = ImportResult()
-    pending: list[tuple[Scope, alchemy_fs.StateFile, str]] = []
+    pending: list[tuple[KafkaStateStore, alchemy_fs.StateFile, str]] = []
     for item in files:
-        scope = Scope(*item.chain)
-        record_key = keys.record_key(scope, item.id)
-        raw = client.view.get(record_key.encode("utf-8"))
-        if raw is not None and state_json(raw) == item.tree:
+        store = client.store(Scope(*item.chain))
+        record_key = keys.record_key(store.scope, item.id)
+        if await store.get_tree(item.id, consistency="eventual") == item.tree:
             result.unchanged.append(record_key)
         else:
-            pending.append((scope, item, record_key))
+            pending.append((store, item, record_key))
 
     gate = asyncio.Semaphore(_CONCURRENCY)
 
-    async def write(scope: Scope, item: alchemy_fs.StateFile, record_key: str) -> None:
+    async def write(store: KafkaStateStore, item: alchemy_fs.StateFile, record_key: str) -> None:
         async with gate:
-            event = ChangeEvent.new(
-                op="SET",
-                scope=scope,
-                key=item.id,
-                state=item.tree,
-                version=client.next_version(record_key.encode("utf-8")),
-                actor=client.settings.actor,
-                reason=reason,
-            )
-            await client.write(scope, event)
+            await store.set_tree(item.id, item.tree, reason=reason)
 
     await asyncio.gather(*(write(*job) for job in pending))
-    result.written.extend(record_key for _scope, _item, record_key in pending)
+    result.written.extend(record_key for _store, _item, record_key in pending)
     return result
 
 
@@ -139,10 +130,9 @@ async def export_alchemy(
     for path in client.scopes():
         if path != base.path and not path.startswith(base.path + "/"):
             continue
-        prefix = keys.scope_prefix(Scope.parse(path)).encode("utf-8")
-        chain = tuple(path.split("/"))
-        for key, raw in client.view.scan_prefix(prefix):
-            trees.append((chain, key[len(prefix) :].decode("utf-8"), state_json(raw)))
+        nested = Scope.parse(path)
+        stored = await client.store(nested).all_trees(consistency="eventual")
+        trees.extend((nested.chain, key, tree) for key, tree in stored.items())
 
     root = alchemy_fs.state_root(directory)
 

@@ -24,9 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evstate import keys
-from evstate.applier import decode_view_value
-from evstate.client import Difference, EvstateClient, state_json
+from evstate.client import Difference, EvstateClient
 from evstate.errors import EvstateError
 from evstate.model import Scope
 from evstate.serde import deserialize
@@ -194,9 +192,8 @@ def scopes(
     """List every scope that holds at least one state, one path per line."""
 
     async def job(client: EvstateClient) -> list[tuple[str, int]]:
-        view = client.view
         return [
-            (path, view.count_prefix(f"{path}:".encode()) if counts else 0)
+            (path, await client.store(Scope.parse(path)).count(consistency="eventual"))
             for path in client.scopes()
         ]
 
@@ -224,18 +221,13 @@ def ls(
 ) -> None:
     """List the ids directly in SCOPE (not in nested scopes), one per line."""
     where = parse_scope(scope)
-    prefix = keys.scope_prefix(where).encode("utf-8")
 
-    async def job(client: EvstateClient) -> list[tuple[str, int, Any]]:
-        view = client.view
+    async def job(client: EvstateClient) -> list[tuple[str, int | None, Any]]:
+        store = client.store(where)
         if not long:
-            return [(k[len(prefix) :].decode(), 0, None) for k in view.keys_prefix(prefix)]
-        items = await asyncio.to_thread(lambda: list(view.scan_prefix(prefix)))
-        rows = []
-        for k, raw in items:
-            version, text = decode_view_value(raw)
-            rows.append((k[len(prefix) :].decode(), version, json.loads(text)))
-        return rows
+            return [(k, None, None) for k in await store.list(consistency="eventual")]
+        trees = await store.all_trees(consistency="eventual")
+        return [(k, await store.version(k, consistency="eventual"), t) for k, t in trees.items()]
 
     rows = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if not long:
@@ -275,14 +267,10 @@ def get(
     Exits 1 when the key has no state.
     """
     where = parse_scope(scope)
-    try:
-        record_key = keys.record_key(where, key).encode("utf-8")
-    except EvstateError as exc:
-        raise fail(exc) from exc
 
     async def job(client: EvstateClient) -> tuple[Any, str | None]:
-        raw = client.view.get(record_key)
-        return (None if raw is None else state_json(raw)), client.settings.password
+        tree = await client.store(where).get_tree(key, consistency="eventual")
+        return tree, client.settings.password
 
     tree, secret_password = run(
         settings_overrides(bootstrap_servers, view_dir, topic_prefix, password), job
@@ -312,15 +300,12 @@ def rm(
     The delete is an event: the history keeps the state. Exits 1 when the key has no state.
     """
     where = parse_scope(scope)
-    try:
-        record_key = keys.record_key(where, key).encode("utf-8")
-    except EvstateError as exc:
-        raise fail(exc) from exc
 
     async def job(client: EvstateClient) -> str | None:
-        if client.view.get(record_key) is None:
+        store = client.store(where)
+        if await store.get_tree(key, consistency="eventual") is None:
             return None
-        return (await client.store(where).delete(key, reason="evstate rm")).token
+        return (await store.delete(key, reason="evstate rm")).token
 
     token = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if token is None:

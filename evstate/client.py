@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -436,10 +435,3 @@ class EvstateClient:
         """The applier feeding the view (None until the state topic exists)."""
         return self._applier
 
-
-def state_json(raw: bytes) -> Any:
-    """The serialized state tree held in a view value."""
-    return json.loads(decode_view_value(raw)[1])
-
-
-StoreFactory = Callable[[Scope], "KafkaStateStore"]

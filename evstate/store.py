@@ -19,8 +19,17 @@ from evstate import keys, secrets
 from evstate.applier import decode_view_value
 from evstate.client import Consistency, EvstateClient
 from evstate.errors import InvalidKeyError
-from evstate.model import ChangeEvent, Position, Scope, State
+from evstate.model import ChangeEvent, Op, Position, Scope, State
 from evstate.serde import deserialize_state, serialize_state
+
+Tree = dict[str, Any]
+"""A state as stored: Alchemy's JSON field names, values serialized, secrets encrypted."""
+
+
+def _tree(raw: bytes) -> Tree:
+    tree: Tree = json.loads(decode_view_value(raw)[1])
+    return tree
+
 
 # A view value holding a secret contains this; others need no key derivation.
 _SECRET = b'"@secret"'
@@ -74,10 +83,36 @@ class KafkaStateStore:
 
     async def _states(self, raws: builtins.list[bytes]) -> builtins.list[State]:
         """Decode view values; the scrypt for any secret runs off the event loop first."""
-        trees = [json.loads(decode_view_value(raw)[1]) for raw in raws]
+        trees = [_tree(raw) for raw in raws]
         if self.scope.password is not None and any(_SECRET in raw for raw in raws):
             await secrets.warm(self.scope.password, trees)
         return [deserialize_state(self.scope, tree) for tree in trees]
+
+    async def _read_one(
+        self, key: str, consistency: Consistency, min_position: Position | None
+    ) -> bytes | None:
+        record_key = self._record_key(key)
+        await self._client.consistent(self.scope, consistency, min_position)
+        return self._client.view.get(record_key)
+
+    async def _read_many(
+        self, ids: Sequence[str], consistency: Consistency, min_position: Position | None
+    ) -> builtins.list[tuple[str, bytes]]:
+        if not ids:
+            return []
+        record_keys = [self._record_key(i) for i in ids]
+        await self._client.consistent(self.scope, consistency, min_position)
+        found = self._client.view.get_many(record_keys)
+        return [(i, found[rk]) for i, rk in zip(ids, record_keys, strict=True) if rk in found]
+
+    async def _read_all(
+        self, consistency: Consistency, min_position: Position | None
+    ) -> builtins.list[tuple[str, bytes]]:
+        await self._client.consistent(self.scope, consistency, min_position)
+        cut = len(self._prefix)
+        return [
+            (k[cut:].decode("utf-8"), v) for k, v in self._client.view.scan_prefix(self._prefix)
+        ]
 
     # -- the contract -------------------------------------------------------------
 
@@ -97,7 +132,7 @@ class KafkaStateStore:
 
         async def one(key: str) -> None:
             async with gate:
-                await self._write_delete(key, reason="deinit", correlation_id=None)
+                await self._write("DELETE", key, None, reason="deinit", correlation_id=None)
 
         await asyncio.gather(*(one(k) for k in ids))
 
@@ -129,9 +164,7 @@ class KafkaStateStore:
             InvalidKeyError: the key is empty or contains ``:``.
             ConsistencyTimeout: the view did not reach the asked position in time.
         """
-        record_key = self._record_key(key)
-        await self._client.consistent(self.scope, consistency, min_position)
-        raw = self._client.view.get(record_key)
+        raw = await self._read_one(key, consistency, min_position)
         return None if raw is None else (await self._states([raw]))[0]
 
     async def get_batch(
@@ -142,12 +175,7 @@ class KafkaStateStore:
         min_position: Position | None = None,
     ) -> dict[str, State]:
         """``{id: State}`` for the ids that have a state; missing ids are left out."""
-        if not ids:
-            return {}
-        record_keys = [self._record_key(i) for i in ids]
-        await self._client.consistent(self.scope, consistency, min_position)
-        found = self._client.view.get_many(record_keys)
-        present = [(i, found[rk]) for i, rk in zip(ids, record_keys, strict=True) if rk in found]
+        present = await self._read_many(ids, consistency, min_position)
         states = await self._states([raw for _, raw in present])
         return {i: state for (i, _), state in zip(present, states, strict=True)}
 
@@ -155,11 +183,41 @@ class KafkaStateStore:
         self, *, consistency: Consistency = "session", min_position: Position | None = None
     ) -> dict[str, State]:
         """Every state of this scope, by id."""
-        await self._client.consistent(self.scope, consistency, min_position)
-        cut = len(self._prefix)
-        rows = list(self._client.view.scan_prefix(self._prefix))
-        states = await self._states([v for _, v in rows])
-        return {k[cut:].decode("utf-8"): state for (k, _), state in zip(rows, states, strict=True)}
+        rows = await self._read_all(consistency, min_position)
+        states = await self._states([raw for _, raw in rows])
+        return {key: state for (key, _), state in zip(rows, states, strict=True)}
+
+    async def get_tree(
+        self,
+        key: str,
+        *,
+        consistency: Consistency = "session",
+        min_position: Position | None = None,
+    ) -> Tree | None:
+        """The state of ``key`` as stored: serialized, secrets encrypted (no password needed)."""
+        raw = await self._read_one(key, consistency, min_position)
+        return None if raw is None else _tree(raw)
+
+    async def get_batch_trees(
+        self,
+        ids: Sequence[str],
+        *,
+        consistency: Consistency = "session",
+        min_position: Position | None = None,
+    ) -> dict[str, Tree]:
+        """:meth:`get_batch`, as stored trees."""
+        return {i: _tree(raw) for i, raw in await self._read_many(ids, consistency, min_position)}
+
+    async def all_trees(
+        self, *, consistency: Consistency = "session", min_position: Position | None = None
+    ) -> dict[str, Tree]:
+        """:meth:`all`, as stored trees."""
+        return {k: _tree(raw) for k, raw in await self._read_all(consistency, min_position)}
+
+    async def version(self, key: str, *, consistency: Consistency = "session") -> int | None:
+        """The version of ``key``'s state (1 after its first SET), or None if it has none."""
+        raw = await self._read_one(key, consistency, None)
+        return None if raw is None else decode_view_value(raw)[0]
 
     async def set(
         self,
@@ -181,20 +239,55 @@ class KafkaStateStore:
             EventTooLargeError: the event is over the broker's limit.
             WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
         """
-        record_key = self._record_key(key)
+        self._record_key(key)  # validates the key
         if not isinstance(state, State):
             raise TypeError(f"state must be an evstate.State, not {type(state).__name__}")
         if state.id != key:
             raise InvalidKeyError(f"key {key!r} differs from state.id {state.id!r}")
         await secrets.warm(self.scope.password)  # scrypt off the event loop, once
         tree = serialize_state(self.scope, state)
+        return await self._write("SET", key, tree, reason=reason, correlation_id=correlation_id)
+
+    async def set_tree(
+        self,
+        key: str,
+        tree: Tree,
+        *,
+        reason: str | None = None,
+        correlation_id: str | None = None,
+    ) -> Position:
+        """Upsert a state that is already serialized (Alchemy's JSON, secrets encrypted).
+
+        The tree is stored as it is: this is how states written by Alchemy itself (over
+        ``evstate serve``, or from its state folders) keep their bytes, secrets included.
+
+        Raises:
+            InvalidKeyError: empty key, ``:`` in it, or ``key != tree["id"]``.
+            InvalidStateError: the tree is not a state (fields, types, status).
+            UnserializableError, EventTooLargeError, WriteFailedError: as :meth:`set`.
+        """
+        self._record_key(key)
+        State.from_json(tree)  # checks fields, types and status
+        if tree.get("id") != key:
+            raise InvalidKeyError(f"key {key!r} differs from the state's id {tree.get('id')!r}")
+        return await self._write("SET", key, tree, reason=reason, correlation_id=correlation_id)
+
+    async def _write(
+        self,
+        op: Op,
+        key: str,
+        tree: Tree | None,
+        *,
+        reason: str | None,
+        correlation_id: str | None,
+    ) -> Position:
         await self._client.ensure_topics()
         event = ChangeEvent.new(
-            op="SET",
+            op=op,
             scope=self.scope,
             key=key,
             state=tree,
-            version=self._client.next_version(record_key),
+            version=self._client.next_version(self._record_key(key)),
             actor=self._client.settings.actor,
             reason=reason,
             correlation_id=correlation_id,
@@ -213,22 +306,7 @@ class KafkaStateStore:
         await self._client.consistent(self.scope, "session")
         if self._client.view.get(record_key) is None:
             return self._client.applied_position(self.scope)
-        return await self._write_delete(key, reason=reason, correlation_id=correlation_id)
-
-    async def _write_delete(
-        self, key: str, *, reason: str | None, correlation_id: str | None
-    ) -> Position:
-        event = ChangeEvent.new(
-            op="DELETE",
-            scope=self.scope,
-            key=key,
-            state=None,
-            version=self._client.next_version(self._record_key(key)),
-            actor=self._client.settings.actor,
-            reason=reason,
-            correlation_id=correlation_id,
-        )
-        return await self._client.write(self.scope, event)
+        return await self._write("DELETE", key, None, reason=reason, correlation_id=correlation_id)
 
 
 class StoreFactory:
