@@ -26,6 +26,7 @@ ENV_VARS: Mapping[str, str] = {
     "topic_prefix": "EVSTATE_TOPIC_PREFIX",
     "password": "EVSTATE_PASSWORD",
     "actor": "EVSTATE_ACTOR",
+    "token": "EVSTATE_TOKEN",
 }
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -97,6 +98,8 @@ class Settings:
             predecessor and aborts its open transaction at once.
         transaction_timeout: Seconds before the broker aborts a transaction whose writer
             vanished (readers of its partitions wait at most this long).
+        token: The bearer token ``evstate serve`` requires (env ``EVSTATE_TOKEN``); never
+            in repr.
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -123,6 +126,7 @@ class Settings:
     history_topic_configs: Mapping[str, str] = field(default_factory=dict)
     transactional_id: str | None = None
     transaction_timeout: float = 15.0
+    token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("bootstrap_servers", "view_dir", "topic_prefix", "actor", "client_id"):
@@ -130,6 +134,7 @@ class Settings:
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"setting {name!r} must be a non-empty str, got {value!r}")
         for name in (
+            "token",
             "password",
             "sasl_mechanism",
             "sasl_plain_username",
