@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from evstate import events
+from evstate import events, metrics
 from evstate.config import Settings
 from evstate.errors import (
     ClosedError,
@@ -38,6 +38,8 @@ from evstate.view import View
 log = logging.getLogger(__name__)
 
 _VERSION = struct.Struct(">Q")
+# Seconds between checks that the view dir still exists.
+_ALIVE_EVERY = 1.0
 # A batch this large is written from a worker thread so the event loop keeps serving.
 _THREAD_BATCH = 512
 
@@ -67,17 +69,24 @@ class Poison:
 class ApplierStats:
     """Counters for tests, metrics and ``evstate verify``."""
 
+    topic: str = ""
     records_applied: int = 0
     poison: list[Poison] = field(default_factory=list)
 
 
-def to_changes(records: Iterable[Record], stats: ApplierStats) -> list[tuple[bytes, bytes | None]]:
-    """Turn state-topic records into view changes, skipping (and counting) poison."""
+def to_changes(
+    records: Iterable[Record], stats: ApplierStats, *, report: bool = True
+) -> list[tuple[bytes, bytes | None]]:
+    """Turn state-topic records into view changes, skipping poison into ``stats``.
+
+    With ``report``, each poison record is logged and counted in the metrics (the view's
+    applier reads each record once; a verification re-reading the topic does not report).
+    """
     changes: list[tuple[bytes, bytes | None]] = []
     for r in records:
         pos = Position(r.partition, r.offset)
         if r.key is None or b":" not in r.key:
-            _poison(stats, pos, f"record key {r.key!r} is not 'scope:id'")
+            _poison(stats, pos, f"record key {r.key!r} is not 'scope:id'", report)
             continue
         if r.value is None:  # a DELETE: tombstone
             changes.append((r.key, None))
@@ -85,7 +94,7 @@ def to_changes(records: Iterable[Record], stats: ApplierStats) -> list[tuple[byt
         try:
             head = events.summarize(r.value, r.headers, pos)
         except MalformedEventError as exc:
-            _poison(stats, pos, str(exc))
+            _poison(stats, pos, str(exc), report)
             continue
         if head.op == "SET" and head.state_text is not None:
             changes.append((r.key, encode_view_value(head.version, head.state_text)))
@@ -93,12 +102,16 @@ def to_changes(records: Iterable[Record], stats: ApplierStats) -> list[tuple[byt
             changes.append((r.key, None))
         # LOCK/UNLOCK do not change state.
     stats.records_applied += len(changes)
+    if report:
+        metrics.RECORDS_APPLIED.labels(stats.topic).inc(len(changes))
     return changes
 
 
-def _poison(stats: ApplierStats, pos: Position, reason: str) -> None:
-    log.warning("skipping unreadable record at %s of the state topic: %s", pos, reason)
+def _poison(stats: ApplierStats, pos: Position, reason: str, report: bool) -> None:
     stats.poison.append(Poison(pos, reason))
+    if report:
+        log.warning("skipping unreadable record at %s of the state topic: %s", pos, reason)
+        metrics.POISON_RECORDS.labels(stats.topic).inc()
 
 
 class Applier:
@@ -113,7 +126,7 @@ class Applier:
         self._applied: dict[int, int] = {}
         self._progress = asyncio.Event()
         self._failure: EvstateError | None = None
-        self.stats = ApplierStats()
+        self.stats = ApplierStats(settings.state_topic)
 
     @property
     def partitions(self) -> int:
@@ -152,10 +165,16 @@ class Applier:
     async def _run(self) -> None:
         tail = self._tail
         assert tail is not None
+        checked = time.monotonic()
         try:
             while True:
                 batches = await tail.fetch(0.5)
                 await self._apply(tail, batches)
+                if time.monotonic() - checked > _ALIVE_EVERY:
+                    # A deleted view dir still accepts writes (into unlinked files), so
+                    # ask the file system instead of waiting for a failed write.
+                    self._view.check_alive()
+                    checked = time.monotonic()
         except asyncio.CancelledError:
             raise
         except EvstateError as exc:
@@ -234,7 +253,7 @@ class Applier:
         """
         await self.stop()
         await asyncio.to_thread(self._view.clear)
-        self.stats = ApplierStats()
+        self.stats = ApplierStats(self._settings.state_topic)
         tail = Tail(self._settings, self._settings.state_topic, self._partitions)
         await tail.start({})
         read = 0
@@ -246,7 +265,7 @@ class Applier:
             if progress is not None:
                 progress(0, total)
             while any(self._applied.get(p, starts[p]) < ends[p] for p in ends):
-                read += await self._apply(tail, await tail.fetch(0.5, max_records=20_000))
+                read += await self._apply(tail, await tail.fetch(0.5, max_records=5_000))
                 if progress is not None:
                     progress(min(read, total), total)
         finally:
@@ -255,6 +274,6 @@ class Applier:
         return read
 
     def check(self) -> None:
-        """Raise the applier's failure, if it has one."""
-        if self._failure is not None and self._task is None:
+        """Raise the applier's failure (a vanished view dir, a closed client), if any."""
+        if self._failure is not None:
             raise self._failure

@@ -16,11 +16,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from evstate import cli_alchemy, cli_history, cli_store
+from evstate import cli_alchemy, cli_history, cli_serve, cli_store, cli_watch
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
 from evstate.cli_store import err, fail, out
 from evstate.config import default_broker_dir
-from evstate.errors import EvstateError
+from evstate.errors import ConfigError, EvstateError
 
 app = typer.Typer(
     help="evstate: an event-sourced state store on Apache Kafka with a RocksDB view.",
@@ -34,6 +34,8 @@ app.add_typer(broker_app, name="broker")
 cli_store.register(app)
 cli_alchemy.register(app)
 cli_history.register(app)
+cli_serve.register(app)
+cli_watch.register(app)
 
 
 def _default_broker_dir() -> Path:
@@ -50,6 +52,13 @@ DataDir = Annotated[
 ]
 
 
+def _sasl_user(value: str) -> tuple[str, str]:
+    name, sep, password = value.partition("=")
+    if not sep:
+        raise ConfigError(f"--sasl-user wants NAME=PASSWORD, got {name!r}")
+    return name, password
+
+
 @broker_app.command("start")
 def broker_start(
     port: Annotated[int, typer.Option(help="First client port.")] = DEFAULT_PORT,
@@ -59,21 +68,33 @@ def broker_start(
     kafka_version: Annotated[str, typer.Option(help="Apache Kafka version.")] = KAFKA_VERSION,
     heap: Annotated[str, typer.Option(help="JVM heap per node.")] = "512m",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 120.0,
+    sasl_user: Annotated[
+        list[str] | None,
+        typer.Option(
+            metavar="NAME=PASSWORD",
+            help="A SCRAM user (repeatable): adds a SASL_PLAINTEXT listener on port + 2 x "
+            "nodes. Users are created when the data dir is first formatted.",
+        ),
+    ] = None,
 ) -> None:
     """Start a real Apache Kafka (KRaft) on loopback and print its bootstrap address."""
     try:
+        users = dict(_sasl_user(v) for v in sasl_user or [])
         broker = LocalBroker(
             data_dir or _default_broker_dir(),
             port=port,
             nodes=nodes,
             version=kafka_version,
             heap=heap,
+            sasl_users=users,
         )
         with err.status(f"starting Apache Kafka {kafka_version} ({nodes} node(s))..."):
             bootstrap = broker.start(timeout=timeout)
     except EvstateError as exc:
         raise fail(exc) from exc
     out.print(bootstrap, highlight=False)
+    if broker.sasl_bootstrap_servers:
+        err.print(f"SASL_PLAINTEXT (SCRAM-SHA-256/512): {broker.sasl_bootstrap_servers}")
     err.print(f"data dir: {broker.data_dir} (server.properties and server.log per node)")
     if detach:
         return

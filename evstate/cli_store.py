@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evstate.client import Difference, EvstateClient
+from evstate.client import EvstateClient, VerifyReport
 from evstate.errors import EvstateError
 from evstate.model import Scope
 from evstate.serde import deserialize
@@ -353,13 +353,19 @@ def verify(
     Exits 1 and lists the keys when they differ (``evstate rebuild`` repairs the view).
     """
 
-    async def job(client: EvstateClient) -> tuple[list[Difference], int]:
-        diffs = await client.verify()
-        return diffs, client.view.count_prefix(b"")
+    async def job(client: EvstateClient) -> VerifyReport:
+        return await client.verify()
 
-    diffs, count = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
+    report = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
+    for poison in report.poison:
+        err.print(
+            f"unreadable record at {poison.position} (skipped): {poison.reason}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    diffs = report.differences
     if not diffs:
-        typer.echo(f"view matches topic: {count} keys")
+        typer.echo(f"view matches topic: {report.keys} keys")
         return
     err.print(f"{len(diffs)} key(s) differ between the view and the topic:", highlight=False)
     table = Table()

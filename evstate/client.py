@@ -18,7 +18,14 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from evstate import keys
-from evstate.applier import Applier, Progress, decode_view_value, to_changes
+from evstate.applier import (
+    Applier,
+    ApplierStats,
+    Poison,
+    Progress,
+    decode_view_value,
+    to_changes,
+)
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
 from evstate.history import Diff, Point, Tree, diff_trees, read_events, replay_trees
@@ -49,6 +56,21 @@ class Difference:
 
     key: str
     problem: Literal["missing from view", "not in topic", "different value"]
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """What ``verify`` found: keys that differ, and records the view had to skip."""
+
+    keys: int
+    differences: list[Difference]
+    poison: list[Poison]
+
+    @property
+    def ok(self) -> bool:
+        """True when the view matches the topic (skipped poison records are reported, not
+        counted as a mismatch: the topic itself holds them)."""
+        return not self.differences
 
 
 class EvstateClient:
@@ -321,16 +343,16 @@ class EvstateClient:
             return 0
         return await self._applier.rebuild(progress)
 
-    async def verify(self) -> list[Difference]:
+    async def verify(self) -> VerifyReport:
         """Recompute the state from the topic and compare it with the view, key by key.
 
         Returns:
-            The differences; empty when the view is right.
+            The differences (none when the view is right) and the unreadable records.
         """
         await self.catch_up()
         applier = self._applier
         if applier is None:
-            return []
+            return VerifyReport(0, [], [])
         await applier.stop()  # hold the view still while comparing
         try:
             upto = self.view.applied_offsets()
@@ -338,14 +360,14 @@ class EvstateClient:
             tail = Tail(self.settings, self.settings.state_topic, applier.partitions)
             await tail.start({})
             try:
-                stats = type(applier.stats)()
+                stats = ApplierStats(self.settings.state_topic)
                 while True:
                     positions = await tail.positions()
                     if all(positions[p] >= upto.get(p, 0) for p in positions):
                         break
                     for p, records in (await tail.fetch(0.5)).items():
                         wanted = [r for r in records if r.offset < upto.get(p, 0)]
-                        expected.update(to_changes(wanted, stats))
+                        expected.update(to_changes(wanted, stats, report=False))
             finally:
                 await tail.stop()
             found = dict(self.view.scan_prefix(b""))
@@ -361,7 +383,8 @@ class EvstateClient:
             elif value != have:
                 diffs.append(Difference(key.decode(), "different value"))
         diffs.extend(Difference(key.decode(), "not in topic") for key in found)
-        return sorted(diffs, key=lambda d: d.key)
+        live = sum(1 for value in expected.values() if value is not None)
+        return VerifyReport(live, sorted(diffs, key=lambda d: d.key), stats.poison)
 
     def _history_partitions(self) -> int | None:
         return self._applier.partitions if self._applier is not None else None
@@ -434,4 +457,3 @@ class EvstateClient:
     def applier(self) -> Applier | None:
         """The applier feeding the view (None until the state topic exists)."""
         return self._applier
-

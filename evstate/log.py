@@ -19,10 +19,11 @@ import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiokafka.errors as kerr
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.helpers import create_ssl_context
@@ -523,3 +524,226 @@ class Tail:
         except kerr.KafkaError as exc:
             raise _unavailable(self._settings, exc) from exc
         return {tp.partition: off for tp, off in ends.items()}
+
+
+class Assignments(Protocol):
+    """Told which partitions a :class:`GroupTail` gains and loses.
+
+    Both are awaited before the tail fetches again, so an implementation may seek, read
+    offsets and commit from inside them. An exception raised here is raised again by the
+    tail's next :meth:`GroupTail.fetch`.
+    """
+
+    async def assigned(self, partitions: set[int]) -> None:
+        """These partitions are now read by this tail (may include ones it had before)."""
+
+    async def revoked(self, partitions: set[int]) -> None:
+        """These partitions are about to go to other members: commit what was handled."""
+
+
+class _Relay(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """aiokafka's rebalance listener, passing partition numbers on to :class:`Assignments`."""
+
+    def __init__(self, tail: GroupTail) -> None:
+        self._tail = tail
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._tail._relay("revoked", {tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._tail._relay("assigned", {tp.partition for tp in assigned})
+
+
+class GroupTail:
+    """A ``read_committed`` reader of one topic, as a member of a consumer group or alone.
+
+    With a ``group``, the group's members share the topic's partitions; each member is
+    told what it gains and loses through ``assignments``, commits what it handled with
+    :meth:`commit`, and a partition with a committed offset is resumed from there. Without
+    a group, it reads the given partitions (default all) and commits nothing.
+
+    Contract: :meth:`start` returns once this member has its first assignment and
+    ``assignments.assigned`` has run for it. :meth:`fetch` returns records in offset order
+    per partition, only of partitions assigned now. :meth:`commit` returns False (and
+    commits nothing) when the group rebalanced under it: the partitions' new owners resume
+    from the last committed offsets, so no record is lost, some are read again. Offsets
+    that fall out of the topic's retention restart from the oldest record kept.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        group: str | None,
+        *,
+        partitions: int,
+        only: Sequence[int] = (),
+        assignments: Assignments | None = None,
+    ) -> None:
+        """Args:
+        settings: connection settings.
+        topic: the topic to read.
+        group: the consumer group's id, or None for a reader of its own.
+        partitions: how many partitions the topic has.
+        only: without a group, read just these partitions (default: all).
+        assignments: told of partitions gained and lost.
+        """
+        self._settings = settings
+        self._topic = topic
+        self._group = group
+        self._tps = [TopicPartition(topic, p) for p in (only or range(partitions))]
+        self._assignments = assignments
+        self._joined = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._consumer = AIOKafkaConsumer(
+            **client_options(settings),
+            group_id=group,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=100,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+
+    async def _relay(self, what: str, partitions: set[int]) -> None:
+        try:
+            if self._assignments is not None:
+                handler = getattr(self._assignments, what)
+                await handler(partitions)
+        except Exception as exc:  # aiokafka would only log it: keep it for fetch to raise
+            self._failure = exc
+        finally:
+            if what == "assigned":
+                self._joined.set()
+
+    async def start(self) -> None:
+        """Connect, then join the group (or assign the partitions) and wait for it.
+
+        Raises:
+            BrokerUnavailableError: Kafka did not answer within ``connect_timeout``.
+            KafkaError: the group did not assign partitions within ``request_timeout``.
+        """
+        await _start(self._settings, self._consumer)
+        if self._group is None:
+            self._consumer.assign(self._tps)
+            await self._relay("assigned", {tp.partition for tp in self._tps})
+        else:
+            self._consumer.subscribe([self._topic], listener=_Relay(self))
+            try:
+                await asyncio.wait_for(self._joined.wait(), self._settings.request_timeout)
+            except TimeoutError as exc:
+                await self.stop()
+                raise KafkaError(
+                    f"consumer group {self._group!r} assigned no partitions of {self._topic} "
+                    f"within {self._settings.request_timeout:g}s; is the group coordinator up?"
+                ) from exc
+        self._raise_failure()
+
+    async def stop(self) -> None:
+        """Leave the group and disconnect; idempotent. Commits nothing by itself."""
+        with contextlib.suppress(kerr.KafkaError):
+            await self._consumer.stop()
+
+    def _raise_failure(self) -> None:
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+
+    def assigned(self) -> set[int]:
+        """The partitions this tail reads now."""
+        return {tp.partition for tp in self._consumer.assignment()}
+
+    async def committed(self, partition: int) -> int | None:
+        """The group's committed offset of ``partition``; None if none (or no group)."""
+        if self._group is None:
+            return None
+        try:
+            found = await self._consumer.committed(TopicPartition(self._topic, partition))
+        except kerr.KafkaError as exc:
+            raise KafkaError(f"reading {self._group!r}'s offsets failed: {exc!r}") from exc
+        return None if found is None else int(found)
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Read ``partition`` from ``offset`` on."""
+        self._consumer.seek(TopicPartition(self._topic, partition), offset)
+
+    async def bounds(self, partition: int) -> tuple[int, int]:
+        """The first offset ``partition`` keeps and its last stable offset (the end)."""
+        tp = TopicPartition(self._topic, partition)
+        try:
+            first = await self._consumer.beginning_offsets([tp])
+            end = await self._consumer.end_offsets([tp])
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        return int(first[tp]), int(end[tp])
+
+    async def offset_for_time(self, partition: int, ms: int) -> int | None:
+        """The first offset of ``partition`` whose record time is >= ``ms``, if any."""
+        tp = TopicPartition(self._topic, partition)
+        try:
+            found = await self._consumer.offsets_for_times({tp: ms})
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        hit = found.get(tp)
+        return None if hit is None else int(hit.offset)
+
+    async def fetch(
+        self, timeout: float, max_records: int | None = None
+    ) -> dict[int, list[Record]]:
+        """Records that arrived, waiting up to ``timeout`` seconds for the first.
+
+        Raises:
+            KafkaError: the fetch failed for a reason retrying will not fix.
+            EvstateError: ``assignments`` raised it while the group rebalanced.
+        """
+        self._raise_failure()
+        try:
+            batches = await self._consumer.getmany(
+                timeout_ms=int(timeout * 1000), max_records=max_records
+            )
+        except kerr.KafkaError as exc:
+            raise KafkaError(f"reading {self._topic} failed: {exc!r}") from exc
+        self._raise_failure()
+        mine = self._consumer.assignment()
+        return {
+            tp.partition: [
+                Record(tp.partition, r.offset, r.key, r.value, r.headers, r.timestamp)
+                for r in records
+            ]
+            for tp, records in batches.items()
+            if tp in mine  # a rebalance may have taken the partition since the fetch
+        }
+
+    async def positions(self) -> dict[int, int]:
+        """The next offset each assigned partition will be read from."""
+        return {
+            tp.partition: int(await self._consumer.position(tp))
+            for tp in self._consumer.assignment()
+        }
+
+    async def commit(self, offsets: Mapping[int, int]) -> bool:
+        """Commit, for each partition, the offset of the next record to handle.
+
+        Partitions no longer assigned are left out. A no-op without a group.
+
+        Returns:
+            False when the group rebalanced first (see the class contract), else True.
+
+        Raises:
+            KafkaError: the broker refused the commit for another reason.
+        """
+        if self._group is None:
+            return True
+        mine = self._consumer.assignment()
+        wanted = {TopicPartition(self._topic, p): o for p, o in offsets.items()}
+        wanted = {tp: o for tp, o in wanted.items() if tp in mine}
+        if not wanted:
+            return True
+        try:
+            await self._consumer.commit(wanted)
+        except (kerr.CommitFailedError, kerr.IllegalStateError) as exc:
+            log.info("commit of group %r skipped, the group rebalanced: %s", self._group, exc)
+            return False
+        except kerr.KafkaError as exc:
+            raise KafkaError(f"committing {self._group!r}'s offsets failed: {exc!r}") from exc
+        return True

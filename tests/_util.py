@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from pathlib import Path
+from subprocess import CompletedProcess
 
 from evstate.log import Record
 
@@ -77,3 +80,31 @@ async def committed_records(bootstrap_servers: str, topic: str) -> list[Record]:
         return sorted(out, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
+
+
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> CompletedProcess[str]:
+    """Run ``evstate ARGS`` in a subprocess (off the event loop) and return what it did."""
+    import subprocess
+    import sys
+
+    return await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "evstate.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cli_env(bootstrap_servers: str, topic_prefix: str, view_dir: Path) -> dict[str, str]:
+    """The environment for a CLI subprocess reading this test's topics into ``view_dir``."""
+    import os
+
+    return {
+        **os.environ,
+        "EVSTATE_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "EVSTATE_TOPIC_PREFIX": topic_prefix,
+        "EVSTATE_VIEW_DIR": str(view_dir),
+    }

@@ -6,6 +6,13 @@ KRaft log dir. Each node is a combined broker+controller. Ports: node ``i`` (0-b
 ``n``-node cluster listens on ``port + i`` for clients and ``port + n + i`` for the
 controller quorum, so one node takes Kafka's usual 9092/9093.
 
+With ``sasl_users``, each node also listens on ``port + 2n + i`` with SASL_PLAINTEXT and
+SCRAM-SHA-256/512 (one node: 9094). The PLAINTEXT listener stays for the controller
+quorum, replication and evstate's own readiness probe. SCRAM credentials are written into
+the cluster metadata when the data dir is formatted (``kafka-storage format --add-scram``),
+so they exist before the first client connects; the user names are kept in
+``cluster.json``, passwords nowhere.
+
 Processes are stopped by the pid recorded at start, and only after checking that the pid
 still runs this node's ``server.properties``: a recycled pid is never signalled.
 """
@@ -16,13 +23,16 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,6 +50,12 @@ from evstate.log import count_brokers
 DEFAULT_PORT = 9092
 DEFAULT_HEAP = "512m"
 STATE_FILE = "cluster.json"
+# The SASL mechanisms of the SASL_PLAINTEXT listener, with the hash each one uses.
+SCRAM_MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
+# Kafka's default (and minimum) SCRAM iteration count.
+SCRAM_ITERATIONS = 4096
+# kafka-storage splits --add-scram on "," and "=": keep user names to a safe alphabet.
+_SASL_USER = re.compile(r"[A-Za-z0-9._@-]+")
 
 _LOG4J2 = """\
 # Written by `evstate broker start`. Kafka logs through Log4j 2; this sends INFO and above
@@ -74,6 +90,7 @@ class Node:
     controller_port: int
     dir: str
     pid: int | None = None
+    sasl_port: int | None = None  # the SASL_PLAINTEXT listener, when SCRAM users exist
 
     @property
     def properties(self) -> Path:
@@ -103,11 +120,19 @@ class ClusterState:
     version: str
     cluster_id: str
     nodes: list[Node] = field(default_factory=list)
+    sasl_users: list[str] = field(default_factory=list)  # SCRAM users made at format time
 
     @property
     def bootstrap_servers(self) -> str:
         """``127.0.0.1:port`` of every node, comma-separated."""
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        """``127.0.0.1:sasl_port`` of every node, or None without a SASL listener."""
+        if not self.nodes or any(n.sasl_port is None for n in self.nodes):
+            return None
+        return ",".join(f"127.0.0.1:{n.sasl_port}" for n in self.nodes)
 
 
 def server_properties(node: Node, nodes: list[Node]) -> str:
@@ -124,7 +149,7 @@ def server_properties(node: Node, nodes: list[Node]) -> str:
     voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in nodes)
     rf = min(3, n)
     min_isr = 2 if rf >= 3 else 1
-    return f"""\
+    text = f"""\
 # Written by `evstate broker start`: a combined broker+controller node on loopback (KRaft).
 # Edit nothing here by hand; it is rewritten at every start. See README "The local broker".
 process.roles=broker,controller
@@ -154,6 +179,73 @@ group.initial.rebalance.delay.ms=0
 # Find dirty compacted segments quickly (tests prove compaction really ran).
 log.cleaner.backoff.ms=1000
 """
+    if node.sasl_port is not None:
+        text = _with_sasl_listener(text, node)
+    return text
+
+
+def _with_sasl_listener(text: str, node: Node) -> str:
+    """Add a SASL_PLAINTEXT (SCRAM) listener to a node's ``server.properties`` text."""
+    sasl = f"SASL_PLAINTEXT://127.0.0.1:{node.sasl_port}"
+    text = re.sub(r"(?m)^(listeners|advertised\.listeners)=(.*)$", rf"\1=\2,{sasl}", text)
+    text = text.replace(
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,"
+        "SASL_PLAINTEXT:SASL_PLAINTEXT",
+    )
+    mechanisms = ",".join(SCRAM_MECHANISMS)
+    jaas = "".join(
+        f"listener.name.sasl_plaintext.{m.lower()}.sasl.jaas.config="
+        "org.apache.kafka.common.security.scram.ScramLoginModule required;\n"
+        for m in SCRAM_MECHANISMS
+    )
+    return (
+        text
+        + f"""
+# Authenticated clients: SASL_PLAINTEXT://127.0.0.1:{node.sasl_port} accepts {mechanisms}.
+# Users and their salted credentials live in the cluster metadata (added when this data dir
+# was formatted, `kafka-storage format --add-scram`), not in this file. The broker's own
+# traffic (controller quorum, replication) stays on the PLAINTEXT listeners above, so the
+# login module needs no broker user of its own.
+listener.name.sasl_plaintext.sasl.enabled.mechanisms={mechanisms}
+{jaas}"""
+    )
+
+
+def scram_credential(mechanism: str, password: str, *, salt: bytes | None = None) -> str:
+    """The ``--add-scram`` value fields for one password: salt, iterations, salted password.
+
+    Passing the salted password (SCRAM's ``Hi(password, salt, i)``) instead of the password
+    keeps the password itself off the formatter's command line and lets it hold any
+    character (``kafka-storage`` splits its argument on commas).
+
+    Args:
+        mechanism: ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``.
+        password: the user's password.
+        salt: the salt; random by default (tests pass one).
+
+    Returns:
+        ``salt=...,iterations=...,saltedpassword=...`` (standard base64 values).
+    """
+    salt = os.urandom(16) if salt is None else salt
+    salted = hashlib.pbkdf2_hmac(
+        SCRAM_MECHANISMS[mechanism], password.encode(), salt, SCRAM_ITERATIONS
+    )
+    return (
+        f"salt={base64.b64encode(salt).decode()},iterations={SCRAM_ITERATIONS},"
+        f"saltedpassword={base64.b64encode(salted).decode()}"
+    )
+
+
+def _check_sasl_users(users: Mapping[str, str]) -> dict[str, str]:
+    for name, password in users.items():
+        if not isinstance(name, str) or not _SASL_USER.fullmatch(name):
+            raise BrokerError(
+                f"SASL user name {name!r} may only use letters, digits, '.', '_', '@' and '-'"
+            )
+        if not isinstance(password, str) or not password:
+            raise BrokerError(f"SASL user {name!r} needs a non-empty password")
+    return dict(users)
 
 
 def _port_free(port: int) -> bool:
@@ -212,6 +304,7 @@ class LocalBroker:
         java: str | None = None,
         mvn: str | None = None,
         cache_dir: Path | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ) -> None:
         """Describe a cluster; nothing starts until :meth:`start`.
 
@@ -224,12 +317,18 @@ class LocalBroker:
             java: a Java executable; otherwise JAVA_HOME or PATH.
             mvn: a Maven executable; otherwise PATH.
             cache_dir: where resolved jars are kept.
+            sasl_users: user name -> password; when given, every node gets a
+                SASL_PLAINTEXT listener (SCRAM-SHA-256 and SCRAM-SHA-512) on
+                ``port + 2 * nodes + i`` and these users are created when the data dir is
+                formatted. A data dir formatted earlier keeps the users it was made with.
 
         Raises:
-            BrokerError: ``nodes`` is not 1 or 3.
+            BrokerError: ``nodes`` is not 1 or 3, or a SASL user name or password is
+                unusable.
         """
         if nodes not in (1, 3):
             raise BrokerError(f"--nodes must be 1 or 3, not {nodes}")
+        self.sasl_users = _check_sasl_users(sasl_users or {})
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.port = port
         self.nodes = nodes
@@ -255,6 +354,7 @@ class LocalBroker:
             version=raw["version"],
             cluster_id=raw["cluster_id"],
             nodes=[Node(**n) for n in raw["nodes"]],
+            sasl_users=list(raw.get("sasl_users", [])),
         )
 
     def _save(self, state: ClusterState) -> None:
@@ -270,6 +370,17 @@ class LocalBroker:
         if state is not None:
             return state.bootstrap_servers
         return ",".join(f"127.0.0.1:{self.port + i}" for i in range(self.nodes))
+
+    @property
+    def sasl_bootstrap_servers(self) -> str | None:
+        """The SASL_PLAINTEXT bootstrap address, or None when the cluster has no SASL users."""
+        state = self.load()
+        if state is not None:
+            return state.sasl_bootstrap_servers
+        if not self.sasl_users:
+            return None
+        first = self.port + 2 * self.nodes
+        return ",".join(f"127.0.0.1:{first + i}" for i in range(self.nodes))
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -291,7 +402,8 @@ class LocalBroker:
             BrokerAlreadyRunningError: a node of this data dir still runs.
             PortInUseError: a port the cluster needs is taken.
             BrokerStartTimeout: no metadata answer in time (the message has the log tail).
-            BrokerError: a node exited during start-up (the message has the log tail).
+            BrokerError: a node exited during start-up (the message has the log tail), or
+                ``sasl_users`` names other users than the formatted data dir holds.
         """
         state = self.load()
         if state is not None:
@@ -308,31 +420,59 @@ class LocalBroker:
                     f"{self.data_dir} holds a {len(state.nodes)}-node cluster, not "
                     f"{self.nodes}; pick another --data-dir or remove that one"
                 )
+        formatted = any(
+            (self.data_dir / f"node-{i + 1}" / "kraft-logs" / "meta.properties").exists()
+            for i in range(self.nodes)
+        )
+        # Credentials are written at format time only; a silent mismatch would surface
+        # later as a puzzling authentication failure.
+        if (
+            state is not None
+            and formatted
+            and self.sasl_users
+            and sorted(self.sasl_users) != state.sasl_users
+        ):
+            raise BrokerError(
+                f"{self.data_dir} was formatted with SASL users "
+                f"({', '.join(state.sasl_users) or 'none'}), not "
+                f"{', '.join(sorted(self.sasl_users))}; users are created when a data dir "
+                "is formatted: pick a new --data-dir"
+            )
         java = runtime.find_java(self.java)
         libs = runtime.kafka_jars(self.version, cache_dir=self.cache_dir, mvn=self.mvn)
         if state is None:
             state = ClusterState(version=self.version, cluster_id=_new_cluster_id())
         state.version = self.version
+        if not formatted:
+            state.sasl_users = sorted(self.sasl_users)
+        sasl = bool(state.sasl_users)
         state.nodes = [
             Node(
                 node_id=i + 1,
                 port=self.port + i,
                 controller_port=self.port + self.nodes + i,
                 dir=str(self.data_dir / f"node-{i + 1}"),
+                sasl_port=self.port + 2 * self.nodes + i if sasl else None,
             )
             for i in range(self.nodes)
         ]
         for node in state.nodes:
-            for port in (node.port, node.controller_port):
-                if not _port_free(port):
+            for port in (node.port, node.controller_port, node.sasl_port):
+                if port is not None and not _port_free(port):
                     raise PortInUseError(
                         f"port {port} on 127.0.0.1 is already in use (needed by node "
                         f"{node.node_id}); stop what holds it or pick another --port",
                         port=port,
                     )
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # One salt per user and mechanism, the same on every node's bootstrap metadata.
+        scram = [
+            f"{mechanism}=[name={name},{scram_credential(mechanism, password)}]"
+            for name, password in sorted(self.sasl_users.items())
+            for mechanism in SCRAM_MECHANISMS
+        ]
         for node in state.nodes:
-            self._prepare(node, state, java.executable, libs)
+            self._prepare(node, state, java.executable, libs, scram)
         self._save(state)
         try:
             for node in state.nodes:
@@ -357,7 +497,10 @@ class LocalBroker:
             f"{libs}/*",
         ]
 
-    def _prepare(self, node: Node, state: ClusterState, java: str, libs: Path) -> None:
+    def _prepare(
+        self, node: Node, state: ClusterState, java: str, libs: Path, scram: list[str]
+    ) -> None:
+        """Write the node's configs; format its log dir (with ``scram`` users) if new."""
         ndir = Path(node.dir)
         ndir.mkdir(parents=True, exist_ok=True)
         node.properties.write_text(server_properties(node, state.nodes))
@@ -373,6 +516,8 @@ class LocalBroker:
             "-c",
             str(node.properties),
         ]
+        for credential in scram:
+            cmd += ["--add-scram", credential]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if proc.returncode != 0:
             tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])

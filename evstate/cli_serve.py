@@ -1,0 +1,87 @@
+"""``evstate serve``: run the HTTP front end of the store (:mod:`evstate.serve`).
+
+Prints ``listening on http://HOST:PORT`` on stdout once bound, logs to stderr, and runs
+until SIGINT/SIGTERM. Exit status: 0 stopped, 2 evstate refused (no token, view locked,
+bad settings; one line on stderr). :func:`register` adds the command to the ``evstate`` app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from evstate.cli_store import (
+    BootstrapServers,
+    TopicPrefix,
+    ViewDir,
+    err,
+    fail,
+    out,
+    settings_overrides,
+)
+from evstate.config import Settings
+from evstate.errors import EvstateError
+from evstate.serve import DEFAULT_HOST, DEFAULT_MAX_BODY, DEFAULT_PORT, create_app, run_server
+
+__all__ = ["register"]
+
+_MIB = 1024 * 1024
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = DEFAULT_HOST,
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="Bearer token clients must send (default: $EVSTATE_TOKEN). Prefer the "
+            "variable: a command line is visible to other users.",
+            show_default=False,
+        ),
+    ] = None,
+    max_body_mib: Annotated[
+        float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
+    ] = DEFAULT_MAX_BODY / _MIB,
+    bootstrap_servers: BootstrapServers = None,
+    view_dir: ViewDir = None,
+    topic_prefix: TopicPrefix = None,
+) -> None:
+    """Serve the store over HTTP with the protocol of Alchemy's remote state store.
+
+    POST / with {"method", "params", "context": {"chain": [...]}}; HEAD / answers 200 once
+    connected to Kafka. See clients/alchemy for the JavaScript EvstateStateStore.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # aiokafka logs transient errors it retries itself; what it cannot recover from
+    # reaches us as an EvstateError.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    try:
+        settings = Settings.from_env(
+            **settings_overrides(bootstrap_servers, view_dir, topic_prefix)
+        )
+        app = create_app(settings, token=token, max_body=max(1, int(max_body_mib * _MIB)))
+
+        def listening(url: str) -> None:
+            out.print(f"listening on {url}", highlight=False, soft_wrap=True)
+            err.print(
+                f"evstate serve: Kafka {settings.bootstrap_servers}, topics "
+                f"{settings.state_topic}/{settings.history_topic}, view {settings.view_dir}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+        asyncio.run(run_server(app, host=host, port=port, on_listening=listening))
+    except EvstateError as exc:
+        raise fail(exc) from exc
+    except OSError as exc:  # the port is taken, the address is not ours, ...
+        err.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {exc.strerror or exc}")
+        raise typer.Exit(2) from exc
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to ``app``."""
+    app.command("serve")(serve)
