@@ -108,7 +108,7 @@ async def test_view_killed_during_rebuild_resumes_and_verifies(
         assert report.ok, report.differences[:5]
         assert report.keys == 200  # (i % 8, i % 100) takes 200 values
     # It resumed from the offsets stored with the data, not from zero.
-    assert 0 < resumed_from
+    assert resumed_from > 0
     assert applied_after < 20000
     print(
         f"FAULTS view-killed-in-rebuild resumed_at_offsets={resumed_from} "
