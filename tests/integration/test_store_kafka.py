@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import time
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from evstate import EvstateClient, Scope, State, events, keys
 from evstate.broker import LocalBroker
 from evstate.errors import (
-    BrokerUnavailableError,
-    EventTooLargeError,
-    InvalidScopeError,
-    InvalidStateError,
-    TopicMismatchError,
-    UnserializableError,
     ViewLockedError,
 )
-from tests._util import free_port_block, topic_record_count
 from tests.contract import make_state
 
 APP = Scope("app", "prod")
@@ -107,50 +97,6 @@ async def test_events_are_avro_keyed_by_scope_and_partitioned_by_scope(
     assert (deleted.op, deleted.version, deleted.reason) == ("DELETE", 2, "destroy")
 
 
-@pytest.mark.parametrize(
-    ("policy", "partitions", "complaint"),
-    [("delete", 12, "cleanup.policy=delete"), ("compact", 3, "3 partitions")],
-)
-async def test_existing_topic_with_wrong_settings_is_refused(
-    bootstrap_servers: str,
-    topic_prefix: str,
-    view_dir: Path,
-    policy: str,
-    partitions: int,
-    complaint: str,
-) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-    await admin.start()
-    try:
-        await admin.create_topics(
-            [
-                NewTopic(
-                    f"{topic_prefix}.state", partitions, 1, topic_configs={"cleanup.policy": policy}
-                )
-            ]
-        )
-    finally:
-        await admin.close()
-    await asyncio.sleep(0.5)
-    async with _client(bootstrap_servers, topic_prefix, view_dir) as client:
-        store = client.store(APP)
-        with pytest.raises(TopicMismatchError, match=complaint):
-            await store.init()
-        with pytest.raises(TopicMismatchError):
-            await store.set("a", make_state(APP, "a"))
-    assert await topic_record_count(bootstrap_servers, f"{topic_prefix}.state") == 0
-
-
-async def test_unreachable_broker_fails_fast_naming_servers(tmp_path: Path) -> None:
-    dead = f"127.0.0.1:{free_port_block(1)}"
-    started = time.monotonic()
-    with pytest.raises(BrokerUnavailableError, match=dead) as info:
-        async with _client(dead, "x", tmp_path / "v", connect_timeout=2.0):
-            pass
-    assert time.monotonic() - started < 15
-    assert info.value.bootstrap_servers == dead
-
-
 async def test_second_client_on_the_same_view_dir_is_refused(
     bootstrap_servers: str, topic_prefix: str, view_dir: Path
 ) -> None:
@@ -158,32 +104,6 @@ async def test_second_client_on_the_same_view_dir_is_refused(
         with pytest.raises(ViewLockedError, match=str(view_dir)):
             async with _client(bootstrap_servers, topic_prefix, view_dir):
                 pass
-
-
-async def test_bad_input_is_refused_and_nothing_written(
-    bootstrap_servers: str, topic_prefix: str, view_dir: Path
-) -> None:
-    async with _client(bootstrap_servers, topic_prefix, view_dir) as client:
-        store = client.store(APP)
-        await store.init()
-        topic = f"{topic_prefix}.state"
-        bad_status = make_state(APP, "a")
-        bad_status.status = "exploded"  # type: ignore[assignment]
-        with pytest.raises(InvalidStateError, match="status"):
-            await store.set("a", bad_status)
-        with pytest.raises(UnserializableError, match=r"props\.lock"):
-            await store.set("a", make_state(APP, "a", lock=threading.Lock()))
-        cyclic: dict[str, object] = {}
-        cyclic["self"] = cyclic
-        with pytest.raises(UnserializableError, match="cycle"):
-            await store.set("a", make_state(APP, "a", loop=cyclic))
-        with pytest.raises(EventTooLargeError, match=r"max\.message\.bytes") as info:
-            await store.set("a", make_state(APP, "a", blob="x" * 2_000_000))
-        assert info.value.size > info.value.limit
-        assert await topic_record_count(bootstrap_servers, topic) == 0
-        assert await store.count() == 0
-    with pytest.raises(InvalidScopeError, match="':'"):
-        Scope("app", "pr:od")
 
 
 async def test_state_round_trips_alchemy_values(
