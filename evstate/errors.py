@@ -28,6 +28,7 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     │   └── BrokerStartTimeout (TimeoutError)  did not answer in time (carries the log tail)
     ├── KafkaError                             talking to Kafka failed
     │   ├── BrokerUnavailableError (ConnectionError)   bootstrap servers unreachable
+    │   ├── AuthenticationError (PermissionError)       SASL credentials refused
     │   ├── TopicMismatchError                 topic exists with other policy/partitions
     │   └── WriteFailedError                   the broker did not acknowledge a write
     ├── ViewError                              the local RocksDB view
@@ -149,6 +150,18 @@ class BrokerUnavailableError(KafkaError, ConnectionError):
     def __init__(self, message: str, *, bootstrap_servers: str = "") -> None:
         super().__init__(message)
         self.bootstrap_servers = bootstrap_servers
+
+
+class AuthenticationError(KafkaError, PermissionError):
+    """Kafka refused the SASL credentials (wrong user or password, or a mechanism it lacks)."""
+
+    def __init__(
+        self, message: str, *, bootstrap_servers: str, username: str | None, mechanism: str
+    ) -> None:
+        super().__init__(message)
+        self.bootstrap_servers = bootstrap_servers
+        self.username = username
+        self.mechanism = mechanism
 
 
 class TopicMismatchError(KafkaError):

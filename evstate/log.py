@@ -26,10 +26,12 @@ from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.helpers import create_ssl_context
 
 from evstate.config import Settings
 from evstate.errors import (
+    AuthenticationError,
     BrokerUnavailableError,
     EventTooLargeError,
     KafkaError,
@@ -111,13 +113,72 @@ def _unavailable(settings: Settings, exc: BaseException | None = None) -> Broker
     )
 
 
+# What a broker answers to credentials it refuses, or to a mechanism it does not offer.
+_SASL_ERRORS = (
+    kerr.SaslAuthenticationFailed,
+    kerr.AuthenticationFailedError,
+    kerr.AuthenticationMethodNotSupported,
+    kerr.UnsupportedSaslMechanismError,
+    kerr.IllegalSaslStateError,
+)
+
+
+async def _raise_if_sasl_refused(settings: Settings, timeout: float) -> None:
+    """Raise AuthenticationError if a failed bootstrap was the broker refusing SASL.
+
+    aiokafka's bootstrap logs the broker's SASL error and raises a bare "Unable to
+    bootstrap", so one connection to each bootstrap server asks again, directly.
+    """
+    if not settings.sasl_mechanism:
+        return
+    options = client_options(settings)
+    for host, port, _ in collect_hosts(settings.bootstrap_servers, randomize=False):
+        try:
+            conn = await asyncio.wait_for(
+                create_conn(
+                    host,
+                    port,
+                    client_id=options["client_id"],
+                    request_timeout_ms=options["request_timeout_ms"],
+                    ssl_context=options.get("ssl_context"),
+                    security_protocol=settings.security_protocol,
+                    sasl_mechanism=settings.sasl_mechanism,
+                    sasl_plain_username=settings.sasl_plain_username,
+                    sasl_plain_password=settings.sasl_plain_password,
+                ),
+                timeout,
+            )
+        except _SASL_ERRORS as exc:
+            raise AuthenticationError(
+                f"authentication failed: Kafka at {host}:{port} refused user "
+                f"{settings.sasl_plain_username!r} with {settings.sasl_mechanism} "
+                f"({exc}); check sasl_plain_username and sasl_plain_password, and that "
+                "the broker has this user for this mechanism",
+                bootstrap_servers=settings.bootstrap_servers,
+                username=settings.sasl_plain_username,
+                mechanism=settings.sasl_mechanism,
+            ) from exc
+        except (TimeoutError, kerr.KafkaError, OSError):
+            continue
+        conn.close()
+
+
 async def _start(settings: Settings, what: Any) -> None:
-    """Start an aiokafka object within ``connect_timeout``, or raise BrokerUnavailableError."""
+    """Start an aiokafka object within ``connect_timeout``.
+
+    Raises:
+        AuthenticationError: the broker refused the SASL credentials.
+        BrokerUnavailableError: nothing answered in time.
+    """
+    deadline = asyncio.get_running_loop().time() + settings.connect_timeout
     try:
         await asyncio.wait_for(what.start(), settings.connect_timeout)
     except (TimeoutError, kerr.KafkaError, OSError) as exc:
         with contextlib.suppress(Exception):
             await what.stop() if hasattr(what, "stop") else await what.close()
+        # A refused login looks like an unreachable broker after aiokafka's bootstrap.
+        left = max(1.0, deadline - asyncio.get_running_loop().time())
+        await _raise_if_sasl_refused(settings, left)
         raise _unavailable(settings, exc) from exc
 
 
