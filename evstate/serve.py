@@ -30,7 +30,8 @@ and answered as they are: the server holds no password. ``context`` may also car
 ``consistency`` (``session``, the default, ``strong`` or ``eventual``) and ``minPosition``
 (a token from ``set``) for reads, as the Python API's keyword arguments.
 
-``HEAD /`` answers 200 once the server's client is connected to Kafka, 503 before. Every
+``HEAD /`` answers 200 once the server is connected to Kafka and its topics exist (it
+creates them at start, as ``init`` would), 503 before. Every
 request needs ``Authorization: Bearer <token>`` (compared in constant time). Statuses:
 400 bad JSON, method or params; 401 token missing or wrong; 404/405 other paths and
 verbs; 413 body over the limit (or an event over the broker's); 503 Kafka unreachable,
@@ -251,7 +252,11 @@ async def _dispatch(client: EvstateClient, call: _Call) -> Any:
         case "delete", [key]:
             return (await store.delete(key)).token
         case "listScopes", []:
+            # Nested scopes live in other partitions: catch the whole view up (unless
+            # the caller asked for eventual) rather than this scope's partition only.
             await client.consistent(call.scope, call.consistency, call.min_position)
+            if call.consistency != "eventual":
+                await client.catch_up()
             return _child_scopes(client, call.scope)
     raise AssertionError(f"unhandled method {call.method}")  # pragma: no cover
 
@@ -262,8 +267,9 @@ async def _dispatch(client: EvstateClient, call: _Call) -> Any:
 class _Backend:
     """The server's one :class:`EvstateClient`, opened in the background with retries.
 
-    The server listens at once; until Kafka answers, requests get 503 with the reason.
-    An error that retrying cannot fix (view locked, bad settings) is kept in ``fatal``.
+    The server listens at once; until Kafka answers and the topics are there, requests
+    get 503 with the reason. An error that retrying cannot fix (view locked, a topic
+    with the wrong settings) is kept in ``fatal``.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -271,10 +277,11 @@ class _Backend:
         self.last_error: EvstateError | None = None
         self.fatal: asyncio.Future[EvstateError] = asyncio.get_running_loop().create_future()
         self._opener: asyncio.Task[None] | None = None
+        self._ready = False
 
     @property
     def ready(self) -> bool:
-        return self.client.state is ClientState.OPEN
+        return self._ready and self.client.state is ClientState.OPEN
 
     def start(self) -> None:
         self._opener = asyncio.create_task(self._open(), name="evstate-serve-open")
@@ -284,6 +291,9 @@ class _Backend:
         while True:
             try:
                 await self.client.start()
+                # The server exists to serve the store: create (or check) the topics now,
+                # so a bad topic fails at start and reads see other writers at once.
+                await self.client.ensure_topics()
             except EvstateError as exc:
                 self.last_error = exc
                 if not exc.retriable:
@@ -295,6 +305,7 @@ class _Backend:
                 delay = min(delay * 2, 5.0)
             else:
                 self.last_error = None
+                self._ready = True
                 log.info("evstate serve: connected to %s", self.client.settings.bootstrap_servers)
                 return
 
