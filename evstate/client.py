@@ -132,12 +132,11 @@ class EvstateClient:
                 return
             if self._state is ClientState.CLOSED:
                 raise ClosedError("this EvstateClient is closed; make a new one")
-            view = await asyncio.to_thread(View.open, self.settings.view_dir)
-            try:
+            self._view = await asyncio.to_thread(View.open, self.settings.view_dir)
+            try:  # on failure, _shutdown closes the view again
                 admin = Admin(self.settings)
                 await admin.start()
                 self._admin = admin
-                self._view = view
                 partitions = await admin.partitions(self.settings.state_topic)
                 if partitions is not None:
                     await self._start_applier(partitions)

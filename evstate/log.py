@@ -163,6 +163,17 @@ async def _raise_if_sasl_refused(settings: Settings, timeout: float) -> None:
         conn.close()
 
 
+# Seconds a failed aiokafka object may take to shut down before it is left to the GC.
+_ABANDON_WAIT = 1.0
+
+
+async def _abandon(what: Any) -> None:
+    """Stop an aiokafka object that failed, without letting a dead broker stall us."""
+    close = what.stop if hasattr(what, "stop") else what.close
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(close(), _ABANDON_WAIT)
+
+
 async def _start(settings: Settings, what: Any) -> None:
     """Start an aiokafka object within ``connect_timeout``.
 
@@ -174,8 +185,7 @@ async def _start(settings: Settings, what: Any) -> None:
     try:
         await asyncio.wait_for(what.start(), settings.connect_timeout)
     except (TimeoutError, kerr.KafkaError, OSError) as exc:
-        with contextlib.suppress(Exception):
-            await what.stop() if hasattr(what, "stop") else await what.close()
+        await _abandon(what)
         # A refused login looks like an unreachable broker after aiokafka's bootstrap.
         left = max(1.0, deadline - asyncio.get_running_loop().time())
         await _raise_if_sasl_refused(settings, left)
@@ -210,7 +220,7 @@ async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
 
 
 def _write_error(
-    settings: Settings, exc: BaseException, where: str, size: int, *, atomic: bool = False
+    settings: Settings, exc: BaseException, where: str, size: int
 ) -> KafkaError | EventTooLargeError:
     """The evstate error for a write that Kafka did not acknowledge."""
     if isinstance(exc, kerr.MessageSizeTooLargeError | kerr.RecordTooLargeError):
@@ -234,9 +244,8 @@ def _write_error(
     if isinstance(exc, TimeoutError | kerr.KafkaTimeoutError | kerr.RequestTimedOutError):
         return WriteFailedError(
             f"Kafka at {settings.bootstrap_servers} did not acknowledge a write to {where} "
-            f"within {settings.request_timeout:g}s; "
-            + ("it was aborted" if atomic else "it may or may not have been applied")
-            + ": retry it"
+            f"within {settings.request_timeout:g}s; it may or may not have been applied: "
+            "check before retrying if a duplicate matters"
         )
     return WriteFailedError(f"write to {where} failed: {exc!r}; retry it")
 
@@ -337,24 +346,26 @@ class TransactionalProducer:
                 await asyncio.wait_for(producer.stop(), self._settings.request_timeout)
 
     async def commit(self, records: Sequence[OutRecord]) -> list[tuple[int, int]]:
-        """Write ``records`` in one transaction.
+        """Write ``records`` in one transaction, within ``request_timeout`` in all.
 
         Raises:
             WriteFailedError, EventTooLargeError, BrokerUnavailableError.
         """
-        if self._producer is None:
-            await self.start()
-        producer = self._producer
-        assert producer is not None
         where = ", ".join(sorted({f"{r.topic}[{r.partition}]" for r in records}))
         try:
-            return await asyncio.wait_for(
-                self._transact(producer, records), self._settings.request_timeout + 5
-            )
+            async with asyncio.timeout(self._settings.request_timeout):
+                if self._producer is None:
+                    await self.start()
+                assert self._producer is not None
+                return await self._transact(self._producer, records)
         except (kerr.KafkaError, TimeoutError) as exc:
-            await self.stop()  # its transaction state is unknown: start afresh next time
+            # Its transaction state is unknown: drop it; the next commit starts a fresh
+            # producer, whose registration fences this one and aborts what it left open.
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                await _abandon(producer)
             size = max((len(r.value or b"") for r in records), default=0)
-            raise _write_error(self._settings, exc, where, size, atomic=True) from exc
+            raise _write_error(self._settings, exc, where, size) from exc
 
     @staticmethod
     async def _transact(
