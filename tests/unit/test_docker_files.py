@@ -193,7 +193,9 @@ def test_serve_service_runs_evstate_against_the_broker(compose: dict[str, Any]) 
     serve = services["evstate"]
     assert serve["profiles"] == ["serve"]
     assert serve["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}
-    assert serve["command"] == ["serve"]
+    assert serve["command"] == ["serve", "--host", "0.0.0.0", "--port", "8787"]
+    assert serve["ports"] == ["127.0.0.1:8787:8787"]  # the serve default port, loopback only
+    assert serve["environment"]["EVSTATE_TOKEN"].startswith("${EVSTATE_TOKEN:?")
     assert serve["depends_on"]["kafka"]["condition"] == "service_healthy"
     bootstrap = serve["environment"]["EVSTATE_BOOTSTRAP_SERVERS"]
     host, port = bootstrap.split(":")
