@@ -176,6 +176,15 @@ class EvstateClient:
 
     # -- topics -------------------------------------------------------------------
 
+    async def _discover_topic(self) -> Applier | None:
+        """Start applying if another process created the state topic since we started."""
+        async with self._lock:
+            if self._applier is None and self._admin is not None:
+                partitions = await self._admin.partitions(self.settings.state_topic)
+                if partitions is not None:
+                    await self._start_applier(partitions)
+            return self._applier
+
     def _specs(self) -> list[TopicSpec]:
         s = self.settings
         specs = [
@@ -297,6 +306,8 @@ class EvstateClient:
                 f"consistency must be one of {', '.join(CONSISTENCIES)}, not {consistency!r}"
             )
         applier = self._applier
+        if applier is None and (consistency != "eventual" or min_position is not None):
+            applier = await self._discover_topic()
         if applier is None:  # no topic yet: nothing was ever written
             return
         applier.check()

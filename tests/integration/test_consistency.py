@@ -127,3 +127,17 @@ async def test_wait_that_runs_out_names_partition_and_offsets(
         assert pos.offset <= err.reached < err.wanted
         assert f"partition {pos.partition}" in str(err)
         assert isinstance(err, TimeoutError)
+
+
+async def test_reader_started_before_the_topic_existed_sees_later_writes(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    async with _client(bootstrap_servers, topic_prefix, tmp_path / "reader") as reader:
+        assert await reader.store(APP).get("a", consistency="strong") is None  # no topic yet
+        async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
+            pos = await writer.store(APP).set("a", make_state(APP, "a", v=1))
+        got = await reader.store(APP).get("a", consistency="strong")
+        assert got is not None
+        assert got.props == {"v": 1}
+        again = await reader.store(APP).get("a", consistency="eventual", min_position=pos)
+        assert again is not None
