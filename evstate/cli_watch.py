@@ -69,6 +69,8 @@ def change_line(event: ChangeEvent, before: Tree | None) -> str:
         what = ""  # an update of a key this watch has not seen before: no diff to show
     else:
         what = "; ".join(props_changes(before, event.state))
+    if what == status:  # "created  created"
+        what = ""
     parts = [
         when,
         f"{event.op:<6}",
@@ -148,7 +150,11 @@ def watch(
     async def main() -> None:
         task = asyncio.current_task()
         assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        loop = asyncio.get_running_loop()
+        # Also SIGINT: a shell starts background jobs with SIGINT ignored, which would
+        # leave asyncio's own Ctrl-C handling switched off.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
         seen: dict[tuple[tuple[str, ...], str], Tree | None] = {}
         async with watcher:
             what = (f"scope {scope}" + ("" if exact else " and nested")) if scope else "all scopes"
@@ -156,6 +162,7 @@ def watch(
             err.print(
                 f"watching {watcher.topic} ({what}; {how}; from {from_}); Ctrl-C stops",
                 highlight=False,
+                soft_wrap=True,
             )
             async for event in watcher:
                 if as_json:
