@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Literal
 
 from evstate import keys
 from evstate.config import Settings
-from evstate.errors import ClosedError, MalformedEventError, ValidationError
+from evstate.errors import ClosedError, EvstateError, MalformedEventError, ValidationError
 from evstate.history import record_event
 from evstate.log import Admin, GroupTail, Record
 from evstate.model import ChangeEvent, Position, Scope
@@ -203,6 +203,7 @@ class Watcher:
         self._done: dict[int, int] = {}  # partition → next offset to handle
         self._committed: dict[int, int] = {}
         self._last_commit = time.monotonic()
+        self._committer: asyncio.Task[None] | None = None
         # partition → end offset when it was positioned by time: older records below it
         # are dropped by event time; records written after the start never are.
         self._time_window: dict[int, int] = {}
@@ -285,6 +286,7 @@ class Watcher:
                 return
             try:
                 with contextlib.suppress(Exception):  # best effort: at-least-once holds anyway
+                    await self._settle()
                     await self._commit(tail)
             finally:
                 await tail.stop()
@@ -371,7 +373,7 @@ class Watcher:
         tail = self._tail
         assert tail is not None
         if self.group is not None and time.monotonic() - self._last_commit > _COMMIT_INTERVAL:
-            await self._commit(tail)
+            self._commit_soon(tail)
         while True:
             while self._buffer:
                 record = self._buffer.popleft()
@@ -388,7 +390,7 @@ class Watcher:
                 for p, position in (await tail.positions()).items():
                     if position > self._done.get(p, self._committed.get(p, position)):
                         self._done[p] = position
-                await self._commit(tail)
+                self._commit_soon(tail)
             batches = await tail.fetch(_FETCH_WAIT, _MAX_RECORDS)
             for records in batches.values():
                 self._buffer.extend(records)
@@ -442,7 +444,26 @@ class Watcher:
         self._handled(event)
         if self._current is event:
             self._current = None
+        await self._settle()
         await self._commit(self._tail)
+
+    def _commit_soon(self, tail: GroupTail) -> None:
+        """Commit in the background (one commit in flight at a time), so a slow commit
+        never holds back the next event; :meth:`_ack` and :meth:`close` wait for it."""
+        self._last_commit = time.monotonic()
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_quietly(tail))
+
+    async def _commit_quietly(self, tail: GroupTail) -> None:
+        try:
+            await self._commit(tail)
+        except EvstateError as exc:  # progress stays in memory; the next commit retries
+            log.warning("committing group %r's progress failed: %s", self.group, exc)
+
+    async def _settle(self) -> None:
+        committer, self._committer = self._committer, None
+        if committer is not None:
+            await committer
 
     async def _commit(self, tail: GroupTail) -> None:
         self._last_commit = time.monotonic()
