@@ -104,7 +104,7 @@ def watch(
     scope: Annotated[
         str | None,
         typer.Argument(
-            metavar="[SCOPE]",
+            metavar="SCOPE",
             help="Watch this scope and every scope nested in it (default: every scope).",
             show_default=False,
         ),
