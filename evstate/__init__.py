@@ -10,6 +10,7 @@ from evstate.errors import ConsistencyTimeout, EvstateError
 from evstate.model import ChangeEvent, Position, Scope, State
 from evstate.serde import Secret
 from evstate.store import KafkaStateStore, StoreFactory, store_factory
+from evstate.watch import WatchedEvent, Watcher
 
 __all__ = [
     "ChangeEvent",
@@ -25,5 +26,7 @@ __all__ = [
     "Settings",
     "State",
     "StoreFactory",
+    "WatchedEvent",
+    "Watcher",
     "store_factory",
 ]

@@ -239,11 +239,27 @@ class Applier:
         return (await self._tail.end_offsets())[partition]
 
     async def catch_up(self, timeout: float | None = None) -> None:
-        """Wait until the view has applied everything committed when this was called."""
+        """Wait until the view has applied everything committed when this was called.
+
+        A bulk catch-up can take long: without ``timeout`` it waits as long as the view
+        keeps applying, and gives up after ``read_timeout`` without any progress.
+        """
         assert self._tail is not None
         ends = await self._tail.end_offsets()
+        deadline = None if timeout is None else time.monotonic() + timeout
         for p, end in ends.items():
-            await self.wait_until(p, end, timeout)
+            while True:
+                before = self.stats.records_applied
+                step = self._settings.read_timeout
+                if deadline is not None:
+                    step = min(step, max(0.0, deadline - time.monotonic()))
+                try:
+                    await self.wait_until(p, end, step)
+                    break
+                except ConsistencyTimeout:
+                    progressed = self.stats.records_applied > before
+                    if not progressed or (deadline is not None and time.monotonic() >= deadline):
+                        raise
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Drop the view and replay the state topic into it, then resume applying.

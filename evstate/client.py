@@ -33,6 +33,8 @@ from evstate.log import Admin, Tail, TopicSpec
 from evstate.model import ChangeEvent, Position, Scope, State
 from evstate.serde import deserialize_state
 from evstate.view import View
+from evstate.watch import Start, Watcher
+from evstate.watch import watch as watch_changes
 from evstate.writer import Writer
 
 if TYPE_CHECKING:
@@ -99,6 +101,7 @@ class EvstateClient:
         self._topics_ready = False
         self._written: dict[int, int] = {}
         self._versions: dict[bytes, int] = {}
+        self._partitions: dict[str, tuple[int, int]] = {}  # scope path -> (count, partition)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -154,15 +157,23 @@ class EvstateClient:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        if self._applier is not None:
-            await self._applier.stop()
-        if self._writer is not None:
-            await self._writer.stop()
-        if self._admin is not None:
-            await self._admin.stop()
-        if self._view is not None:
-            self._view.close()
+        # Each resource is released even if stopping another one failed.
+        applier, writer, admin, view = self._applier, self._writer, self._admin, self._view
         self._applier = self._writer = self._admin = self._view = None
+        try:
+            if applier is not None:
+                await applier.stop()
+        finally:
+            try:
+                if writer is not None:
+                    await writer.stop()
+            finally:
+                try:
+                    if admin is not None:
+                        await admin.stop()
+                finally:
+                    if view is not None:
+                        view.close()
 
     async def _open(self) -> None:
         if self._state is not ClientState.OPEN:
@@ -247,11 +258,15 @@ class EvstateClient:
         return KafkaStateStore(scope, client=self)
 
     def partition_of(self, scope: Scope) -> int:
-        """The partition holding every event of ``scope``."""
+        """The partition holding every event of ``scope`` (cached: it is on every read)."""
         partitions = (
             self._applier.partitions if self._applier is not None else self.settings.partitions
         )
-        return keys.partition_for(scope, partitions)
+        cached = self._partitions.get(scope.path)
+        if cached is None or cached[0] != partitions:
+            cached = (partitions, keys.partition_for(scope, partitions))
+            self._partitions[scope.path] = cached
+        return cached[1]
 
     @property
     def view(self) -> View:
@@ -335,11 +350,19 @@ class EvstateClient:
         """Every scope path that has at least one state in the view, sorted."""
         return [p.decode("utf-8") for p in self.view.prefixes(b":")]
 
-    async def catch_up(self) -> None:
-        """Wait until the view has applied everything committed to the topic so far."""
+    async def catch_up(self, timeout: float | None = None) -> None:
+        """Wait until the view has applied everything committed to the topic so far.
+
+        Args:
+            timeout: seconds in all; None waits as long as the view keeps applying.
+
+        Raises:
+            ConsistencyTimeout: out of time, or the view made no progress for
+                ``read_timeout``.
+        """
         await self._open()
         if self._applier is not None:
-            await self._applier.catch_up()
+            await self._applier.catch_up(timeout)
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Drop the view and replay the state topic into it.
@@ -462,6 +485,24 @@ class EvstateClient:
             A :class:`~evstate.history.Diff` of serialized states (secrets stay encrypted).
         """
         return diff_trees(await self.trees_at(scope, a, None), await self.trees_at(scope, b, None))
+
+    def watch(
+        self,
+        scope: Scope | str | None = None,
+        *,
+        group: str | None = None,
+        start: Start = "latest",
+    ) -> Watcher:
+        """Every change from ``start`` on, as it happens; see :func:`evstate.watch.watch`.
+
+        ``async with client.watch("app/prod", group="notifier") as changes:
+        async for event in changes: ...`` — ``event.ack()`` commits at once.
+
+        Raises:
+            ValidationError: an invalid scope, group or start.
+            ClosedError: the client is closed.
+        """
+        return watch_changes(self, scope, group=group, start=start)
 
     @property
     def applier(self) -> Applier | None:

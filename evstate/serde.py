@@ -86,23 +86,42 @@ class Secret:
         return bool(self._unencrypted == other._unencrypted)
 
 
-def _key_path(path: str, key: str) -> str:
-    if key.isidentifier():
-        return f"{path}.{key}" if path else key
-    return f"{path}[{key!r}]"
+# Paths are built on every step of a walk but read only when something fails, so a step
+# is a cheap (parent, key) pair, rendered to "props.db['a b'][3]" only for a message.
+_Path = str | tuple[Any, str | int]
 
 
-def _where(path: str) -> str:
-    return path or "the top level"
+def _key_path(path: _Path, key: str | int) -> _Path:
+    return (path, key)
 
 
-def _format_date(value: datetime, path: str) -> str:
+def _render(path: _Path) -> str:
+    keys: list[str | int] = []
+    while isinstance(path, tuple):
+        path, key = path
+        keys.append(key)
+    out = path
+    for key in reversed(keys):
+        if isinstance(key, int):
+            out = f"{out}[{key}]"
+        elif key.isidentifier():
+            out = f"{out}.{key}" if out else key
+        else:
+            out = f"{out}[{key!r}]"
+    return out
+
+
+def _where(path: _Path) -> str:
+    return _render(path) or "the top level"
+
+
+def _format_date(value: datetime, path: _Path) -> str:
     if value.tzinfo is None or value.utcoffset() is None:
         # A naive datetime could be local time or UTC; guessing would shift it silently.
         raise UnserializableError(
             f"naive datetime at {_where(path)} is ambiguous; give it a tzinfo "
             "(e.g. datetime.now(UTC))",
-            path=path,
+            path=_render(path),
         )
     utc = value.astimezone(UTC)
     # JavaScript's Date.toISOString() shape: milliseconds and "Z".
@@ -130,13 +149,13 @@ def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
     return _serialize(scope, value, path, set(), 0)
 
 
-def _serialize(scope: Scope, value: object, path: str, active: set[int], depth: int) -> Any:
+def _serialize(scope: Scope, value: object, path: _Path, active: set[int], depth: int) -> Any:
     if type(value) in _SCALARS:
         return value
     if isinstance(value, float):
         if not math.isfinite(value):
             raise UnserializableError(
-                f"non-finite float {value!r} at {_where(path)} has no JSON form", path=path
+                f"non-finite float {value!r} at {_where(path)} has no JSON form", path=_render(path)
             )
         return float(value)
     if isinstance(value, bool | int):
@@ -157,14 +176,14 @@ def _serialize(scope: Scope, value: object, path: str, active: set[int], depth: 
     raise UnserializableError(
         f"{type(value).__module__}.{type(value).__qualname__} at {_where(path)} "
         "cannot be serialized",
-        path=path,
+        path=_render(path),
     )
 
 
 def _serialize_container(
     scope: Scope,
     value: dict[Any, Any] | list[Any] | tuple[Any, ...],
-    path: str,
+    path: _Path,
     active: set[int],
     depth: int,
 ) -> Any:
@@ -172,11 +191,11 @@ def _serialize_container(
     ident = id(value)
     if ident in active:
         raise UnserializableError(
-            f"cycle at {_where(path)}: a container contains itself", path=path
+            f"cycle at {_where(path)}: a container contains itself", path=_render(path)
         )
     if depth >= _MAX_DEPTH:
         raise UnserializableError(
-            f"value at {_where(path)} is nested deeper than {_MAX_DEPTH} levels", path=path
+            f"value at {_where(path)} is nested deeper than {_MAX_DEPTH} levels", path=_render(path)
         )
     active.add(ident)
     try:
@@ -185,7 +204,7 @@ def _serialize_container(
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise UnserializableError(
-                        f"dict key {key!r} at {_where(path)} is not a str", path=path
+                        f"dict key {key!r} at {_where(path)} is not a str", path=_render(path)
                     )
                 sub = _key_path(path, key)
                 if key in MARKERS:
@@ -193,19 +212,19 @@ def _serialize_container(
                     # than return something else than was stored.
                     raise UnserializableError(
                         f"dict key {key!r} at {_where(path)} is reserved for serde markers",
-                        path=sub,
+                        path=_render(sub),
                     )
                 out[str.__str__(key)] = _serialize(scope, item, sub, active, depth + 1)
             return out
         return [
-            _serialize(scope, item, f"{path}[{index}]", active, depth + 1)
+            _serialize(scope, item, (path, index), active, depth + 1)
             for index, item in enumerate(value)
         ]
     finally:
         active.discard(ident)
 
 
-def _encrypt(scope: Scope, secret: Secret, path: str) -> dict[str, Any]:
+def _encrypt(scope: Scope, secret: Secret, path: _Path) -> dict[str, Any]:
     """The ``@secret`` payload of ``secret``, as Alchemy's ``serialize`` writes it."""
     if scope.password is None:
         raise SecretError(
@@ -220,12 +239,12 @@ def _encrypt(scope: Scope, secret: Secret, path: str) -> dict[str, Any]:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise UnserializableError(
-            f"secret at {_where(path)} holds a value with no JSON form: {exc}", path=path
+            f"secret at {_where(path)} holds a value with no JSON form: {exc}", path=_render(path)
         ) from None
     return {"data": secrets.encrypt(text, scope.password)}
 
 
-def _decrypt(scope: Scope, payload: object, path: str) -> Secret:
+def _decrypt(scope: Scope, payload: object, path: _Path) -> Secret:
     """Turn an ``{"@secret": payload}`` marker back into its :class:`Secret`.
 
     Args:
@@ -241,15 +260,15 @@ def _decrypt(scope: Scope, payload: object, path: str) -> Secret:
         SerdeError: The marker is malformed.
     """
     if isinstance(payload, dict) and "data" in payload:
-        text = secrets.decrypt(payload["data"], scope.password, path=path)
+        text = secrets.decrypt(payload["data"], scope.password, path=_render(path))
         try:
             return Secret(json.loads(text))
         except ValueError:
             raise SerdeError(f"secret at {_where(path)} holds data that is not JSON text") from None
-    return Secret(secrets.decrypt(payload, scope.password, path=path))
+    return Secret(secrets.decrypt(payload, scope.password, path=_render(path)))
 
 
-def _parse_date(text: object, path: str) -> datetime:
+def _parse_date(text: object, path: _Path) -> datetime:
     if isinstance(text, str):
         try:
             parsed = datetime.fromisoformat(text)
@@ -263,7 +282,7 @@ def _parse_date(text: object, path: str) -> datetime:
     raise SerdeError(f"malformed @date marker at {_where(path)}: {text!r}")
 
 
-def _parse_buffer(text: object, path: str) -> bytes:
+def _parse_buffer(text: object, path: _Path) -> bytes:
     if isinstance(text, str):
         try:
             return base64.b64decode(text, validate=True)
@@ -295,7 +314,7 @@ def deserialize(scope: Scope, tree: object, *, path: str = "") -> Any:
     return _deserialize(scope, tree, path, 0)
 
 
-def _deserialize(scope: Scope, tree: object, path: str, depth: int) -> Any:
+def _deserialize(scope: Scope, tree: object, path: _Path, depth: int) -> Any:
     if type(tree) in _SCALARS or type(tree) is float:
         return tree
     if depth >= _MAX_DEPTH:
@@ -317,8 +336,7 @@ def _deserialize(scope: Scope, tree: object, path: str, depth: int) -> Any:
         return out
     if type(tree) is list:
         return [
-            _deserialize(scope, item, f"{path}[{index}]", depth + 1)
-            for index, item in enumerate(tree)
+            _deserialize(scope, item, (path, index), depth + 1) for index, item in enumerate(tree)
         ]
     raise SerdeError(f"{type(tree).__name__} at {_where(path)} is not part of a JSON tree")
 
@@ -352,7 +370,7 @@ def serialize_state(scope: Scope, state: State) -> dict[str, Any]:
     return tree
 
 
-def deserialize_state(scope: Scope, tree: object) -> State:
+def deserialize_state(scope: Scope, tree: object, *, markers: bool = True) -> State:
     """Build a live :class:`State` from a serialized tree; the reverse of :func:`serialize_state`.
 
     The returned state's ``output["Scope"]`` is ``scope`` when output is a dict, as the
@@ -361,6 +379,8 @@ def deserialize_state(scope: Scope, tree: object) -> State:
     Args:
         scope: The scope of the store reading the state.
         tree: A dict with Alchemy's field names.
+        markers: False when the caller knows the tree holds no marker (no key starting
+            with ``@``): its values are then final as they are, and the walk is skipped.
 
     Returns:
         The state.
@@ -372,7 +392,7 @@ def deserialize_state(scope: Scope, tree: object) -> State:
         SecretError: A secret could not be decrypted.
     """
     state = State.from_json(tree)
-    for name in _VALUE_FIELDS:
+    for name in _VALUE_FIELDS if markers else ():
         value = getattr(state, name)
         if value is None:
             continue

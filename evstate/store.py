@@ -33,6 +33,8 @@ def _tree(raw: bytes) -> Tree:
 
 # A view value holding a secret contains this; others need no key derivation.
 _SECRET = b'"@secret"'
+# Every serde marker is a dict key starting with "@".
+_MARKER = b'"@'
 # deinit deletes keys with this many writes in flight at once.
 _DEINIT_CONCURRENCY = 64
 
@@ -86,7 +88,11 @@ class KafkaStateStore:
         trees = [_tree(raw) for raw in raws]
         if self.scope.password is not None and any(_SECRET in raw for raw in raws):
             await secrets.warm(self.scope.password, trees)
-        return [deserialize_state(self.scope, tree) for tree in trees]
+        # Every marker is a key starting with "@": without one, json.loads was the decoding.
+        return [
+            deserialize_state(self.scope, tree, markers=_MARKER in raw)
+            for raw, tree in zip(raws, trees, strict=True)
+        ]
 
     async def _read_one(
         self, key: str, consistency: Consistency, min_position: Position | None
