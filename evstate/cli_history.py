@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -38,6 +37,7 @@ from evstate.cli_store import (
     mask_secrets,
     out,
     parse_scope,
+    progress_bar,
     run,
     settings_overrides,
 )
@@ -191,25 +191,6 @@ def _output(path: Path | None) -> Iterator[TextIO]:
         yield handle
 
 
-@contextmanager
-def _progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A transient progress bar on stderr; yields the ``progress(done, total)`` callback."""
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield progress
-
-
 def _point(client: EvstateClient, scope: Scope, text: str | None, now: datetime) -> Point | None:
     if text is None:
         return None
@@ -296,7 +277,7 @@ def replay(
     now = datetime.now(UTC)
     point: list[Point] = []
 
-    with _progress_bar(f"replaying {where.path}") as progress:
+    with progress_bar(f"replaying {where.path}") as progress:
 
         async def job(client: EvstateClient) -> dict[str, Tree]:
             point.append(parse_point(at, partition=client.partition_of(where), now=now))

@@ -15,7 +15,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -123,6 +124,25 @@ def run(
         return asyncio.run(main())
     except EvstateError as exc:
         raise fail(exc) from exc
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A transient progress bar on stderr; yields the ``progress(done, total)`` callback."""
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress
 
 
 def parse_scope(path: str, password: str | None = None) -> Scope:
@@ -320,18 +340,7 @@ def rebuild(
 ) -> None:
     """Drop this CLI's view and replay the state topic into it, with a progress bar."""
     started = time.monotonic()
-    with Progress(
-        TextColumn("replaying {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("the state topic", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+    with progress_bar("replaying the state topic") as progress:
 
         async def job(client: EvstateClient) -> int:
             return await client.rebuild(progress)

@@ -166,6 +166,39 @@ async def _raise_if_sasl_refused(settings: Settings, timeout: float) -> None:
         conn.close()
 
 
+async def _getmany(
+    consumer: AIOKafkaConsumer, topic: str, timeout: float, max_records: int | None
+) -> dict[TopicPartition, list[Any]]:
+    """One ``getmany``, with aiokafka's errors translated."""
+    try:
+        batches: dict[TopicPartition, list[Any]] = await consumer.getmany(
+            timeout_ms=int(timeout * 1000), max_records=max_records
+        )
+    except kerr.OffsetOutOfRangeError as exc:
+        raise KafkaError(
+            f"stored offsets of {topic} are out of range (topic recreated?); run `evstate rebuild`"
+        ) from exc
+    except kerr.KafkaError as exc:
+        raise KafkaError(f"reading {topic} failed: {exc!r}") from exc
+    return batches
+
+
+def _records(tp: TopicPartition, records: list[Any]) -> list[Record]:
+    return [Record(tp.partition, r.offset, r.key, r.value, r.headers, r.timestamp) for r in records]
+
+
+async def _offset_for_time(
+    consumer: AIOKafkaConsumer, settings: Settings, tp: TopicPartition, ms: int
+) -> int | None:
+    """The first offset of ``tp`` whose record time is >= ``ms``, if any."""
+    try:
+        found = await consumer.offsets_for_times({tp: ms})
+    except kerr.KafkaError as exc:
+        raise _unavailable(settings, exc) from exc
+    hit = found.get(tp)
+    return None if hit is None else int(hit.offset)
+
+
 async def _stop_consumer(consumer: AIOKafkaConsumer) -> None:
     """Stop a consumer; a cancelled fetch inside it must not cancel the caller."""
     try:
@@ -569,12 +602,7 @@ class Tail:
     async def offset_for_time(self, partition: int, ms: int) -> int | None:
         """The first offset of ``partition`` whose record time is >= ``ms``, if any."""
         tp = TopicPartition(self._topic, partition)
-        try:
-            found = await self._consumer.offsets_for_times({tp: ms})
-        except kerr.KafkaError as exc:
-            raise _unavailable(self._settings, exc) from exc
-        hit = found.get(tp)
-        return None if hit is None else int(hit.offset)
+        return await _offset_for_time(self._consumer, self._settings, tp, ms)
 
     async def fetch(
         self, timeout: float, max_records: int | None = None
@@ -584,31 +612,8 @@ class Tail:
         Raises:
             KafkaError: the fetch failed for a reason retrying will not fix.
         """
-        try:
-            batches = await self._consumer.getmany(
-                timeout_ms=int(timeout * 1000), max_records=max_records
-            )
-        except kerr.OffsetOutOfRangeError as exc:
-            raise KafkaError(
-                f"stored offsets of {self._topic} are out of range (topic recreated?); "
-                "run `evstate rebuild`"
-            ) from exc
-        except kerr.KafkaError as exc:
-            raise KafkaError(f"reading {self._topic} failed: {exc!r}") from exc
-        return {
-            tp.partition: [
-                Record(
-                    partition=tp.partition,
-                    offset=r.offset,
-                    key=r.key,
-                    value=r.value,
-                    headers=r.headers,
-                    timestamp_ms=r.timestamp,
-                )
-                for r in records
-            ]
-            for tp, records in batches.items()
-        }
+        batches = await _getmany(self._consumer, self._topic, timeout, max_records)
+        return {tp.partition: _records(tp, records) for tp, records in batches.items()}
 
     async def positions(self) -> dict[int, int]:
         """The next offset each partition will be read from."""
@@ -738,8 +743,7 @@ class GroupTail:
 
     async def stop(self) -> None:
         """Leave the group and disconnect; idempotent. Commits nothing by itself."""
-        with contextlib.suppress(kerr.KafkaError):
-            await self._consumer.stop()
+        await _stop_consumer(self._consumer)
 
     def _raise_failure(self) -> None:
         failure, self._failure = self._failure, None
@@ -777,12 +781,7 @@ class GroupTail:
     async def offset_for_time(self, partition: int, ms: int) -> int | None:
         """The first offset of ``partition`` whose record time is >= ``ms``, if any."""
         tp = TopicPartition(self._topic, partition)
-        try:
-            found = await self._consumer.offsets_for_times({tp: ms})
-        except kerr.KafkaError as exc:
-            raise _unavailable(self._settings, exc) from exc
-        hit = found.get(tp)
-        return None if hit is None else int(hit.offset)
+        return await _offset_for_time(self._consumer, self._settings, tp, ms)
 
     async def fetch(
         self, timeout: float, max_records: int | None = None
@@ -794,19 +793,11 @@ class GroupTail:
             EvstateError: ``assignments`` raised it while the group rebalanced.
         """
         self._raise_failure()
-        try:
-            batches = await self._consumer.getmany(
-                timeout_ms=int(timeout * 1000), max_records=max_records
-            )
-        except kerr.KafkaError as exc:
-            raise KafkaError(f"reading {self._topic} failed: {exc!r}") from exc
+        batches = await _getmany(self._consumer, self._topic, timeout, max_records)
         self._raise_failure()
         mine = self._consumer.assignment()
         return {
-            tp.partition: [
-                Record(tp.partition, r.offset, r.key, r.value, r.headers, r.timestamp)
-                for r in records
-            ]
+            tp.partition: _records(tp, records)
             for tp, records in batches.items()
             if tp in mine  # a rebalance may have taken the partition since the fetch
         }
