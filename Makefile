@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO_BROKER_DIR ?= .evstate/demo-broker
 DEMO_PORT ?= 19092
 
-.PHONY: install demo test unit lint bench clean
+.PHONY: install demo test unit lint bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,27 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
+# Every benchmarks/bench_*.py on one broker, then docs/benchmarks.md and docs/benchmarks.png:
+# quick mode (a few minutes on 2 cores) unless FULL=1 (or make bench-full). ktables and
+# matplotlib come with the bench extra; faust-streaming runs from a venv of its own inside
+# $(VENV) (so git ignores it and make clean removes it).
+PEERS_VENV  ?= $(VENV)/peers
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+$(PEERS_VENV)/.installed:
+	$(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --quiet 'faust-streaming[rocksdict]>=0.11,<0.16'
+	touch $(PEERS_VENV)/.installed
+
+bench: $(BENCH_STAMP) $(PEERS_VENV)/.installed
+	$(BIN)/python benchmarks/report.py $(if $(FULL),,--quick) --peers-python $(PEERS_VENV)/bin/python
+
+bench-full:
+	$(MAKE) bench FULL=1
 
 clean:
 	rm -rf $(VENV) .evstate .mypy_cache .ruff_cache .pytest_cache

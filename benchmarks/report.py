@@ -1,0 +1,383 @@
+"""Run every benchmark on one broker and write docs/benchmarks.md and docs/benchmarks.png.
+
+    python benchmarks/report.py [--quick] [--bootstrap HOST:PORT] [--peers-python PYTHON]
+                                [--only NAME ...] [--docs DIR]
+
+``make bench`` runs it with ``--quick``, ``make bench FULL=1`` without. Each
+``benchmarks/bench_*.py`` runs in a subprocess of its own against the same broker (started
+here unless given), with ``--quick`` when asked and ``--bootstrap`` / ``--json`` /
+``--peers-python`` when its ``--help`` lists them. A benchmark that writes JSON gets a
+Markdown table and bars in the chart; the printed table of any other one goes into the
+document as text. A benchmark that fails is reported as failed, with the end of its
+output; the others still run, and the exit status is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _common import TIMES, broker_for
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+@dataclass
+class Outcome:
+    """What one benchmark run left: its command, output, JSON (if any), load, time."""
+
+    name: str
+    command: list[str]
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    load: list[float]
+    data: dict[str, Any] | None = None
+    about: str = ""
+
+
+# -- running ---------------------------------------------------------------------------
+
+
+def options_of(bench: Path) -> set[str]:
+    """The options among ours that ``bench --help`` mentions."""
+    done = subprocess.run(
+        [sys.executable, str(bench), "--help"], capture_output=True, text=True, timeout=120
+    )
+    wanted = ("--quick", "--bootstrap", "--json", "--peers-python")
+    return {opt for opt in wanted if opt in done.stdout}
+
+
+def about(bench: Path) -> str:
+    """A benchmark's docstring, without its usage block (indented lines)."""
+    doc = ast.get_docstring(ast.parse(bench.read_text())) or ""
+    paragraphs = [p.strip("\n") for p in doc.split("\n\n")]
+    return "\n\n".join(p for p in paragraphs if p.strip() and not p.startswith("    "))
+
+
+async def run_one(bench: Path, args: argparse.Namespace, bootstrap: str, tmp: Path) -> Outcome:
+    """Run ``bench`` to the end, sampling the load average while it runs."""
+    options = options_of(bench)
+    cmd = [sys.executable, str(bench.relative_to(ROOT))]
+    if args.quick and "--quick" in options:
+        cmd.append("--quick")
+    if "--bootstrap" in options:
+        cmd += ["--bootstrap", bootstrap]
+    if args.peers_python and "--peers-python" in options:
+        cmd += ["--peers-python", args.peers_python]
+    json_path = tmp / f"{bench.stem}.json"
+    if "--json" in options:
+        cmd += ["--json", str(json_path)]
+    print(f"== {shlex.join(cmd)}", file=sys.stderr, flush=True)
+    load = [os.getloadavg()[0]]
+    start = time.perf_counter()
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "132"},
+    )
+    waiting = asyncio.ensure_future(proc.communicate())
+    while not waiting.done():
+        await asyncio.wait([waiting], timeout=5)
+        load.append(os.getloadavg()[0])
+    out, err = waiting.result()
+    seconds = time.perf_counter() - start
+    stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+    sys.stderr.write(stdout if proc.returncode == 0 else stdout + stderr)
+    data = json.loads(json_path.read_text()) if json_path.exists() else None
+    hidden = {str(json_path): "PATH", bootstrap: "HOST:PORT"}
+    shown = ["python", *(hidden.get(c, c) for c in cmd[1:])]
+    return Outcome(
+        bench.stem, shown, proc.returncode or 0, stdout, stderr, seconds, load, data, about(bench)
+    )
+
+
+# -- the document ----------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def version(dist: str) -> str:
+    """The installed version of ``dist``, or ``-``."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def number(value: float) -> str:
+    """A figure as the benchmarks print it."""
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}" if value >= 1 else f"{value:.3f}"
+
+
+def machine(outcomes: list[Outcome], kafka: str, mode: str) -> list[str]:
+    """The machine section: CPUs, load during the run, interpreter, Kafka, libraries."""
+    loads = [x for o in outcomes for x in o.load]
+    libs = ", ".join(
+        f"{d} {version(d)}" for d in ("aiokafka", "rocksdict", "fastavro", "ktables", "matplotlib")
+    )
+    peers = next((o.data.get("peers", {}) for o in outcomes if o.data and "peers" in o.data), {})
+    peer_versions = ", ".join(f"{k} {v}" for k, v in peers.get("versions", {}).items()) or "-"
+    lines = [
+        "| | |",
+        "| --- | --- |",
+        f"| run | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {mode} mode |",
+        f"| CPUs | {os.cpu_count()} {TIMES} {cpu_model()} ({platform.machine()}) |",
+        f"| memory | {memory_gib()} |",
+        f"| OS | {platform.platform()} |",
+        f"| Python | {platform.python_implementation()} {platform.python_version()} |",
+        f"| Kafka | {kafka} |",
+        f"| libraries | evstate {version('evstate')}, {libs} |",
+        f"| peers | {peer_versions} |",
+    ]
+    if loads:
+        lines.append(
+            f"| load average (1 min) during the run | min {min(loads):.1f}, "
+            f"median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f} |"
+        )
+    return lines
+
+
+def memory_gib() -> str:
+    """Total memory from /proc/meminfo."""
+    try:
+        first = Path("/proc/meminfo").read_text().splitlines()[0]
+        return f"{int(first.split()[1]) / 2**20:.0f} GiB"
+    except (OSError, IndexError, ValueError):
+        return "unknown"
+
+
+def ahead(row: dict[str, Any]) -> bool:
+    """Whether evstate beats the baseline on this row."""
+    if "evstate_ahead" in row:
+        return bool(row["evstate_ahead"])
+    return row["ratio"] > 1 if row.get("higher_is_better") else row["ratio"] < 1
+
+
+def rows_table(data: dict[str, Any]) -> list[str]:
+    """A JSON report's rows as a Markdown table."""
+    lines = [
+        "| measurement | peer / baseline | evstate | ratio | evstate ahead? |",
+        "| --- | ---: | ---: | ---: | :---: |",
+    ]
+    notes: list[str] = []
+    for row in data["rows"]:
+        name = row["name"]
+        if row.get("note"):
+            notes.append(row["note"])
+            name += f" [{len(notes)}]"
+        unit = row["unit"]
+        verdict = "yes" if ahead(row) else "**no**"
+        lines.append(
+            f"| {name} | {number(row['baseline'])} {unit} | {number(row['evstate'])} {unit} "
+            f"| {row['ratio']:.2f}{TIMES} | {verdict} |"
+        )
+    lines.append("")
+    lines += [f"[{i}] {n}  " for i, n in enumerate(notes, 1)]
+    return lines
+
+
+def behind(data: dict[str, Any]) -> list[str]:
+    """Every row evstate loses, plainly, then what it would take to win, once per cause."""
+    lost = [r for r in data["rows"] if not ahead(r)]
+    if not lost:
+        return ["evstate is ahead of the peers on every figure of this run."]
+    lines = []
+    causes: dict[str, list[str]] = {}
+    for row in lost:
+        worse = row["ratio"] if not row["higher_is_better"] else 1 / row["ratio"]
+        lines.append(
+            f"- **{row['name']}**: evstate {number(row['evstate'])} {row['unit']} against "
+            f"{number(row['baseline'])} {row['unit']}, {worse:.2f}{TIMES} worse."
+        )
+        if row.get("to_win"):
+            causes.setdefault(row["to_win"], []).append(row["name"])
+    lines += ["", "What it would take to win:", ""]
+    lines += [f"- *{'; '.join(names)}*: {cause}" for cause, names in causes.items()]
+    return lines
+
+
+def chart(outcomes: list[Outcome], path: Path) -> bool:
+    """Bars of every JSON row: how many times better evstate is (> 1) or worse (< 1)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter
+    except ImportError:
+        print("matplotlib is not installed: no chart", file=sys.stderr)
+        return False
+    charted = [(o.name, o.data) for o in outcomes if o.data]
+    several = len(charted) > 1
+    labelled = [(f"{b}: " if several else "", r) for b, data in charted for r in data["rows"]]
+    if not labelled:
+        return False
+    rows = [r for _, r in labelled]
+    names = [prefix + r["name"] for prefix, r in labelled]
+    gains = [r["ratio"] if r.get("higher_is_better") else 1 / r["ratio"] for r in rows]
+    colours = ["#2e7d32" if g >= 1 else "#c62828" for g in gains]
+    fig, ax = plt.subplots(figsize=(11, 0.38 * len(rows) + 1.6))
+    ax.barh(range(len(rows)), [g - 1 for g in gains], left=1, color=colours)
+    ax.set_xscale("log")
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    ax.invert_yaxis()
+    for i, g in enumerate(gains):
+        ax.annotate(
+            f"{g:.2f}{TIMES}",
+            (max(g, 1), i),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+        )
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{TIMES}"))
+    ax.set_xlabel(
+        "evstate's advantage, log scale: the peer's time (or size) / evstate's, or evstate's "
+        "rate / the peer's (> 1: evstate ahead, green)",
+        fontsize=8,
+    )
+    title = "evstate vs its baselines" if several else charted[0][1]["title"]
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def document(outcomes: list[Outcome], kafka: str, mode: str, has_chart: bool) -> str:
+    """docs/benchmarks.md."""
+    full = mode == "full"
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `benchmarks/report.py` (`make bench`); do not edit by hand, run it again.",
+        "Every benchmark measures evstate and a baseline side by side on the same broker in "
+        "one run, alternating the two (AB BA ...) so background load hits both alike. "
+        "Absolute numbers depend on the machine and its load; the ratios are the result.",
+        "",
+        "## Commands",
+        "",
+        "```sh",
+        f"make bench{' FULL=1' if full else ''}    # this document: every benchmark, "
+        f"{'full' if full else 'quick'} mode",
+        "make bench FULL=1    # or: make bench-full",
+        "```",
+        "",
+        "which ran, against one broker started for the run:",
+        "",
+        "```sh",
+        *[shlex.join(o.command) for o in outcomes],
+        "```",
+        "",
+        "## Machine",
+        "",
+        *machine(outcomes, kafka, mode),
+        "",
+    ]
+    for o in sorted(outcomes, key=lambda o: (o.data is None, o.name)):
+        out += [f"## {o.name}", "", o.about, ""]
+        out += [f"`{shlex.join(o.command)}` — {o.seconds:.0f} s, exit {o.code}", ""]
+        if o.code != 0:
+            tail = (o.stdout + o.stderr).strip().splitlines()[-20:]
+            out += ["**This benchmark failed.** The end of its output:", ""]
+            out += ["```text", *tail, "```", ""]
+            continue
+        if o.data:
+            out += peers_section(o.data, has_chart)
+        else:
+            out += ["```text", *table_text(o.stdout), "```", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def peers_section(data: dict[str, Any], has_chart: bool) -> list[str]:
+    """A JSON report: its table, the chart, where evstate is behind, what was left out."""
+    out = [f"**{data['title']}**", "", *rows_table(data), ""]
+    if has_chart:
+        out += ["![evstate's advantage over each peer, per figure](benchmarks.png)", ""]
+    out += ["### Where evstate is behind", "", *behind(data), ""]
+    skipped = data.get("peers", {}).get("skipped", {})
+    if skipped:
+        out += ["### Not measured", ""]
+        out += [f"- **{peer}**: {why}" for peer, why in skipped.items()]
+        out.append("")
+    load = data.get("load")
+    if load:
+        out += [
+            f"Load average (1 min) during this benchmark: {load['min']:.1f} to "
+            f"{load['max']:.1f} (median {load['median']:.1f}) on {os.cpu_count()} CPUs.",
+            "",
+        ]
+    return out
+
+
+def table_text(stdout: str) -> list[str]:
+    """A benchmark's printed report, without the blank lines around it."""
+    return stdout.strip("\n").splitlines()
+
+
+# -- main ------------------------------------------------------------------------------
+
+
+async def main() -> int:
+    """Run the benchmarks, write the document and the chart."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="every benchmark's quick mode")
+    parser.add_argument("--bootstrap", metavar="HOST:PORT", help="use this broker")
+    parser.add_argument("--peers-python", metavar="PYTHON", help="passed to bench_peers")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="e.g. bench_peers")
+    parser.add_argument("--docs", default=str(ROOT / "docs"), help="where to write")
+    args = parser.parse_args()
+    args.peers_python = args.peers_python or os.environ.get("EVSTATE_BENCH_PEERS_PYTHON")
+    benches = sorted(HERE.glob("bench_*.py"))
+    if args.only:
+        benches = [b for b in benches if b.stem in args.only]
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="evstate-bench-report-") as tmp:
+        async with broker_for(args.bootstrap) as broker:
+            for bench in benches:
+                outcomes.append(await run_one(bench, args, broker.bootstrap_servers, Path(tmp)))
+            kafka = broker.kafka_version
+    write(Path(args.docs), outcomes, kafka, "quick" if args.quick else "full")
+    return 1 if any(o.code != 0 for o in outcomes) else 0
+
+
+def write(docs: Path, outcomes: list[Outcome], kafka: str, mode: str) -> None:
+    """docs/benchmarks.md and docs/benchmarks.png."""
+    docs.mkdir(parents=True, exist_ok=True)
+    has_chart = chart(outcomes, docs / "benchmarks.png")
+    (docs / "benchmarks.md").write_text(document(outcomes, kafka, mode, has_chart))
+    print(f"wrote {docs / 'benchmarks.md'}" + (" and benchmarks.png" if has_chart else ""))
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
