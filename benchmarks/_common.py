@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -32,19 +33,23 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import fastavro
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+import evstate
 from evstate import ChangeEvent, Scope, State, events, keys
 from evstate.broker import KAFKA_VERSION, LocalBroker
 
 __all__ = [
     "CONSUMER_CONFIG",
     "HISTORY_TOPIC_CONFIGS",
+    "TIMES",
     "BrokerInfo",
     "Goal",
     "RawRecord",
@@ -54,9 +59,11 @@ __all__ = [
     "base_parser",
     "broker_for",
     "bulk_load",
+    "count_records",
     "create_topic_like_evstate",
     "free_port_block",
     "interleave",
+    "load_avro_schema",
     "percentiles",
     "print_report",
     "raw_producer",
@@ -493,6 +500,36 @@ async def bulk_load(bootstrap: str, topic: str, records: Iterator[RawRecord]) ->
     finally:
         await producer.stop()
     return count
+
+
+async def count_records(bootstrap: str, topic: str, partitions: int) -> int:
+    """How many committed records ``topic`` holds now (after compaction, if any), read
+    from the start of every partition up to its last stable offset."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, **CONSUMER_CONFIG)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        count = 0
+        while any([await consumer.position(tp) < ends[tp] for tp in tps]):
+            fetched = await consumer.getmany(timeout_ms=500, max_records=20_000)
+            for tp, records in fetched.items():
+                count += sum(1 for r in records if r.offset < ends[tp])
+        return count
+    finally:
+        await consumer.stop()
+
+
+def load_avro_schema() -> Any:
+    """The current ChangeEvent schema, parsed, as a raw reader would load it."""
+    here = Path(evstate.__file__).resolve().parent
+    for folder in (here / "schemas", here.parent / "schemas"):
+        found = sorted(folder.glob("change_event.v*.avsc"))
+        if found:
+            return fastavro.parse_schema(json.loads(found[-1].read_text()))
+    raise SystemExit("no change_event schema found beside evstate")
 
 
 @contextlib.asynccontextmanager
