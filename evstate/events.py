@@ -302,17 +302,23 @@ DELETE_HEADER = "evstate.delete"
 """Header of a state-topic tombstone that carries the DELETE event itself."""
 
 
-def state_record(event: ChangeEvent) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+def state_record(
+    event: ChangeEvent, encoded: tuple[bytes, list[tuple[str, bytes]]] | None = None
+) -> tuple[bytes | None, list[tuple[str, bytes]]]:
     """The value and headers of ``event``'s record in the compacted state topic.
 
     A SET is the encoded event. A DELETE is a tombstone (null value), so compaction can
     drop the key for good, with the encoded event in the ``evstate.delete`` header, so the
     record still says who deleted what and why until it is compacted away.
 
+    Args:
+        event: the event.
+        encoded: ``encode(event)``, when the caller has it already (it is not redone).
+
     Raises:
         UnserializableError, SerdeError: as :func:`encode`.
     """
-    value, headers = encode(event)
+    value, headers = encoded if encoded is not None else encode(event)
     if event.op == "DELETE":
         return None, [*headers, (DELETE_HEADER, value)]
     return value, headers

@@ -88,10 +88,11 @@ class Writer:
         """
         key = keys.record_key(scope, event.key).encode("utf-8")
         partition = keys.partition_for(scope, self._partitions)
-        value, headers = events.state_record(event)
+        encoded = events.encode(event)  # once: the history record is the same bytes
+        value, headers = events.state_record(event, encoded)
         out = [OutRecord(self._settings.state_topic, partition, key, value, headers)]
         if self._settings.history:
-            full, full_headers = events.encode(event)
+            full, full_headers = encoded
             out.append(OutRecord(self._settings.history_topic, partition, key, full, full_headers))
         limit = self._max_bytes - RECORD_OVERHEAD
         for record in out:
