@@ -52,6 +52,7 @@ __all__ = [
     "TIMES",
     "BrokerInfo",
     "Goal",
+    "LoadSampler",
     "RawRecord",
     "Row",
     "at_least",
@@ -70,10 +71,12 @@ __all__ = [
     "raw_record",
     "raw_transactional_producer",
     "resource_state",
+    "row_json",
     "tail_consumer",
     "tailing",
     "timed",
     "unique_name",
+    "write_report_json",
 ]
 
 # -- statistics -----------------------------------------------------------------------
@@ -251,9 +254,17 @@ def _console() -> Console:
 
 
 def print_report(
-    title: str, rows: Sequence[Row], broker: BrokerInfo, console: Console | None = None
+    title: str,
+    rows: Sequence[Row],
+    broker: BrokerInfo,
+    console: Console | None = None,
+    *,
+    json_path: str | None = None,
+    extra: dict[str, Any] | None = None,
+    to_win: Callable[[Row], str | None] | None = None,
 ) -> bool:
-    """Print the machine facts and the table of ``rows``.
+    """Print the machine facts and the table of ``rows``; with ``--json PATH`` (see
+    :func:`base_parser`) or ``json_path``, also write them there (:func:`write_report_json`).
 
     Returns:
         Whether every row with a goal met it.
@@ -268,7 +279,88 @@ def print_report(
         console.print(f"[red]goals not met:[/] {', '.join(missed)}")
     else:
         console.print("[green]every goal met[/]")
+    path = json_path or _BenchParser.json_path
+    if path:
+        write_report_json(path, title, rows, broker, extra=extra, to_win=to_win)
     return not missed
+
+
+def _ahead(row: Row) -> bool:
+    return row.ratio > 1 if row.higher_is_better else row.ratio < 1
+
+
+def row_json(row: Row, to_win: str | None = None) -> dict[str, Any]:
+    """``row`` as JSON: the figures, the ratio, the goal, whether evstate is ahead, and
+    ``to_win`` (what it would take evstate to win) where it is not."""
+    ahead = _ahead(row)
+    return {
+        "name": row.name,
+        "baseline": row.raw,
+        "evstate": row.evstate,
+        "unit": row.unit,
+        "ratio": row.ratio,
+        "goal": str(row.goal) if row.goal is not None else None,
+        "met": row.met,
+        "higher_is_better": row.higher_is_better,
+        "evstate_ahead": ahead,
+        "note": row.note,
+        "to_win": None if ahead else to_win,
+    }
+
+
+def write_report_json(
+    path: str,
+    title: str,
+    rows: Sequence[Row],
+    broker: BrokerInfo,
+    *,
+    extra: dict[str, Any] | None = None,
+    to_win: Callable[[Row], str | None] | None = None,
+) -> None:
+    """Write the report to ``path`` as JSON, for benchmarks/report.py: the benchmark's name,
+    the title, the machine facts, the load average now, every row, and ``extra``."""
+    doc = {
+        "bench": Path(sys.argv[0]).stem,
+        "title": title,
+        "facts": dict(machine_facts(broker)),
+        "loadavg": os.getloadavg(),
+        "rows": [row_json(r, to_win(r) if to_win else None) for r in rows],
+        **(extra or {}),
+    }
+    Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+class LoadSampler:
+    """The 1-minute load average, sampled every few seconds while a benchmark runs::
+
+    with LoadSampler() as load:
+        ...
+    load.summary()  # {"min": ..., "median": ..., "max": ...}
+    """
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.samples: list[float] = []
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            await asyncio.sleep(self._every)
+
+    def __enter__(self) -> LoadSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        """min, median and max of the samples."""
+        s = self.samples or [os.getloadavg()[0]]
+        return {"min": min(s), "median": percentiles(s)[50], "max": max(s)}
 
 
 # -- the broker ------------------------------------------------------------------------
@@ -554,9 +646,23 @@ async def tailing(bootstrap: str, topic: str, partitions: int) -> AsyncIterator[
 # -- odds and ends ---------------------------------------------------------------------
 
 
+class _BenchParser(argparse.ArgumentParser):
+    """Remembers the ``--json`` it parsed, so :func:`print_report` writes the JSON without
+    every benchmark passing the path along (one benchmark per process)."""
+
+    json_path: str | None = None
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, rest = super().parse_known_args(args, namespace)
+        _BenchParser.json_path = getattr(parsed, "json", None)
+        return parsed, rest
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """The options every benchmark takes: ``--quick`` and ``--bootstrap``."""
-    parser = argparse.ArgumentParser(description=description)
+    """The options every benchmark takes: ``--quick``, ``--bootstrap`` and ``--json``."""
+    parser = _BenchParser(description=description)
     parser.add_argument(
         "--quick", action="store_true", help="fewer iterations and smaller data sets (< 2 min)"
     )
@@ -564,6 +670,11 @@ def base_parser(description: str) -> argparse.ArgumentParser:
         "--bootstrap",
         metavar="HOST:PORT",
         help="use this broker (default: EVSTATE_BOOTSTRAP_SERVERS, else start one)",
+    )
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        help="also write the report there as JSON (benchmarks/report.py reads it)",
     )
     return parser
 

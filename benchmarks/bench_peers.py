@@ -46,6 +46,7 @@ from typing import Any
 from _common import (
     TIMES,
     BrokerInfo,
+    LoadSampler,
     RawRecord,
     Row,
     at_most,
@@ -54,7 +55,6 @@ from _common import (
     bulk_load,
     create_topic_like_evstate,
     interleave,
-    machine_facts,
     percentiles,
     print_report,
     raw_record,
@@ -502,34 +502,6 @@ async def compare_cold(rig: Rig) -> list[Row]:
 # -- the run, the report ---------------------------------------------------------------
 
 
-class LoadSampler:
-    """The 1-minute load average, sampled every few seconds while the benchmark runs."""
-
-    def __init__(self, every: float = 5.0) -> None:
-        self.samples: list[float] = []
-        self._every = every
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            self.samples.append(os.getloadavg()[0])
-            await asyncio.sleep(self._every)
-
-    def __enter__(self) -> LoadSampler:
-        self._task = asyncio.create_task(self._run())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        self.samples.append(os.getloadavg()[0])
-
-    def summary(self) -> dict[str, float]:
-        """min, median and max of the samples."""
-        s = self.samples or [os.getloadavg()[0]]
-        return {"min": min(s), "median": percentiles(s)[50], "max": max(s)}
-
-
 def note(text: str) -> None:
     """A progress line on stderr."""
     print(f"  {text}", file=sys.stderr, flush=True)
@@ -551,45 +523,18 @@ async def run(plan: Plan, broker: BrokerInfo, peers: Peers) -> tuple[list[Row], 
     return rows, rig
 
 
-def row_json(row: Row) -> dict[str, Any]:
-    """A report row as JSON: the numbers, the ratio, whether evstate is ahead."""
-    ahead = row.ratio > 1 if row.higher_is_better else row.ratio < 1
-    kind = "ryw" if "set→get" in row.name else "memory" if "RSS" in row.name else "cold"
-    if kind == "cold" and "warm view" in row.name:
-        kind = "cold_warm"
-    return {
-        "name": row.name,
-        "baseline": row.raw,
-        "evstate": row.evstate,
-        "unit": row.unit,
-        "ratio": row.ratio,
-        "goal": str(row.goal) if row.goal is not None else None,
-        "met": row.met,
-        "higher_is_better": row.higher_is_better,
-        "evstate_ahead": ahead,
-        "note": row.note,
-        "to_win": None if ahead else TO_WIN[kind],
-    }
-
-
-def write_json(
-    path: str, title: str, rows: list[Row], broker: BrokerInfo, extra: dict[str, Any]
-) -> None:
-    """Write the report as JSON for benchmarks/report.py."""
-    doc = {
-        "bench": "bench_peers",
-        "title": title,
-        "facts": dict(machine_facts(broker)),
-        "rows": [row_json(r) for r in rows],
-        **extra,
-    }
-    Path(path).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+def to_win(row: Row) -> str:
+    """What it would take evstate to win ``row``."""
+    if "set→get" in row.name:
+        return TO_WIN["ryw"]
+    if "RSS" in row.name:
+        return TO_WIN["memory"]
+    return TO_WIN["cold_warm" if "warm view" in row.name else "cold"]
 
 
 async def main() -> int:
     """Parse the command line, get a broker, run, print the report."""
     parser = base_parser(__doc__.splitlines()[0])
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument(
         "--peers-python",
         metavar="PYTHON",
@@ -604,24 +549,26 @@ async def main() -> int:
     with LoadSampler() as load:
         async with broker_for(args.bootstrap) as broker:
             rows, rig = await run(plan, broker, peers)
+    summary = load.summary()
+    extra = {
+        "mode": plan.label,
+        "plan": asdict(plan),
+        "peers": {
+            "versions": peers.versions,
+            "skipped": peers.skipped,
+            "python": {"ktables": peers.ktables_python, "faust": peers.faust_python},
+        },
+        "load": summary,
+        "children": rig.children,
+    }
     title = f"evstate vs ktables and Faust tables ({plan.label} mode; raw column = the peer)"
-    print_report(title, rows, broker)
+    print_report(title, rows, broker, extra=extra, to_win=to_win)
     for dist, why in peers.skipped.items():
         print(f"{dist} was not measured: {why}")
-    losses = [row_json(r) for r in rows if not row_json(r)["evstate_ahead"]]
-    for lost in losses:
-        print(f"evstate is behind on {lost['name']} ({lost['ratio']:.2f}{TIMES}): {lost['to_win']}")
-    summary = load.summary()
+    for row in rows:
+        if row.ratio < 1 if row.higher_is_better else row.ratio > 1:
+            print(f"evstate is behind on {row.name} ({row.ratio:.2f}{TIMES}): {to_win(row)}")
     print(f"load average (1 min) during the run: {summary['min']:.1f} to {summary['max']:.1f}")
-    if args.json:
-        extra = {
-            "mode": plan.label,
-            "plan": asdict(plan),
-            "peers": {"versions": peers.versions, "skipped": peers.skipped},
-            "load": summary,
-            "children": rig.children,
-        }
-        write_json(args.json, title, rows, broker, extra)
     return 0
 
 
