@@ -264,6 +264,7 @@ def chart(outcomes: list[Outcome], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(11, 0.38 * len(rows) + 1.6))
     ax.barh(range(len(rows)), [g - 1 for g in gains], left=1, color=colours)
     ax.set_xscale("log")
+    ax.set_xlim(min(min(gains), 1) / 1.5, max(max(gains), 1) * 2.5)  # room for the labels
     ax.axvline(1, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), names, fontsize=8)
     ax.invert_yaxis()
