@@ -578,7 +578,9 @@ class Tail:
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # 1 MiB a partition: 4 MiB made 12 partitions buffer ~48 MiB (peak RSS at 100k
+            # keys 377 -> 215 MB with 1 MiB, catch-up no slower; measured by bench_peers).
+            max_partition_fetch_bytes=1024 * 1024,
         )
 
     async def start(self, offsets: Mapping[int, int]) -> None:
@@ -704,7 +706,9 @@ class GroupTail:
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             fetch_max_wait_ms=100,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
+            # 1 MiB a partition: 4 MiB made 12 partitions buffer ~48 MiB (peak RSS at 100k
+            # keys 377 -> 215 MB with 1 MiB, catch-up no slower; measured by bench_peers).
+            max_partition_fetch_bytes=1024 * 1024,
         )
 
     async def _relay(self, what: str, partitions: set[int]) -> None:
