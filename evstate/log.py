@@ -430,14 +430,19 @@ class TransactionalProducer:
     async def _transact(
         producer: AIOKafkaProducer, records: Sequence[OutRecord]
     ) -> list[tuple[int, int]]:
-        async with producer.transaction():
-            futures = [
-                await producer.send(
-                    r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
-                )
-                for r in records
-            ]
-            metas = await asyncio.gather(*futures)
+        # Not aiokafka's transaction() context manager: on failure it awaits the abort,
+        # shielded from cancellation, which with the broker gone never ends (a write was
+        # seen hanging 88 s past its timeout). A failed producer is dropped instead, and
+        # the next one's registration fences it and aborts what it left open.
+        await producer.begin_transaction()
+        futures = [
+            await producer.send(
+                r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+            )
+            for r in records
+        ]
+        metas = await asyncio.gather(*futures)
+        await producer.commit_transaction()
         return [(m.partition, m.offset) for m in metas]
 
 
