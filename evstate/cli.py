@@ -63,7 +63,13 @@ def _sasl_user(value: str) -> tuple[str, str]:
 def broker_start(
     port: Annotated[int, typer.Option(help="First client port.")] = DEFAULT_PORT,
     data_dir: DataDir = None,
-    nodes: Annotated[int, typer.Option(help="1, or 3 for a replicated cluster.")] = 1,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            help="1, or 3 for a replicated cluster (RF 3, min.insync.replicas 2). Node 1 is "
+            "the only controller; nodes 2 and 3 are brokers only, so either may be stopped.",
+        ),
+    ] = 1,
     detach: Annotated[bool, typer.Option(help="Return once the broker answers.")] = False,
     kafka_version: Annotated[str, typer.Option(help="Apache Kafka version.")] = KAFKA_VERSION,
     heap: Annotated[str, typer.Option(help="JVM heap per node.")] = "512m",

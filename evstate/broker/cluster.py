@@ -2,9 +2,20 @@
 
 One data dir holds one cluster: ``cluster.json`` (ports, cluster id, pids) and a folder per
 node with its readable ``server.properties``, ``log4j2.properties``, ``server.log`` and the
-KRaft log dir. Each node is a combined broker+controller. Ports: node ``i`` (0-based) of an
-``n``-node cluster listens on ``port + i`` for clients and ``port + n + i`` for the
-controller quorum, so one node takes Kafka's usual 9092/9093.
+KRaft log dir. Ports: node ``i`` (0-based) of an ``n``-node cluster listens on ``port + i``
+for clients; ``port + n + i`` is its controller port, so one node takes Kafka's usual
+9092/9093.
+
+Node 1 is the cluster's only controller (the single KRaft voter, a combined
+broker+controller); in a three-node cluster nodes 2 and 3 are brokers only
+(``process.roles=broker``) and leave their controller ports unused. A fault test can then
+kill brokers 2 and 3 and the controller still runs: it fences them, shrinks every
+partition's in-sync replicas to node 1, and the broker refuses writes that need
+``min.insync.replicas=2`` (NOT_ENOUGH_REPLICAS). With three voters, two dead nodes would
+take the quorum's majority along: no fencing, no ISR change, writes merely time out.
+Killing node 1 stops the controller: the cluster's metadata stays frozen (no leader
+moves, no ISR changes) until it is back. Fencing a dead broker takes
+``broker.session.timeout.ms`` (4 s here), so failover is quick on loopback.
 
 With ``sasl_users``, each node also listens on ``port + 2n + i`` with SASL_PLAINTEXT and
 SCRAM-SHA-256/512 (one node: 9094). The PLAINTEXT listener stays for the controller
@@ -50,6 +61,8 @@ from evstate.log import count_brokers
 DEFAULT_PORT = 9092
 DEFAULT_HEAP = "512m"
 STATE_FILE = "cluster.json"
+# The one KRaft controller (voter) of every cluster; the other nodes are brokers only.
+CONTROLLER_NODE_ID = 1
 # The SASL mechanisms of the SASL_PLAINTEXT listener, with the hash each one uses.
 SCRAM_MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
 # Kafka's default (and minimum) SCRAM iteration count.
@@ -73,6 +86,19 @@ logger.request.name = kafka.request.logger
 logger.request.level = warn
 logger.cleaner.name = kafka.log.LogCleaner
 logger.cleaner.level = info
+# With fewer in-sync replicas than min.insync.replicas, the transaction coordinator
+# retries its commit markers without pause and each try logs twice (gigabytes an hour):
+# keep the first hundred of a burst, then ten a second.
+logger.txnmarker.name = kafka.coordinator.transaction.TransactionMarkerRequestCompletionHandler
+logger.txnmarker.filter.burst.type = BurstFilter
+logger.txnmarker.filter.burst.level = ERROR
+logger.txnmarker.filter.burst.rate = 10
+logger.txnmarker.filter.burst.maxBurst = 100
+logger.replica.name = kafka.server.ReplicaManager
+logger.replica.filter.burst.type = BurstFilter
+logger.replica.filter.burst.level = ERROR
+logger.replica.filter.burst.rate = 10
+logger.replica.filter.burst.maxBurst = 100
 """
 
 
@@ -83,7 +109,7 @@ def _new_cluster_id() -> str:
 
 @dataclass(slots=True)
 class Node:
-    """One combined broker+controller process."""
+    """One Kafka process: the controller and a broker (node 1), or a broker only."""
 
     node_id: int
     port: int
@@ -91,6 +117,11 @@ class Node:
     dir: str
     pid: int | None = None
     sasl_port: int | None = None  # the SASL_PLAINTEXT listener, when SCRAM users exist
+
+    @property
+    def is_controller(self) -> bool:
+        """Whether this node is the cluster's KRaft controller (node 1)."""
+        return self.node_id == CONTROLLER_NODE_ID
 
     @property
     def properties(self) -> Path:
@@ -140,22 +171,33 @@ def server_properties(node: Node, nodes: list[Node]) -> str:
 
     Args:
         node: the node to configure.
-        nodes: every node of the cluster (for the quorum and replication factors).
+        nodes: every node of the cluster (for the controller and replication factors).
 
     Returns:
         The file's text, commented so a reader knows why each line is there.
     """
     n = len(nodes)
-    voters = ",".join(f"{x.node_id}@127.0.0.1:{x.controller_port}" for x in nodes)
+    controller = next(x for x in nodes if x.is_controller)
     rf = min(3, n)
     min_isr = 2 if rf >= 3 else 1
+    if node.is_controller:
+        role = "the controller and a broker"
+        roles = "broker,controller"
+        listeners = (
+            f"PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}"
+        )
+    else:
+        role = f"a broker only; node {controller.node_id} is the controller"
+        roles = "broker"
+        listeners = f"PLAINTEXT://127.0.0.1:{node.port}"
     text = f"""\
-# Written by `evstate broker start`: a combined broker+controller node on loopback (KRaft).
+# Written by `evstate broker start`: node {node.node_id} of {n} on loopback (KRaft), {role}.
 # Edit nothing here by hand; it is rewritten at every start. See README "The local broker".
-process.roles=broker,controller
+process.roles={roles}
 node.id={node.node_id}
-controller.quorum.voters={voters}
-listeners=PLAINTEXT://127.0.0.1:{node.port},CONTROLLER://127.0.0.1:{node.controller_port}
+# One voter: brokers may die (fault tests kill them) while the controller keeps its quorum.
+controller.quorum.voters={controller.node_id}@127.0.0.1:{controller.controller_port}
+listeners={listeners}
 advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
@@ -178,6 +220,16 @@ default.replication.factor={rf}
 group.initial.rebalance.delay.ms=0
 # Find dirty compacted segments quickly (tests prove compaction really ran).
 log.cleaner.backoff.ms=1000
+"""
+    if n > 1:
+        text += """
+# Failover within seconds on loopback (defaults: 9 s, 2 s, 30 s). The controller fences a
+# broker that missed heartbeats for the session timeout and drops it from every ISR; a
+# leader drops a follower that fetched nothing for replica.lag.time.max.ms (which must
+# stay >= replica.fetch.wait.max.ms, 500 ms). Heartbeats come well inside the session.
+broker.session.timeout.ms=4000
+broker.heartbeat.interval.ms=500
+replica.lag.time.max.ms=5000
 """
     if node.sasl_port is not None:
         text = _with_sasl_listener(text, node)
@@ -290,7 +342,8 @@ class LocalBroker:
     """A real Kafka cluster of 1 or 3 nodes on loopback, owned by one data dir.
 
     Use :meth:`start` / :meth:`stop` / :meth:`status`; fault tests use :meth:`kill_node`
-    and :meth:`start_node` to stop and bring back one node.
+    and :meth:`start_node` to stop and bring back one node. Node 1 is the controller (see
+    the module docstring): kill nodes 2 and 3 to take brokers away.
     """
 
     def __init__(
@@ -457,7 +510,8 @@ class LocalBroker:
             for i in range(self.nodes)
         ]
         for node in state.nodes:
-            for port in (node.port, node.controller_port, node.sasl_port):
+            controller_port = node.controller_port if node.is_controller else None
+            for port in (node.port, controller_port, node.sasl_port):
                 if port is not None and not _port_free(port):
                     raise PortInUseError(
                         f"port {port} on 127.0.0.1 is already in use (needed by node "

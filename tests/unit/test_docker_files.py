@@ -114,7 +114,10 @@ def _check_node(service: dict[str, Any], node: Node, nodes: list[Node]) -> None:
 
     listeners = _listener_ports(props["listeners"])
     assert listeners["PLAINTEXT"] == node.port
-    assert listeners["CONTROLLER"] == node.controller_port
+    if node.is_controller:
+        assert listeners["CONTROLLER"] == node.controller_port
+    else:  # a broker-only node must not listen as a controller
+        assert "CONTROLLER" not in listeners
     assert props["controller.listener.names"] == "CONTROLLER"
     advertised = props["advertised.listeners"].split(",")
     assert f"PLAINTEXT://127.0.0.1:{node.port}" in advertised
@@ -122,11 +125,11 @@ def _check_node(service: dict[str, Any], node: Node, nodes: list[Node]) -> None:
     assert inter in listeners
     assert inter != "CONTROLLER"
     protocols = dict(p.split(":") for p in props["listener.security.protocol.map"].split(","))
-    assert set(protocols) == set(listeners)
+    assert set(protocols) == set(listeners) | {"CONTROLLER"}
     assert set(protocols.values()) == {"PLAINTEXT"}
 
     assert _voters(props["controller.quorum.voters"]) == {
-        n.node_id: n.controller_port for n in nodes
+        n.node_id: n.controller_port for n in nodes if n.is_controller
     }
     assert _published(service) == [("127.0.0.1", node.port, node.port)]
     assert env.get("CLUSTER_ID"), "a KRaft cluster needs a fixed id"
@@ -169,6 +172,7 @@ def test_cluster_profile_matches_evstate_three_node_broker(compose: dict[str, An
     assert host_ports == [9092, 9093, 9094]
     assert len({env["controller.quorum.voters"] for env in envs}) == 1
     assert len({_env(services[name])["CLUSTER_ID"] for name in CLUSTER}) == 1
+    assert [env["process.roles"] for env in envs] == ["broker,controller", "broker", "broker"]
     for env in envs:
         assert env["offsets.topic.replication.factor"] == "3"
         assert env["transaction.state.log.replication.factor"] == "3"
