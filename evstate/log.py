@@ -269,6 +269,90 @@ async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
         await client.close()
 
 
+# The transaction coordinator's log: a transaction needs it in sync as much as its topics.
+_TXN_LOG = "__transaction_state"
+# Seconds the in-sync check after a failed write may take (it runs on the error path only).
+_DIAGNOSE_WAIT = 2.0
+
+
+async def _in_sync_shortfall(settings: Settings, written: Sequence[tuple[str, int]]) -> str | None:
+    """Which written partitions (or transaction log partitions) lack in-sync replicas.
+
+    Args:
+        settings: connection settings.
+        written: ``(topic, partition)`` of each record of the failed write.
+
+    Returns:
+        e.g. ``"cluster.state[3] has 1 in sync (broker 1) of 3 replicas, needs 2"``, or
+        None when they all meet ``min.insync.replicas`` or the cluster did not answer
+        within ``_DIAGNOSE_WAIT`` seconds.
+    """
+    topics = sorted({topic for topic, _ in written})
+    names = [*topics, _TXN_LOG]
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    try:
+        async with asyncio.timeout(_DIAGNOSE_WAIT):
+            await admin.start()
+            described = await admin.describe_topics(names)
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+            )
+    except (TimeoutError, kerr.KafkaError, OSError):
+        return None
+    finally:
+        await _abandon(admin)
+    need = {
+        resource[3]: int(entry[1])
+        for response in responses
+        for resource in response.resources
+        for entry in resource[4]
+        if entry[0] == "min.insync.replicas"
+    }
+    wanted = set(written)
+    short: list[str] = []
+    txn_short = 0
+    for topic in described:
+        name, minimum = topic["topic"], need.get(topic["topic"], 1)
+        for p in sorted(topic["partitions"], key=lambda p: p["partition"]):
+            if len(p["isr"]) >= minimum:
+                continue
+            if name == _TXN_LOG:
+                txn_short += 1
+            elif (name, p["partition"]) in wanted:
+                brokers = ", ".join(map(str, sorted(p["isr"]))) or "none"
+                short.append(
+                    f"{name}[{p['partition']}] has {len(p['isr'])} in sync (broker {brokers})"
+                    f" of {len(p['replicas'])} replicas, needs {minimum}"
+                )
+    if txn_short:
+        short.append(
+            f"{txn_short} partitions of the transaction log ({_TXN_LOG}) are below "
+            f"min.insync.replicas={need.get(_TXN_LOG, 1)}"
+        )
+    return "; ".join(short) or None
+
+
+async def _refused_for_isr(
+    settings: Settings, exc: BaseException, where: str, written: Sequence[tuple[str, int]]
+) -> WriteFailedError | None:
+    """The error for a write that timed out because too few replicas are in sync, if so.
+
+    aiokafka retries NOT_ENOUGH_REPLICAS until the timeout, and the transaction
+    coordinator reports its own (for its log) as COORDINATOR_NOT_AVAILABLE, so the
+    cause never arrives as an error: after a timeout or retriable error, ask the cluster.
+    """
+    if isinstance(exc, kerr.KafkaError) and not exc.retriable:
+        return None
+    short = await _in_sync_shortfall(settings, written)
+    if short is None:
+        return None
+    return WriteFailedError(
+        f"write to {where} refused: too few in-sync replicas ({short}); "
+        "min.insync.replicas is not met, so Kafka accepts no write there: "
+        "bring brokers back, then retry"
+    )
+
+
 def _write_error(
     settings: Settings, exc: BaseException, where: str, size: int
 ) -> KafkaError | EventTooLargeError:
@@ -342,14 +426,18 @@ class Producer:
         Raises:
             EventTooLargeError, WriteFailedError, BrokerUnavailableError.
         """
+        where = f"{topic}[{partition}]"
         try:
-            meta = await self._producer.send_and_wait(
-                topic, value=value, key=key, partition=partition, headers=list(headers)
-            )
-        except kerr.KafkaError as exc:
-            raise _write_error(
-                self._settings, exc, f"{topic}[{partition}]", len(value or b"")
-            ) from exc
+            # aiokafka's idempotent producer retries a batch forever: bound the wait.
+            async with asyncio.timeout(self._settings.request_timeout):
+                meta = await self._producer.send_and_wait(
+                    topic, value=value, key=key, partition=partition, headers=list(headers)
+                )
+        except (kerr.KafkaError, TimeoutError) as exc:
+            refused = await _refused_for_isr(self._settings, exc, where, [(topic, partition)])
+            if refused is not None:
+                raise refused from exc
+            raise _write_error(self._settings, exc, where, len(value or b"")) from exc
         return meta.partition, meta.offset
 
 
@@ -417,12 +505,19 @@ class TransactionalProducer:
                     await self.start()
                 assert self._producer is not None
                 return await self._transact(self._producer, records)
-        except (kerr.KafkaError, TimeoutError) as exc:
+        except (kerr.KafkaError, TimeoutError, BrokerUnavailableError) as exc:
             # Its transaction state is unknown: drop it; the next commit starts a fresh
             # producer, whose registration fences this one and aborts what it left open.
             producer, self._producer = self._producer, None
             if producer is not None:
                 await _abandon(producer)
+            refused = await _refused_for_isr(
+                self._settings, exc, where, [(r.topic, r.partition) for r in records]
+            )
+            if refused is not None:
+                raise refused from exc
+            if isinstance(exc, BrokerUnavailableError):
+                raise
             size = max((len(r.value or b"") for r in records), default=0)
             raise _write_error(self._settings, exc, where, size) from exc
 
@@ -444,6 +539,10 @@ class TransactionalProducer:
         metas = await asyncio.gather(*futures)
         await producer.commit_transaction()
         return [(m.partition, m.offset) for m in metas]
+
+
+class _UnknownTopicError(KafkaError):
+    """The broker asked does not know the topic (it may not have caught up yet)."""
 
 
 class Admin:
@@ -493,6 +592,8 @@ class Admin:
         for response in responses:
             for resource in response.resources:
                 error_code, error_message = resource[0], resource[1]
+                if error_code == kerr.UnknownTopicOrPartitionError.errno:
+                    raise _UnknownTopicError(f"the broker asked does not know topic {topic}")
                 if error_code:
                     raise KafkaError(f"describing {topic} failed: {error_message}")
                 for entry in resource[4]:
@@ -513,8 +614,7 @@ class Admin:
         existing = await self.partitions(spec.name)
         if existing is None:
             await self._create(spec)
-        configs = await self.topic_configs(spec.name)
-        existing = await self.partitions(spec.name)
+        configs, existing = await self._settled(spec.name)
         want_policy = spec.configs.get("cleanup.policy")
         have_policy = configs.get("cleanup.policy")
         if want_policy is not None and have_policy != want_policy:
@@ -531,6 +631,27 @@ class Admin:
                 "partition count, so it must match) or use another topic_prefix"
             )
         return int(configs.get("max.message.bytes", DEFAULT_MAX_MESSAGE_BYTES))
+
+    async def _settled(self, topic: str) -> tuple[dict[str, str], int | None]:
+        """The configs and partition count of a topic that exists.
+
+        Right after a topic is created (here or by another client), a broker that has
+        not applied the new metadata yet answers "unknown topic" for a moment (up to a
+        second or two on a three-node cluster): ask again, for up to ``request_timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.request_timeout
+        while True:
+            try:
+                configs = await self.topic_configs(topic)
+                count = await self.partitions(topic)
+            except _UnknownTopicError:
+                if loop.time() >= deadline:
+                    raise
+            else:
+                if count is not None or loop.time() >= deadline:
+                    return configs, count
+            await asyncio.sleep(0.1)
 
     async def _create(self, spec: TopicSpec) -> None:
         rf = spec.replication_factor or min(3, await self.broker_count())
