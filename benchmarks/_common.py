@@ -34,7 +34,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fastavro
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -45,6 +45,8 @@ from rich.table import Table
 import evstate
 from evstate import ChangeEvent, Scope, State, events, keys
 from evstate.broker import KAFKA_VERSION, LocalBroker
+
+RigT = TypeVar("RigT")
 
 __all__ = [
     "CONSUMER_CONFIG",
@@ -65,6 +67,7 @@ __all__ = [
     "free_port_block",
     "interleave",
     "load_avro_schema",
+    "note",
     "percentiles",
     "print_report",
     "raw_producer",
@@ -72,6 +75,7 @@ __all__ = [
     "raw_transactional_producer",
     "resource_state",
     "row_json",
+    "run_steps",
     "tail_consumer",
     "tailing",
     "timed",
@@ -682,3 +686,21 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 def unique_name(stem: str) -> str:
     """A topic prefix (or similar) no other run uses."""
     return f"{stem}-{uuid.uuid4().hex[:10]}"
+
+
+def note(text: str) -> None:
+    """A progress line on stderr (the report itself goes to stdout)."""
+    print(f"  {text}", file=sys.stderr, flush=True)
+
+
+async def run_steps(
+    steps: Sequence[Callable[[RigT], Awaitable[list[Row]]]], rig: RigT
+) -> list[Row]:
+    """Run each comparison in turn, noting its first docstring line and how long it took."""
+    rows: list[Row] = []
+    for step in steps:
+        note(step.__doc__.splitlines()[0] if step.__doc__ else step.__name__)
+        start = time.perf_counter()
+        rows += await step(rig)
+        note(f"done in {time.perf_counter() - start:.1f} s")
+    return rows

@@ -56,12 +56,14 @@ from _common import (
     create_topic_like_evstate,
     interleave,
     load_avro_schema,
+    note,
     percentiles,
     print_report,
     raw_producer,
     raw_record,
     raw_transactional_producer,
     resource_state,
+    run_steps,
     timed,
     unique_name,
 )
@@ -103,10 +105,6 @@ class Plan:
 
 QUICK = Plan("quick", 5, 25, 3, 8, 20_000, 2, 20_000, 1_000, 5, 120)
 FULL = Plan("full", 12, 60, 5, 30, 100_000, 3, 100_000, 1_000, 9, 300)
-
-
-def _note(text: str) -> None:
-    print(f"  {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -190,7 +188,7 @@ async def compare_writes(rig: Rig) -> list[Row]:
     """1 and 2: lone set vs send_and_wait; 64 concurrent writers vs batched sends."""
     async with writers(rig) as w:
         rows = await _lone_writes(rig.plan, w)
-        _note(f"{WRITERS} concurrent writers ...")
+        note(f"{WRITERS} concurrent writers ...")
         return rows + await _concurrent_writes(rig.plan, w)
 
 
@@ -355,7 +353,7 @@ async def compare_replay(rig: Rig) -> list[Row]:
     topic = settings.history_topic
     async with client:
         await client.ensure_topics()
-        _note(f"loading {plan.replay_events:,} events of {SCOPE.path} into {topic} ...")
+        note(f"loading {plan.replay_events:,} events of {SCOPE.path} into {topic} ...")
         await bulk_load(
             rig.bootstrap, topic, updates([SCOPE], 1_000, plan.replay_events, partitions)
         )
@@ -444,7 +442,7 @@ async def _wait_for_compaction(
             await asyncio.gather(*[await _send(producer, topic, r) for r in tickers])
             left = await count_records(rig.bootstrap, topic, partitions)
             waited = time.perf_counter() - start
-            _note(f"  {left:,} records left after {waited:.0f} s")
+            note(f"  {left:,} records left after {waited:.0f} s")
             if left <= want or waited > rig.plan.compaction_wait:
                 return left, waited
     finally:
@@ -464,7 +462,7 @@ async def compare_rebuild(rig: Rig) -> list[Row]:
     async with compacted, ideal, full:
         for client in (compacted, ideal, full):
             await client.ensure_topics()
-        _note(f"loading {plan.updates:,} updates of {plan.live_keys:,} keys, twice ...")
+        note(f"loading {plan.updates:,} updates of {plan.live_keys:,} keys, twice ...")
         for client in (compacted, full):
             await bulk_load(
                 rig.bootstrap,
@@ -474,7 +472,7 @@ async def compare_rebuild(rig: Rig) -> list[Row]:
         await bulk_load(rig.bootstrap, ideal.settings.state_topic, iter(latest))
         topic = compacted.settings.state_topic
         before = await count_records(rig.bootstrap, topic, partitions)
-        _note(f"{topic}: {before:,} records right after the load; compacting ...")
+        note(f"{topic}: {before:,} records right after the load; compacting ...")
         # A little slack: the active segments (never cleaned) hold a few tickers.
         left, waited = await _wait_for_compaction(
             rig, compacted, latest, int(plan.live_keys * 1.05)
@@ -488,7 +486,7 @@ async def compare_rebuild(rig: Rig) -> list[Row]:
                 rig.bootstrap, full.settings.state_topic, partitions
             ),
         }
-        _note(
+        note(
             f"compaction took {waited:.0f} s; records: "
             + ", ".join(f"{k} {v:,}" for k, v in counts.items())
         )
@@ -560,16 +558,10 @@ async def run(plan: Plan, broker: BrokerInfo) -> list[Row]:
     """Every comparison, in turn, in a scratch dir removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="evstate-bench-history-"))
     rig = Rig(broker.bootstrap_servers, tmp, plan)
-    rows: list[Row] = []
     try:
-        for step in (compare_writes, compare_replay, compare_rebuild):
-            _note(f"{step.__doc__.splitlines()[0]}")
-            start = time.perf_counter()
-            rows += await step(rig)
-            _note(f"done in {time.perf_counter() - start:.1f} s")
+        return await run_steps((compare_writes, compare_replay, compare_rebuild), rig)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return rows
 
 
 async def main() -> int:

@@ -55,10 +55,12 @@ from _common import (
     bulk_load,
     create_topic_like_evstate,
     interleave,
+    note,
     percentiles,
     print_report,
     raw_record,
     resource_state,
+    run_steps,
     unique_name,
 )
 
@@ -502,25 +504,14 @@ async def compare_cold(rig: Rig) -> list[Row]:
 # -- the run, the report ---------------------------------------------------------------
 
 
-def note(text: str) -> None:
-    """A progress line on stderr."""
-    print(f"  {text}", file=sys.stderr, flush=True)
-
-
 async def run(plan: Plan, broker: BrokerInfo, peers: Peers) -> tuple[list[Row], Rig]:
     """Every comparison, in turn, in a scratch dir removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="evstate-bench-peers-"))
     rig = Rig(broker.bootstrap_servers, tmp, plan, peers)
-    rows: list[Row] = []
     try:
-        for step in (compare_ryw, compare_cold):
-            note(step.__doc__.splitlines()[0] if step.__doc__ else step.__name__)
-            start = time.perf_counter()
-            rows += await step(rig)
-            note(f"done in {time.perf_counter() - start:.1f} s")
+        return await run_steps((compare_ryw, compare_cold), rig), rig
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return rows, rig
 
 
 def to_win(row: Row) -> str:

@@ -40,6 +40,7 @@ from _common import (
     base_parser,
     broker_for,
     interleave,
+    note,
     percentiles,
     print_report,
     resource_state,
@@ -65,10 +66,6 @@ class Plan:
 
 QUICK = Plan("quick", rounds=6, calls=40)
 FULL = Plan("full", rounds=12, calls=150)
-
-
-def _note(text: str) -> None:
-    print(f"  {text}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -149,7 +146,7 @@ async def compare(plan: Plan, broker: BrokerInfo, tmp: Path) -> list[Row]:
     states = [resource_state(SCOPE, i) for i in range(plan.calls)]
     trees = [serialize_state(SCOPE, s) for s in states]
     size = len(json.dumps(trees[0], separators=(",", ":")))
-    _note(f"state tree: {size:,} bytes of JSON")
+    note(f"state tree: {size:,} bytes of JSON")
     async with serving(bootstrap, tmp) as server, EvstateClient(settings) as client:
         store = client.store(SCOPE)
         await store.init()
@@ -261,9 +258,9 @@ async def main() -> int:
     try:
         async with broker_for(args.bootstrap) as broker:
             start = time.perf_counter()
-            _note("set and get: HTTP vs the Python API ...")
+            note("set and get: HTTP vs the Python API ...")
             rows = await compare(plan, broker, tmp)
-            _note(f"done in {time.perf_counter() - start:.1f} s")
+            note(f"done in {time.perf_counter() - start:.1f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print_report(f"evstate serve (HTTP) vs the Python API ({plan.label} mode)", rows, broker)

@@ -52,12 +52,14 @@ from _common import (
     bulk_load,
     create_topic_like_evstate,
     interleave,
+    note,
     percentiles,
     print_report,
     raw_producer,
     raw_record,
     raw_transactional_producer,
     resource_state,
+    run_steps,
     tail_consumer,
     tailing,
     timed,
@@ -514,7 +516,7 @@ async def compare_scale(rig: Rig) -> list[Row]:
         records = scale_records(count, client.settings.partitions)
         await bulk_load(rig.bootstrap, client.settings.state_topic, records)
         await client.catch_up()
-        _note(f"{count:,} keys loaded and applied in {time.perf_counter() - start:.1f} s")
+        note(f"{count:,} keys loaded and applied in {time.perf_counter() - start:.1f} s")
         measures[size] = _random_gets(client, count, plan.scale_gets, rng)
     try:
         await interleave(1, **measures)  # warm-up
@@ -524,12 +526,12 @@ async def compare_scale(rig: Rig) -> list[Row]:
             await close_client(client)
     small, large = percentiles(got["small"]), percentiles(got["large"])
     small_label, large_label = _count_label(plan.small), _count_label(plan.large)
-    note = f"raw column: get in a view of {small_label} keys; evstate column: of {large_label}"
+    about = f"raw column: get in a view of {small_label} keys; evstate column: of {large_label}"
     if plan.large != 1_000_000:
-        note += " (1M reduced by --quick)"
+        about += " (1M reduced by --quick)"
     what = f"get at {large_label} keys vs {small_label}"
     return [
-        Row(f"{what} p50", small[50] * US, large[50] * US, "µs", goal=at_most(1.2), note=note),
+        Row(f"{what} p50", small[50] * US, large[50] * US, "µs", goal=at_most(1.2), note=about),
         Row(f"{what} p99", small[99] * US, large[99] * US, "µs"),
     ]
 
@@ -548,7 +550,7 @@ async def close_client(client: EvstateClient) -> None:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
-        _note("evstate's client.close() raised CancelledError (aiokafka fetcher close leak)")
+        note("evstate's client.close() raised CancelledError (aiokafka fetcher close leak)")
 
 
 def _count_label(n: int) -> str:
@@ -570,10 +572,6 @@ def _random_gets(client: EvstateClient, count: int, n: int, rng: random.Random) 
     return measure
 
 
-def _note(text: str) -> None:
-    print(f"  {text}", file=sys.stderr, flush=True)
-
-
 # -- main ------------------------------------------------------------------------------
 
 
@@ -581,16 +579,10 @@ async def run(plan: Plan, broker: BrokerInfo) -> list[Row]:
     """Every comparison, in turn, in a scratch dir removed afterwards."""
     tmp = Path(tempfile.mkdtemp(prefix="evstate-bench-"))
     rig = Rig(broker.bootstrap_servers, tmp, plan)
-    rows: list[Row] = []
     try:
-        for step in (compare_writes, compare_reads, compare_rebuild, compare_scale):
-            _note(f"{step.__doc__.splitlines()[0]}")
-            start = time.perf_counter()
-            rows += await step(rig)
-            _note(f"done in {time.perf_counter() - start:.1f} s")
+        return await run_steps((compare_writes, compare_reads, compare_rebuild, compare_scale), rig)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return rows
 
 
 async def main() -> int:

@@ -45,6 +45,7 @@ from _common import (
     bulk_load,
     create_topic_like_evstate,
     interleave,
+    note,
     percentiles,
     print_report,
     raw_producer,
@@ -89,10 +90,6 @@ def load_avro_schema() -> Any:
         if found:
             return fastavro.parse_schema(json.loads(found[-1].read_text()))
     raise SystemExit("no change_event schema found beside evstate")
-
-
-def _note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 class Receipts:
@@ -325,7 +322,7 @@ async def throughput(plan: Plan, broker: BrokerInfo) -> list[Row]:
             tree = dict(trees[i % len(trees)], id=f"fn-{i:07d}")
             yield raw_record(scope, tree, PARTITIONS)
 
-    _note(f"loading {plan.events:,} events into {topic} ...")
+    note(f"loading {plan.events:,} events into {topic} ...")
     await bulk_load(bootstrap, topic, records())
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, partitions=PARTITIONS)
 
@@ -393,11 +390,11 @@ async def run(plan: Plan, broker: BrokerInfo) -> list[Row]:
     tmp = tempfile.mkdtemp(prefix="evstate-bench-watch-")
     try:
         start = time.perf_counter()
-        _note("latency: set -> watcher vs produce -> consumer ...")
+        note("latency: set -> watcher vs produce -> consumer ...")
         rows = await latency(plan, broker, tmp)
-        _note(f"done in {time.perf_counter() - start:.1f} s; catch-up throughput ...")
+        note(f"done in {time.perf_counter() - start:.1f} s; catch-up throughput ...")
         rows += await throughput(plan, broker)
-        _note(f"done in {time.perf_counter() - start:.1f} s")
+        note(f"done in {time.perf_counter() - start:.1f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
