@@ -94,7 +94,15 @@ def run_node(
     scripts.mkdir(exist_ok=True)
     target = scripts / script
     shutil.copyfile(NODE_SCRIPTS / script, target)
-    env = dict(os.environ, ALCHEMY_TELEMETRY_DISABLED="1", DO_NOT_TRACK="1", NO_COLOR="1")
+    # CI machines set CI=true, and Alchemy then refuses to run with its default local state
+    # store; writing a local .alchemy folder is exactly what these scripts are for.
+    env = dict(
+        os.environ,
+        ALCHEMY_TELEMETRY_DISABLED="1",
+        DO_NOT_TRACK="1",
+        NO_COLOR="1",
+        ALCHEMY_CI_STATE_STORE_CHECK="false",
+    )
     proc = subprocess.run(
         ["node", str(target), *args],
         input=None if stdin is None else json.dumps(stdin),
