@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -242,8 +243,27 @@ async def _start(settings: Settings, what: Any) -> None:
         raise _unavailable(settings, exc) from exc
 
 
+class _ThreadFilter(logging.Filter):
+    """Drops the records logged from one thread (see :func:`count_brokers`)."""
+
+    def __init__(self, thread: int) -> None:
+        super().__init__()
+        self._thread = thread
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread != self._thread
+
+
+# aiokafka logs every refused connection at ERROR; a probe's refusals are its answer.
+_PROBE_LOGGERS = ("aiokafka", "aiokafka.conn")
+
+
 async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
     """Ask the cluster for its metadata and return how many brokers it lists.
+
+    aiokafka's own connection errors from this thread are kept out of the log while it
+    asks: a broker that is still starting refuses connections, and the answer is the
+    exception raised here, not a line per attempt.
 
     Args:
         bootstrap_servers: ``host:port[,host:port...]``.
@@ -252,6 +272,9 @@ async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
     Raises:
         BrokerUnavailableError: nothing answered a metadata request in time.
     """
+    quiet = _ThreadFilter(threading.get_ident())
+    for name in _PROBE_LOGGERS:
+        logging.getLogger(name).addFilter(quiet)
     client = AIOKafkaClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=max(1000, int(timeout * 1000)),
@@ -267,6 +290,8 @@ async def count_brokers(bootstrap_servers: str, *, timeout: float = 5.0) -> int:
         ) from exc
     finally:
         await client.close()
+        for name in _PROBE_LOGGERS:
+            logging.getLogger(name).removeFilter(quiet)
 
 
 # The transaction coordinator's log: a transaction needs it in sync as much as its topics.

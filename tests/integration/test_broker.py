@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -14,9 +15,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from evstate.broker import LocalBroker
+from evstate.broker.cluster import _probe
 from evstate.errors import (
     BrokerAlreadyRunningError,
     BrokerStartTimeout,
+    BrokerUnavailableError,
     PortInUseError,
 )
 from tests._util import free_port_block
@@ -163,3 +166,37 @@ def test_cli_reports_error_with_exit_status_2(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"port {port} on 127.0.0.1 is already in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_probe_of_a_closed_port_raises_and_logs_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port_block(1)
+    with caplog.at_level(logging.DEBUG), pytest.raises(BrokerUnavailableError) as info:
+        _probe(f"127.0.0.1:{port}", 1.0)
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("aiokafka")] == []
+    # The filter is gone afterwards: aiokafka's own logging is not silenced for good.
+    assert all(not logging.getLogger(n).filters for n in ("aiokafka", "aiokafka.conn"))
+
+
+def test_cli_start_prints_the_address_without_aiokafka_noise(tmp_path: Path) -> None:
+    port = free_port_block(2)
+    data_dir = tmp_path / "cli-start"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "evstate.cli", "broker", *args, "--data-dir", str(data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+
+    started = cli("start", "--detach", "--port", str(port))
+    try:
+        assert started.returncode == 0, started.stderr
+        assert f"127.0.0.1:{port}" in started.stdout
+        assert "Unable connect" not in started.stdout + started.stderr
+    finally:
+        stopped = cli("stop")
+    assert stopped.returncode == 0, stopped.stderr
+    assert _java_processes_using(data_dir) == []
