@@ -45,6 +45,7 @@ from rich.table import Table
 import evstate
 from evstate import ChangeEvent, Scope, State, events, keys
 from evstate.broker import KAFKA_VERSION, LocalBroker
+from evstate.log import BATCH_BYTES  # the raw producers batch as evstate does
 
 RigT = TypeVar("RigT")
 
@@ -551,7 +552,11 @@ async def create_topic_like_evstate(
 def raw_producer(bootstrap: str) -> AIOKafkaProducer:
     """A producer configured as evstate's idempotent one (``history=False``)."""
     return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=0,
+        max_batch_size=BATCH_BYTES,
     )
 
 
@@ -562,6 +567,7 @@ def raw_transactional_producer(bootstrap: str) -> AIOKafkaProducer:
         transactional_id=unique_name("bench-txn"),
         linger_ms=0,
         retry_backoff_ms=5,  # as evstate: the 100 ms default would dominate small transactions
+        max_batch_size=BATCH_BYTES,
     )
 
 

@@ -72,24 +72,20 @@ def _ms(when: datetime) -> int:
     return max(0, int(when.timestamp() * 1000))
 
 
-async def read_events(
+async def _scope_records(
     settings: Settings,
     partitions: int,
     scope: Scope,
     *,
-    key: str | None = None,
-    since: Point | None = None,
-    until: Point | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> AsyncIterator[ChangeEvent]:
-    """Every event of ``scope`` (or one ``key`` in it), oldest first, within the bounds.
+    key: str | None,
+    since: Point | None,
+    until: Point | None,
+    progress: Callable[[int, int], None] | None,
+) -> AsyncIterator[Record]:
+    """The records of ``scope`` (or one ``key``) within the bounds' offsets, undecoded.
 
-    Reads the scope's partition up to its end as of the call. ``since`` and ``until`` are
-    inclusive. ``progress(done, total)`` counts offsets read.
-
-    Raises:
-        ValidationError: a Position bound in another partition, or a naive datetime.
-        MalformedEventError: a record of this scope is not a readable event.
+    A datetime bound is widened by ``_CLOCK_SLACK`` here (record timestamps); the caller
+    filters by the events' own timestamps.
     """
     topic = settings.history_topic if settings.history else settings.state_topic
     partition = keys.partition_for(scope, partitions)
@@ -121,19 +117,43 @@ async def read_events(
                 if record.offset >= end or record.key is None:
                     continue
                 # The prefix matches this scope's ids only: nested scopes continue with '/'.
-                wanted = record.key == exact if exact else record.key.startswith(prefix)
-                if not wanted:
-                    continue
-                event = record_event(record)
-                if isinstance(since, datetime) and event.timestamp < since:
-                    continue
-                if isinstance(until, datetime) and event.timestamp > until:
-                    continue
-                yield event
+                if record.key == exact if exact else record.key.startswith(prefix):
+                    yield record
         if progress is not None:
             progress(total, total)
     finally:
         await tail.stop()
+
+
+async def read_events(
+    settings: Settings,
+    partitions: int,
+    scope: Scope,
+    *,
+    key: str | None = None,
+    since: Point | None = None,
+    until: Point | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> AsyncIterator[ChangeEvent]:
+    """Every event of ``scope`` (or one ``key`` in it), oldest first, within the bounds.
+
+    Reads the scope's partition up to its end as of the call. ``since`` and ``until`` are
+    inclusive. ``progress(done, total)`` counts offsets read.
+
+    Raises:
+        ValidationError: a Position bound in another partition, or a naive datetime.
+        MalformedEventError: a record of this scope is not a readable event.
+    """
+    records = _scope_records(
+        settings, partitions, scope, key=key, since=since, until=until, progress=progress
+    )
+    async for record in records:
+        event = record_event(record)
+        if isinstance(since, datetime) and event.timestamp < since:
+            continue
+        if isinstance(until, datetime) and event.timestamp > until:
+            continue
+        yield event
 
 
 async def replay_trees(
@@ -143,13 +163,36 @@ async def replay_trees(
     at: Point,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Tree]:
-    """Every state of ``scope`` as of ``at``, replayed from the events up to it."""
+    """Every state of ``scope`` as of ``at``, replayed from the events up to it.
+
+    A key's state is its last event up to ``at``, so only that event is decoded: the
+    others are passed over as bytes. With a datetime, a record stamped more than
+    ``_CLOCK_SLACK`` before ``at`` is surely in; one stamped later is decoded to compare
+    its event's own timestamp.
+
+    Raises:
+        ValidationError: ``at`` is a Position in another partition, or a naive datetime.
+        MalformedEventError: a key's last record up to ``at`` is not a readable event.
+    """
+    when = at if isinstance(at, datetime) else None
+    surely_in = None if when is None else _ms(when - _CLOCK_SLACK)
+    last: dict[bytes, Record | ChangeEvent] = {}
+    records = _scope_records(
+        settings, partitions, scope, key=None, since=None, until=at, progress=progress
+    )
+    async for record in records:
+        assert record.key is not None  # _scope_records yields keyed records only
+        if when is not None and surely_in is not None and record.timestamp_ms > surely_in:
+            event = record_event(record)
+            if event.timestamp <= when:
+                last[record.key] = event
+        else:
+            last[record.key] = record
     trees: dict[str, Tree] = {}
-    async for event in read_events(settings, partitions, scope, until=at, progress=progress):
+    for item in last.values():
+        event = item if isinstance(item, ChangeEvent) else record_event(item)
         if event.op == "SET" and event.state is not None:
             trees[event.key] = event.state
-        elif event.op == "DELETE":
-            trees.pop(event.key, None)
     return trees
 
 

@@ -51,6 +51,10 @@ Headers = Sequence[tuple[str, bytes]]
 DEFAULT_MAX_MESSAGE_BYTES = 1_048_588
 # Room for the record batch header, key, headers and varints around a value.
 RECORD_OVERHEAD = 512
+# Records of one partition sent in one batch at most (aiokafka's default is 16 KiB, about
+# nine states): concurrent writers then share a request instead of queueing behind one.
+# Never above the topic's max.message.bytes, which limits a whole batch.
+BATCH_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -428,6 +432,7 @@ class Producer:
             acks="all",
             enable_idempotence=True,
             linger_ms=0,
+            max_batch_size=min(BATCH_BYTES, max_request_size),
             max_request_size=max_request_size,
         )
 
@@ -501,6 +506,7 @@ class TransactionalProducer:
             # CONCURRENT_TRANSACTIONS is answered while the previous commit's markers are
             # written; the default 100 ms back-off would dominate every small transaction.
             retry_backoff_ms=5,
+            max_batch_size=min(BATCH_BYTES, self._max_request_size),
             max_request_size=self._max_request_size,
         )
 

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from evstate import EvstateClient, Position, Scope
@@ -139,6 +139,13 @@ async def test_state_at_and_diff(bootstrap_servers: str, topic_prefix: str, view
         assert sorted(diff.changed) == ["web"]
         before, after = diff.changed["web"]
         assert (before["props"], after["props"]) == ({"memory": 256}, {"memory": 512})
+
+        # A point far past every record: each key's last record is taken without decoding
+        # the ones before it (records stamped well before the point are surely in).
+        later = await client.state_at(APP, datetime.now(UTC) + timedelta(minutes=10))
+        assert sorted(later) == ["cache", "db", "web"]
+        assert later["db"].props == {"size": 20}
+        assert later["web"].props == {"memory": 512}
 
 
 async def test_history_filters_by_key_and_time(
