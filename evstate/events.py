@@ -278,6 +278,7 @@ class EventSummary:
     key: str
     version: int
     state_text: str | None
+    timestamp: datetime
 
 
 def summarize(
@@ -295,7 +296,9 @@ def summarize(
         raise MalformedEventError(
             f"event{_where(position)} has an op this evstate does not know; upgrade evstate"
         )
-    return EventSummary(record["op"], record["key"], record["version"], record["state"])
+    return EventSummary(
+        record["op"], record["key"], record["version"], record["state"], record["timestamp"]
+    )
 
 
 DELETE_HEADER = "evstate.delete"

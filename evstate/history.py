@@ -43,6 +43,17 @@ class Diff:
         return bool(self.added or self.removed or self.changed)
 
 
+def _event_bytes(record: Record) -> bytes:
+    """The encoded event of a record (a state-topic tombstone's is in its header)."""
+    if record.value is not None:
+        return record.value
+    carried = [v for k, v in record.headers if k == events.DELETE_HEADER]
+    if not carried:
+        position = Position(record.partition, record.offset)
+        raise MalformedEventError(f"tombstone at {position} carries no DELETE event")
+    return carried[-1]
+
+
 def record_event(record: Record) -> ChangeEvent:
     """The event a record holds (a state-topic tombstone's is in its header).
 
@@ -50,12 +61,7 @@ def record_event(record: Record) -> ChangeEvent:
         MalformedEventError: the record holds no readable event.
     """
     position = Position(record.partition, record.offset)
-    if record.value is not None:
-        return events.decode(record.value, record.headers, position)
-    carried = [v for k, v in record.headers if k == events.DELETE_HEADER]
-    if not carried:
-        raise MalformedEventError(f"tombstone at {position} carries no DELETE event")
-    return events.decode(carried[-1], record.headers, position)
+    return events.decode(_event_bytes(record), record.headers, position)
 
 
 def _check_point(point: Point | None, partition: int, name: str) -> None:
@@ -165,10 +171,10 @@ async def replay_trees(
 ) -> dict[str, Tree]:
     """Every state of ``scope`` as of ``at``, replayed from the events up to it.
 
-    A key's state is its last event up to ``at``, so only that event is decoded: the
-    others are passed over as bytes. With a datetime, a record stamped more than
-    ``_CLOCK_SLACK`` before ``at`` is surely in; one stamped later is decoded to compare
-    its event's own timestamp.
+    A key's state is its last event up to ``at``, so only that event is decoded in full:
+    the others are passed over as bytes. With a datetime, a record stamped more than
+    ``_CLOCK_SLACK`` before ``at`` is surely in; for one stamped later, the Avro record
+    alone (not the state's JSON) is read to compare its event's own timestamp.
 
     Raises:
         ValidationError: ``at`` is a Position in another partition, or a naive datetime.
@@ -176,21 +182,21 @@ async def replay_trees(
     """
     when = at if isinstance(at, datetime) else None
     surely_in = None if when is None else _ms(when - _CLOCK_SLACK)
-    last: dict[bytes, Record | ChangeEvent] = {}
+    last: dict[bytes, Record] = {}
     records = _scope_records(
         settings, partitions, scope, key=None, since=None, until=at, progress=progress
     )
     async for record in records:
         assert record.key is not None  # _scope_records yields keyed records only
         if when is not None and surely_in is not None and record.timestamp_ms > surely_in:
-            event = record_event(record)
-            if event.timestamp <= when:
-                last[record.key] = event
-        else:
-            last[record.key] = record
+            position = Position(record.partition, record.offset)
+            summary = events.summarize(_event_bytes(record), record.headers, position)
+            if summary.timestamp > when:
+                continue
+        last[record.key] = record
     trees: dict[str, Tree] = {}
     for item in last.values():
-        event = item if isinstance(item, ChangeEvent) else record_event(item)
+        event = record_event(item)
         if event.op == "SET" and event.state is not None:
             trees[event.key] = event.state
     return trees
