@@ -181,14 +181,14 @@ async def replay_trees(
         MalformedEventError: a key's last record up to ``at`` is not a readable event.
     """
     when = at if isinstance(at, datetime) else None
-    surely_in = None if when is None else _ms(when - _CLOCK_SLACK)
+    surely_in = 0 if when is None else _ms(when - _CLOCK_SLACK)
     last: dict[bytes, Record] = {}
     records = _scope_records(
         settings, partitions, scope, key=None, since=None, until=at, progress=progress
     )
     async for record in records:
         assert record.key is not None  # _scope_records yields keyed records only
-        if when is not None and surely_in is not None and record.timestamp_ms > surely_in:
+        if when is not None and record.timestamp_ms > surely_in:
             position = Position(record.partition, record.offset)
             summary = events.summarize(_event_bytes(record), record.headers, position)
             if summary.timestamp > when:
