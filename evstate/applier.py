@@ -11,6 +11,19 @@ big-endian, then the state's serialized tree as compact JSON text (UTF-8).
 
 Records that cannot be applied (not Avro, unknown schema, a key that is not
 ``scope:id``) are poison: logged once, counted, skipped; their offsets still advance.
+
+Start marks: when it starts, the applier asks for every partition's end (its high
+watermark, open transactions included). A partition is *ready* once the view has applied
+it up to that mark, i.e. every write acknowledged before this process looked. Readers of
+a partition (and writers, whose version numbers come from the view) wait for its
+readiness, and while they wait the applier fetches only the partitions someone waits for,
+so one scope's read on an empty view does not wait for all the others.
+
+Tombstones: Kafka drops a delete's tombstone ``delete.retention.ms`` after compaction. The
+view records, per partition, a time at which it held every record appended before it (when
+it last found itself at the partition's end, or the last applied record's timestamp); a
+partition whose time is older than half that retention (or unknown) may have missed
+deletes, so it is dropped and read again from its start before anything is served from it.
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from evstate import events, metrics
+from evstate import events, keys, metrics
 from evstate.config import Settings
 from evstate.errors import (
     ClosedError,
@@ -42,6 +55,10 @@ _VERSION = struct.Struct(">Q")
 _ALIVE_EVERY = 1.0
 # A batch this large is written from a worker thread so the event loop keeps serving.
 _THREAD_BATCH = 512
+# Seconds between two records of "fresh" times at a partition's end, and between two
+# progress lines.
+_MARK_EVERY = 5.0
+_PROGRESS_EVERY = 2.0
 
 Progress = Callable[[int, int], None]
 """Called with (records done, records in all) while a rebuild runs."""
@@ -117,15 +134,36 @@ def _poison(stats: ApplierStats, pos: Position, reason: str, report: bool) -> No
 class Applier:
     """The background task that keeps a :class:`View` up to date with the state topic."""
 
-    def __init__(self, settings: Settings, view: View, partitions: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        view: View,
+        partitions: int,
+        *,
+        tombstone_retention_ms: int | None = None,
+    ) -> None:
+        """Args:
+        settings: connection settings and the state topic.
+        view: the view to feed.
+        partitions: the state topic's partition count.
+        tombstone_retention_ms: the topic's ``delete.retention.ms``; None trusts stored
+            offsets however old they are.
+        """
         self._settings = settings
         self._view = view
         self._partitions = partitions
+        self._retention_ms = tombstone_retention_ms
         self._tail: Tail | None = None
         self._task: asyncio.Task[None] | None = None
         self._applied: dict[int, int] = {}
         self._progress = asyncio.Event()
         self._failure: EvstateError | None = None
+        self._marks: dict[int, int] | None = None
+        self._waiting: dict[int, int] = {}  # partition -> readers waiting for its mark
+        self._fetched_at = 0.0  # wall time before the latest fetch
+        self._marked_at = 0.0
+        self._started_at = time.monotonic()
+        self._reported_at = 0.0
         self.stats = ApplierStats(settings.state_topic)
 
     @property
@@ -138,10 +176,21 @@ class Applier:
         return self._applied.get(partition, 0)
 
     async def start(self) -> None:
-        """Resume from the view's stored offsets and start applying in the background."""
+        """Resume from the view's stored offsets and start applying in the background.
+
+        The first start also takes the start marks (each partition's high watermark).
+        """
+        await self._forget_stale_partitions()
         self._applied = self._view.applied_offsets()
         self._tail = Tail(self._settings, self._settings.state_topic, self._partitions)
         await self._tail.start(self._applied)
+        if self._marks is None:
+            try:
+                self._marks = await self._tail.high_watermarks()
+            except BaseException:
+                await self._tail.stop()
+                raise
+            self._started_at = time.monotonic()
         self._failure = None
         self._task = asyncio.create_task(self._run(), name="evstate-applier")
 
@@ -154,6 +203,8 @@ class Applier:
                 await task
         tail, self._tail = self._tail, None
         if tail is not None:
+            with contextlib.suppress(EvstateError):  # best effort: a stale time is only slower
+                self._mark_fresh(tail)
             await tail.stop()
         self._failure = self._failure or ClosedError("the view's applier was stopped")
         self._notify()
@@ -168,13 +219,24 @@ class Applier:
         checked = time.monotonic()
         try:
             while True:
+                # While a reader waits for a partition still short of its start mark,
+                # fetch only the partitions readers wait for.
+                cold = any(not self.ready_now(p) for p in self._waiting)
+                tail.only_fetch(self._waiting if cold else ())
+                self._fetched_at = time.time()
                 batches = await tail.fetch(0.5)
                 await self._apply(tail, batches)
-                if time.monotonic() - checked > _ALIVE_EVERY:
+                now = time.monotonic()
+                if now - checked > _ALIVE_EVERY:
                     # A deleted view dir still accepts writes (into unlinked files), so
                     # ask the file system instead of waiting for a failed write.
                     self._view.check_alive()
-                    checked = time.monotonic()
+                    checked = now
+                if now - self._marked_at > _MARK_EVERY:
+                    self._mark_fresh(tail)
+                    self._marked_at = now
+                if self._reported_at >= 0 and now - self._reported_at > _PROGRESS_EVERY:
+                    self._report_progress(now)
         except asyncio.CancelledError:
             raise
         except EvstateError as exc:
@@ -185,6 +247,7 @@ class Applier:
     async def _apply(self, tail: Tail, batches: dict[int, list[Record]]) -> int:
         positions = await tail.positions()
         work = []
+        fresh = {}
         size = 0
         for p, next_offset in positions.items():
             records = batches.get(p, [])
@@ -193,16 +256,132 @@ class Applier:
             changes = to_changes(records, self.stats)
             size += len(changes)
             work.append((p, next_offset, changes))
+            if records:
+                fresh[p] = records[-1].timestamp_ms
         if not work:
             return 0
         if size >= _THREAD_BATCH:
-            await asyncio.to_thread(self._view.apply_many, work)
+            await asyncio.to_thread(self._view.apply_many, work, fresh)
         else:
-            self._view.apply_many(work)
+            self._view.apply_many(work, fresh)
         for p, next_offset, _ in work:
             self._applied[p] = next_offset
         self._notify()
         return sum(len(b) for b in batches.values())
+
+    # -- start marks and catching up ----------------------------------------------
+
+    def ready_now(self, partition: int) -> bool:
+        """True once the view has applied ``partition`` up to its start mark."""
+        marks = self._marks
+        return marks is None or self._applied.get(partition, 0) >= marks.get(partition, 0)
+
+    def behind(self) -> dict[int, tuple[int, int]]:
+        """The partitions not yet at their start mark: ``{partition: (applied, mark)}``."""
+        marks = self._marks or {}
+        return {
+            p: (self._applied.get(p, 0), mark)
+            for p, mark in sorted(marks.items())
+            if self._applied.get(p, 0) < mark
+        }
+
+    async def ready(self, partition: int) -> None:
+        """Wait until ``partition`` holds everything committed before this process looked.
+
+        Waits as long as the view keeps applying (a cold start of a large topic takes as
+        long as it takes), and fetches the waited-for partitions first meanwhile.
+
+        Raises:
+            ConsistencyTimeout: the view made no progress for ``read_timeout``.
+            EvstateError: the applier failed.
+        """
+        if self.ready_now(partition):
+            return
+        assert self._marks is not None
+        await self._wait_progressing(partition, self._marks[partition], None)
+
+    def _report_progress(self, now: float) -> None:
+        behind = self.behind()
+        if not behind:
+            if self._reported_at > 0:  # said it was catching up: say it is done
+                log.info(
+                    "the view of %s caught up in %.1f s",
+                    self._settings.state_topic,
+                    now - self._started_at,
+                )
+            self._reported_at = -1.0  # nothing more to report, ever
+            return
+        done = sum(min(applied, mark) for applied, mark in behind.values())
+        total = sum(mark for _, mark in behind.values())
+        log.info(
+            "the view of %s is catching up: %d of %d offsets read in partitions %s",
+            self._settings.state_topic,
+            done,
+            total,
+            ", ".join(str(p) for p in behind),
+        )
+        self._reported_at = now
+
+    def _mark_fresh(self, tail: Tail) -> None:
+        """Record when each partition at its end last had all its records (see module doc)."""
+        at = int(self._fetched_at * 1000)
+        if at <= 0:
+            return
+        times = {}
+        for p in range(self._partitions):
+            stable = tail.last_stable(p)
+            if stable is not None and self._applied.get(p, 0) >= stable:
+                times[p] = at
+        self._view.mark_fresh(times)
+
+    async def _forget_stale_partitions(self) -> None:
+        """Drop the partitions whose offsets are too old to have seen every tombstone."""
+        if self._retention_ms is None:
+            return
+        now_ms = time.time() * 1000
+        fresh = self._view.fresh_times()
+        stale = {
+            p
+            for p, offset in self._view.applied_offsets().items()
+            if offset > 0 and now_ms - fresh.get(p, 0) >= self._retention_ms / 2
+        }
+        if not stale:
+            return
+        log.warning(
+            "the view at %s last had all of partitions %s of %s more than half of the "
+            "topic's delete.retention.ms (%d ms) ago, so deletes may have been compacted "
+            "away since: reading those partitions again from their start",
+            self._view.path,
+            ", ".join(str(p) for p in sorted(stale)),
+            self._settings.state_topic,
+            self._retention_ms,
+        )
+        count = self._partitions
+
+        def partition_of(record_key: bytes) -> int:
+            path, sep, _ = record_key.partition(b":")
+            if not sep:
+                return -1
+            return keys.partition_for(path.decode("utf-8", "replace"), count)
+
+        await asyncio.to_thread(self._view.drop_partitions, stale, partition_of)
+
+    async def _wait_progressing(
+        self, partition: int, position: int, deadline: float | None
+    ) -> None:
+        """:meth:`wait_until` for as long as the view keeps applying (or until ``deadline``)."""
+        while True:
+            before = self.stats.records_applied, self._applied.get(partition, 0)
+            step = self._settings.read_timeout
+            if deadline is not None:
+                step = min(step, max(0.0, deadline - time.monotonic()))
+            try:
+                await self.wait_until(partition, position, step)
+                return
+            except ConsistencyTimeout:
+                now = self.stats.records_applied, self._applied.get(partition, 0)
+                if now == before or (deadline is not None and time.monotonic() >= deadline):
+                    raise
 
     async def wait_for(self, partition: int, offset: int, timeout: float | None = None) -> None:
         """Return once the view has applied ``offset`` of ``partition`` (and all before it).
@@ -219,24 +398,34 @@ class Applier:
             return
         limit = self._settings.read_timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
-        while self._applied.get(partition, 0) < position:
-            if self._failure is not None:
-                raise self._failure
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ConsistencyTimeout(
-                    partition=partition,
-                    wanted=position - 1,
-                    reached=self._applied.get(partition, 0) - 1,
-                    timeout=limit,
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), left)
+        self._waiting[partition] = self._waiting.get(partition, 0) + 1
+        try:
+            while self._applied.get(partition, 0) < position:
+                if self._failure is not None:
+                    raise self._failure
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ConsistencyTimeout(
+                        partition=partition,
+                        wanted=position - 1,
+                        reached=self._applied.get(partition, 0) - 1,
+                        timeout=limit,
+                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), left)
+        finally:
+            waiting = self._waiting[partition] - 1
+            if waiting:
+                self._waiting[partition] = waiting
+            else:
+                del self._waiting[partition]
 
     async def end_offset(self, partition: int) -> int:
-        """The partition's last stable offset, asked of the broker now."""
+        """The partition's end, asked of the broker now: once the view's position reaches
+        it, every write acknowledged before this call is applied (see
+        :meth:`~evstate.log.Tail.high_watermarks`)."""
         assert self._tail is not None
-        return (await self._tail.end_offsets())[partition]
+        return (await self._tail.high_watermarks())[partition]
 
     async def catch_up(self, timeout: float | None = None) -> None:
         """Wait until the view has applied everything committed when this was called.
@@ -245,21 +434,10 @@ class Applier:
         keeps applying, and gives up after ``read_timeout`` without any progress.
         """
         assert self._tail is not None
-        ends = await self._tail.end_offsets()
+        ends = await self._tail.high_watermarks()
         deadline = None if timeout is None else time.monotonic() + timeout
         for p, end in ends.items():
-            while True:
-                before = self.stats.records_applied
-                step = self._settings.read_timeout
-                if deadline is not None:
-                    step = min(step, max(0.0, deadline - time.monotonic()))
-                try:
-                    await self.wait_until(p, end, step)
-                    break
-                except ConsistencyTimeout:
-                    progressed = self.stats.records_applied > before
-                    if not progressed or (deadline is not None and time.monotonic() >= deadline):
-                        raise
+            await self._wait_progressing(p, end, deadline)
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Drop the view and replay the state topic into it, then resume applying.
@@ -274,6 +452,7 @@ class Applier:
         await tail.start({})
         read = 0
         try:
+            asked_at = int(time.time() * 1000)
             ends = await tail.end_offsets()
             starts = await tail.positions()
             total = sum(max(0, ends[p] - starts[p]) for p in ends)
@@ -284,6 +463,7 @@ class Applier:
                 read += await self._apply(tail, await tail.fetch(0.5, max_records=5_000))
                 if progress is not None:
                     progress(min(read, total), total)
+            self._view.mark_fresh(dict.fromkeys(ends, asked_at))
         finally:
             await tail.stop()
         await self.start()

@@ -4,14 +4,17 @@
 applier that feeds it. Stores (:class:`~evstate.store.KafkaStateStore`) are thin: they
 validate, serialize and call :meth:`EvstateClient.write` / :meth:`EvstateClient.consistent`.
 
-Read-your-writes: the client remembers, per partition, the highest offset it wrote; a
-``session`` read waits until the view has applied it.
+Consistency (``session``, the default): a read of a scope waits until the view has applied
+that scope's partition up to where it ended when this client started (everything
+committed before the process looked), and up to this client's own latest write there.
+Writes wait for the first part too, since a key's next version comes from the view.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -102,6 +105,7 @@ class EvstateClient:
         self._written: dict[int, int] = {}
         self._versions: dict[bytes, int] = {}
         self._partitions: dict[str, tuple[int, int]] = {}  # scope path -> (count, partition)
+        self._watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -149,12 +153,21 @@ class EvstateClient:
             self._state = ClientState.OPEN
 
     async def close(self) -> None:
-        """Stop applying, disconnect, close the view. Idempotent."""
+        """Close the watchers it made, stop applying, disconnect, close the view. Idempotent.
+
+        A watcher closed here commits what its loop handled and leaves its group, as
+        leaving its ``async with`` would.
+        """
         async with self._lock:
             if self._state is ClientState.CLOSED:
                 return
             self._state = ClientState.CLOSED
-            await self._shutdown()
+            watchers = list(self._watchers)
+            self._watchers.clear()
+            try:
+                await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
+            finally:
+                await self._shutdown()
 
     async def _shutdown(self) -> None:
         # Each resource is released even if stopping another one failed.
@@ -181,7 +194,15 @@ class EvstateClient:
 
     async def _start_applier(self, partitions: int) -> None:
         assert self._view is not None
-        applier = Applier(self.settings, self._view, partitions)
+        assert self._admin is not None
+        configs = await self._admin.topic_configs(self.settings.state_topic)
+        retention = configs.get("delete.retention.ms")
+        applier = Applier(
+            self.settings,
+            self._view,
+            partitions,
+            tombstone_retention_ms=int(retention) if retention is not None else None,
+        )
         await applier.start()
         self._applier = applier
 
@@ -331,12 +352,23 @@ class EvstateClient:
         if consistency == "eventual":
             return
         partition = self.partition_of(scope)
+        await applier.ready(partition)
         if consistency == "strong":
             await applier.wait_until(partition, await applier.end_offset(partition))
             return
         written = self._written.get(partition)
         if written is not None:
             await applier.wait_for(partition, written)
+
+    async def ready(self, scope: Scope) -> None:
+        """Wait until the view holds everything committed to ``scope``'s partition before
+        this client started (what a write needs to number its version).
+
+        Raises:
+            ConsistencyTimeout: the view made no progress for ``read_timeout``.
+        """
+        if self._applier is not None:
+            await self._applier.ready(self.partition_of(scope))
 
     def applied_position(self, scope: Scope) -> Position:
         """The view's position in ``scope``'s partition, as a token (offset = last applied)."""
@@ -502,7 +534,9 @@ class EvstateClient:
             ValidationError: an invalid scope, group or start.
             ClosedError: the client is closed.
         """
-        return watch_changes(self, scope, group=group, start=start)
+        watcher = watch_changes(self, scope, group=group, start=start)
+        self._watchers.add(watcher)
+        return watcher
 
     @property
     def applier(self) -> Applier | None:

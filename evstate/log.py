@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -739,6 +739,7 @@ class Tail:
             # keys 377 -> 215 MB with 1 MiB, catch-up no slower; measured by bench_peers).
             max_partition_fetch_bytes=1024 * 1024,
         )
+        self._probe: AIOKafkaConsumer | None = None  # read_uncommitted, for high watermarks
 
     async def start(self, offsets: Mapping[int, int]) -> None:
         """Connect, assign every partition, and seek each to ``offsets`` (or the start)."""
@@ -752,7 +753,12 @@ class Tail:
 
     async def stop(self) -> None:
         """Disconnect; idempotent."""
-        await _stop_consumer(self._consumer)
+        probe, self._probe = self._probe, None
+        try:
+            await _stop_consumer(self._consumer)
+        finally:
+            if probe is not None:
+                await _stop_consumer(probe)
 
     def seek(self, partition: int, offset: int) -> None:
         """Read ``partition`` from ``offset`` on."""
@@ -778,10 +784,55 @@ class Tail:
         """The next offset each partition will be read from."""
         return {tp.partition: await self._consumer.position(tp) for tp in self._tps}
 
+    def last_stable(self, partition: int) -> int | None:
+        """The partition's last stable offset as the latest fetch answer gave it (no request).
+
+        None before the first answer for that partition.
+        """
+        lso = self._consumer.last_stable_offset(TopicPartition(self._topic, partition))
+        return None if lso is None or lso < 0 else int(lso)
+
+    def only_fetch(self, partitions: Collection[int]) -> None:
+        """Fetch just ``partitions`` until called again; an empty collection fetches all.
+
+        Records already fetched for the others are kept for later.
+        """
+        wanted = set(partitions)
+        paused = [tp for tp in self._tps if wanted and tp.partition not in wanted]
+        current = self._consumer.paused()
+        if set(paused) == current:
+            return
+        self._consumer.resume(*current)
+        if paused:
+            self._consumer.pause(*paused)
+
     async def end_offsets(self) -> dict[int, int]:
         """Each partition's last stable offset (read_committed end), asked of the broker."""
         try:
             ends = await self._consumer.end_offsets(self._tps)
+        except kerr.KafkaError as exc:
+            raise _unavailable(self._settings, exc) from exc
+        return {tp.partition: off for tp, off in ends.items()}
+
+    async def high_watermarks(self) -> dict[int, int]:
+        """Each partition's end, open transactions included, asked of the broker now.
+
+        Every write acknowledged before this call lies below it: a commit is acknowledged
+        before its markers are written, so the last stable offset may not include it yet.
+        Once a ``read_committed`` position reaches this mark, every transaction in it was
+        decided and the committed ones were read.
+        """
+        if self._probe is None:
+            probe = AIOKafkaConsumer(
+                **client_options(self._settings),
+                group_id=None,
+                enable_auto_commit=False,
+                isolation_level="read_uncommitted",
+            )
+            await _start(self._settings, probe)
+            self._probe = probe
+        try:
+            ends = await self._probe.end_offsets(self._tps)
         except kerr.KafkaError as exc:
             raise _unavailable(self._settings, exc) from exc
         return {tp.partition: off for tp, off in ends.items()}

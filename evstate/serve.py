@@ -30,8 +30,10 @@ and answered as they are: the server holds no password. ``context`` may also car
 ``consistency`` (``session``, the default, ``strong`` or ``eventual``) and ``minPosition``
 (a token from ``set``) for reads, as the Python API's keyword arguments.
 
-``HEAD /`` answers 200 once the server is connected to Kafka and its topics exist (it
-creates them at start, as ``init`` would), 503 before. Every
+``HEAD /`` answers 200 once the server is connected to Kafka, its topics exist (it
+creates them at start, as ``init`` would) and its view holds everything committed before
+it started; 503 before, saying which. Requests are served once it is connected: each waits
+until the view has caught up with the partition it needs (``session`` consistency). Every
 request needs ``Authorization: Bearer <token>`` (compared in constant time). Statuses:
 400 bad JSON, method or params; 401 token missing or wrong; 404/405 other paths and
 verbs; 413 body over the limit (or an event over the broker's); 503 Kafka unreachable,
@@ -49,7 +51,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 from aiohttp import web
 
@@ -278,6 +280,7 @@ class _Backend:
         self.fatal: asyncio.Future[EvstateError] = asyncio.get_running_loop().create_future()
         self._opener: asyncio.Task[None] | None = None
         self._ready = False
+        self._opened = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -306,12 +309,40 @@ class _Backend:
             else:
                 self.last_error = None
                 self._ready = True
+                self._opened.set()
                 log.info("evstate serve: connected to %s", self.client.settings.bootstrap_servers)
                 return
 
     def check_ready(self) -> None:
         if self.ready:
             return
+        self._refuse()
+
+    async def wait_ready(self) -> None:
+        """While the first connection is under way (nothing failed yet), wait up to
+        ``read_timeout`` for it; then :meth:`check_ready` (503 while Kafka is known down)."""
+        if not self._opened.is_set() and self.last_error is None and not self.fatal.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.shield(self._opened.wait()), self.client.settings.read_timeout
+                )
+        self.check_ready()
+
+    def check_caught_up(self) -> None:
+        """Refuse (503) until the view holds everything committed before the server started."""
+        self.check_ready()
+        applier = self.client.applier
+        behind = applier.behind() if applier is not None else {}
+        if behind:
+            done = sum(applied for applied, _ in behind.values())
+            total = sum(mark for _, mark in behind.values())
+            raise _Refused(
+                503,
+                f"evstate serve is catching up with the topic: {done} of {total} offsets read "
+                f"in partitions {', '.join(str(p) for p in behind)}",
+            )
+
+    def _refuse(self) -> NoReturn:
         reason = (
             str(self.last_error)
             if self.last_error is not None
@@ -382,7 +413,7 @@ async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 async def _head(request: web.Request) -> web.StreamResponse:
-    request.app[_BACKEND].check_ready()
+    request.app[_BACKEND].check_caught_up()
     return _envelope(200)
 
 
@@ -392,7 +423,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         raise _Refused(413, f"the body is {request.content_length} bytes; the limit is {limit}")
     call = _parse_call(_parse_body(await request.read()))
-    backend.check_ready()
+    await backend.wait_ready()
     return _envelope(200, result=await _dispatch(backend.client, call))
 
 

@@ -288,6 +288,7 @@ class KafkaStateStore:
         correlation_id: str | None,
     ) -> Position:
         await self._client.ensure_topics()
+        await self._client.ready(self.scope)  # the version comes from a caught-up view
         event = ChangeEvent.new(
             op=op,
             scope=self.scope,

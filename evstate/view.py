@@ -14,6 +14,13 @@ Key layout, in two column families of one RocksDB:
 ``evstate.offsets``
     partition (4-byte big-endian) -> next offset to consume (8-byte big-endian), i.e. the
     last applied offset + 1.
+``evstate.fresh``
+    partition -> a time (ms since the epoch, 8-byte big-endian) at which the view held
+    every record appended to the partition before it: when the applier last found itself
+    at the partition's end, or the timestamp of the last record it applied. Kafka forgets a
+    delete's tombstone ``delete.retention.ms`` after compaction, so offsets older than that
+    can no longer be trusted to see every delete after them (the applier then re-reads the
+    partition).
 
 The offset rule: :meth:`View.apply` writes a batch's changes *and* its partition's new
 offset in one RocksDB ``WriteBatch``, which RocksDB applies atomically. A crash therefore
@@ -31,7 +38,7 @@ from __future__ import annotations
 import os
 import struct
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, cast
 
@@ -61,6 +68,7 @@ Change = tuple[bytes, bytes | None]
 """One record key and its new value; ``None`` deletes the key."""
 
 _OFFSETS_CF: Final = "evstate.offsets"
+_FRESH_CF: Final = "evstate.fresh"
 _PARTITION = struct.Struct(">I")
 _OFFSET = struct.Struct(">Q")
 _MAX_PARTITION: Final = 2**31  # Kafka partitions and offsets are signed 32/64-bit
@@ -122,7 +130,16 @@ class View:
     (:meth:`get`, :meth:`scan_prefix`, ...) may run from any thread alongside the applier.
     """
 
-    __slots__ = ("_closed", "_db", "_dir_id", "_get", "_offsets", "_path", "_scans")
+    __slots__ = (
+        "_closed",
+        "_db",
+        "_dir_id",
+        "_fresh",
+        "_get",
+        "_offsets",
+        "_path",
+        "_scans",
+    )
 
     def __init__(self, db: Rdict, path: str) -> None:
         """Wrap an open ``Rdict``; use :meth:`open` instead."""
@@ -136,20 +153,8 @@ class View:
         # Live scans, cut off at close: rocksdict keeps the db (and its LOCK) open for as
         # long as any iterator or column-family handle on it lives, even after close().
         self._scans: weakref.WeakSet[_Scan] = weakref.WeakSet()
-        self._offsets: dict[int, int] = {}
-        offsets = db.get_column_family(_OFFSETS_CF)
-        try:
-            for key, value in offsets.items():
-                (partition,) = _PARTITION.unpack(cast(bytes, key))  # raw mode: bytes
-                (offset,) = _OFFSET.unpack(value)
-                self._offsets[partition] = offset
-        except struct.error as exc:
-            raise ViewError(
-                f"{path} holds a RocksDB that is not an evstate view (unreadable offsets); "
-                "point evstate at another dir, or delete this one to rebuild it"
-            ) from exc
-        finally:
-            offsets.close()
+        self._offsets = _read_numbers(db, _OFFSETS_CF, path)
+        self._fresh = _read_numbers(db, _FRESH_CF, path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> View:
@@ -197,7 +202,7 @@ class View:
             db = Rdict(
                 where,
                 opts,
-                column_families={_OFFSETS_CF: _options()},
+                column_families={_OFFSETS_CF: _options(), _FRESH_CF: _options()},
                 access_type=AccessType.read_write(),
             )
         except Exception as exc:
@@ -257,6 +262,74 @@ class View:
         self._check_open()
         return dict(self._offsets)
 
+    def fresh_times(self) -> dict[int, int]:
+        """Per partition, a time (ms since the epoch) at which the view held every record
+        appended to the partition before it.
+
+        Raises:
+            ClosedError: the view is closed.
+        """
+        self._check_open()
+        return dict(self._fresh)
+
+    def mark_fresh(self, times: Mapping[int, int]) -> None:
+        """Record :meth:`fresh_times` (ms); a time older than the one stored is ignored.
+
+        Raises:
+            ViewUnavailableError, ViewError, ClosedError: as :meth:`apply`.
+        """
+        self._check_open()
+        batch = WriteBatch(raw_mode=True)
+        newer = self._put_fresh(batch, times)
+        if newer:
+            self._write(batch)
+            self._fresh.update(newer)
+
+    def _put_fresh(self, batch: WriteBatch, times: Mapping[int, int]) -> dict[int, int]:
+        newer = {p: ms for p, ms in times.items() if ms > self._fresh.get(p, -1)}
+        try:
+            cf = self._db.get_column_family_handle(_FRESH_CF)
+            for partition, ms in newer.items():
+                batch.put(_PARTITION.pack(partition), _OFFSET.pack(ms), cf)
+        except Exception as exc:
+            raise self._error(exc) from exc
+        return newer
+
+    def drop_partitions(
+        self, partitions: Collection[int], partition_of: Callable[[bytes], int]
+    ) -> int:
+        """Forget some partitions: every key whose ``partition_of`` is one of them, and
+        their offsets and times, in one atomic batch.
+
+        The applier then reads those partitions from their start again. Scans every key (a
+        rare repair, not a hot path: run it off the event loop).
+
+        Returns:
+            How many keys were deleted.
+
+        Raises:
+            ViewUnavailableError, ViewError, ClosedError: as :meth:`apply`.
+        """
+        self._check_open()
+        batch = WriteBatch(raw_mode=True)
+        dropped = 0
+        try:
+            for key in self._db.keys(from_key=b""):
+                if partition_of(cast(bytes, key)) in partitions:
+                    batch.delete(key)
+                    dropped += 1
+            for cf_name in (_OFFSETS_CF, _FRESH_CF):
+                cf = self._db.get_column_family_handle(cf_name)
+                for partition in partitions:
+                    batch.delete(_PARTITION.pack(partition), cf)
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self._write(batch)
+        for partition in partitions:
+            self._offsets.pop(partition, None)
+            self._fresh.pop(partition, None)
+        return dropped
+
     def apply(self, partition: int, next_offset: int, changes: Iterable[Change]) -> None:
         """Apply one partition's changes and advance its offset, atomically.
 
@@ -276,10 +349,15 @@ class View:
         """
         self.apply_many(((partition, next_offset, changes),))
 
-    def apply_many(self, batches: Iterable[tuple[int, int, Iterable[Change]]]) -> None:
+    def apply_many(
+        self,
+        batches: Iterable[tuple[int, int, Iterable[Change]]],
+        fresh: Mapping[int, int] | None = None,
+    ) -> None:
         """Like :meth:`apply` for several partitions, in one atomic ``WriteBatch``.
 
-        A partition may appear more than once; its last ``next_offset`` wins.
+        A partition may appear more than once; its last ``next_offset`` wins. ``fresh``
+        records :meth:`fresh_times` in the same batch.
 
         Raises:
             The same as :meth:`apply`.
@@ -313,8 +391,10 @@ class View:
             raise self._error(exc) from exc
         if not offsets:
             return
+        newer = self._put_fresh(batch, fresh) if fresh else {}
         self._write(batch)
         self._offsets.update(offsets)
+        self._fresh.update(newer)
 
     def get(self, key: bytes) -> bytes | None:
         """The value of a record key, or None if the view has none.
@@ -422,10 +502,14 @@ class View:
                 batch.delete(key)
             for partition in self._offsets:
                 batch.delete(_PARTITION.pack(partition), offsets_cf)
+            caught_up_cf = self._db.get_column_family_handle(_FRESH_CF)
+            for partition in self._fresh:
+                batch.delete(_PARTITION.pack(partition), caught_up_cf)
         except Exception as exc:
             raise self._error(exc) from exc
         self._write(batch)
         self._offsets.clear()
+        self._fresh.clear()
 
     def check_alive(self) -> None:
         """Check that the view's dir is still the one opened.
@@ -547,6 +631,24 @@ class _ClosedRows:
 
     def __next__(self) -> Any:
         raise ClosedError(f"the view at {self._path} was closed during a scan")
+
+
+def _read_numbers(db: Rdict, cf_name: str, path: str) -> dict[int, int]:
+    """A column family of partition -> 8-byte number (offsets, times), read whole."""
+    numbers: dict[int, int] = {}
+    cf = db.get_column_family(cf_name)
+    try:
+        for key, value in cf.items():
+            (partition,) = _PARTITION.unpack(cast(bytes, key))  # raw mode: bytes
+            (numbers[partition],) = _OFFSET.unpack(value)
+    except struct.error as exc:
+        raise ViewError(
+            f"{path} holds a RocksDB that is not an evstate view (unreadable {cf_name}); "
+            "point evstate at another dir, or delete this one to rebuild it"
+        ) from exc
+    finally:
+        cf.close()
+    return numbers
 
 
 def _open_error(exc: Exception, path: str) -> EvstateError:

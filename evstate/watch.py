@@ -32,11 +32,12 @@ import contextlib
 import enum
 import logging
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from evstate import keys
 from evstate.config import Settings
@@ -204,6 +205,7 @@ class Watcher:
         self._committed: dict[int, int] = {}
         self._last_commit = time.monotonic()
         self._committer: asyncio.Task[None] | None = None
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         # partition → end offset when it was positioned by time: older records below it
         # are dropped by event time; records written after the start never are.
         self._time_window: dict[int, int] = {}
@@ -273,6 +275,10 @@ class Watcher:
                 self._tail = None
                 await tail.stop()
                 raise
+            # Dropped without close (a loop that raised, say): leave the group anyway.
+            self._finalizer = weakref.finalize(
+                self, _stop_abandoned, asyncio.get_running_loop(), tail
+            )
             self._state = WatcherState.OPEN
 
     async def close(self) -> None:
@@ -282,6 +288,8 @@ class Watcher:
                 return
             self._state = WatcherState.CLOSED
             tail, self._tail = self._tail, None
+            if self._finalizer is not None:
+                self._finalizer.detach()
             if tail is None:
                 return
             try:
@@ -473,16 +481,42 @@ class Watcher:
 
 
 class _Assignments:
-    """Passes the tail's partition changes on to the watcher (see ``log.Assignments``)."""
+    """Passes the tail's partition changes on to the watcher (see ``log.Assignments``).
+
+    Holds the watcher weakly: the consumer lives in aiokafka's background tasks, and must
+    not keep an abandoned watcher (and its group membership) alive.
+    """
 
     def __init__(self, watcher: Watcher) -> None:
-        self._watcher = watcher
+        self._watcher = weakref.ref(watcher)
 
     async def assigned(self, partitions: set[int]) -> None:
-        await self._watcher._assigned(partitions)
+        watcher = self._watcher()
+        if watcher is not None:
+            await watcher._assigned(partitions)
 
     async def revoked(self, partitions: set[int]) -> None:
-        await self._watcher._revoked(partitions)
+        watcher = self._watcher()
+        if watcher is not None:
+            await watcher._revoked(partitions)
+
+
+# Stops of abandoned watchers' consumers, kept until done (a bare task may be collected).
+_STOPPING: set[asyncio.Task[None]] = set()
+
+
+def _stop_abandoned(loop: asyncio.AbstractEventLoop, tail: GroupTail) -> None:
+    """Leave the group of a watcher that was dropped without being closed."""
+    if loop.is_closed():
+        return
+
+    def stop() -> None:
+        task = loop.create_task(tail.stop(), name="evstate-watch-abandoned")
+        _STOPPING.add(task)
+        task.add_done_callback(_STOPPING.discard)
+
+    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+        loop.call_soon_threadsafe(stop)
 
 
 def watch(

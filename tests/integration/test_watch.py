@@ -497,3 +497,73 @@ async def test_example_keeps_an_inventory_and_posts_to_a_webhook(
         assert "## app/dev" in inventory.read_text()
     finally:
         await runner.cleanup()
+
+
+async def _group_members(bootstrap_servers: str, group: str) -> int:
+    """How many members the broker counts in ``group`` now."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        responses = await admin.describe_consumer_groups([group])
+        return sum(len(g[5]) for r in responses for g in r.groups if g[1] == group)
+    finally:
+        await admin.close()
+
+
+async def _until_no_member(bootstrap_servers: str, group: str, timeout: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (members := await _group_members(bootstrap_servers, group)) > 0:
+        assert asyncio.get_running_loop().time() < deadline, f"{group} still has {members}"
+        await asyncio.sleep(0.25)
+
+
+async def test_closing_the_client_closes_a_watcher_whose_loop_raised(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    scope = Scope("app", "ops")
+
+    def client(name: str) -> EvstateClient:
+        return EvstateClient(
+            bootstrap_servers=bootstrap_servers,
+            topic_prefix=topic_prefix,
+            view_dir=str(tmp_path / name),
+        )
+
+    async with client("writer") as writer:
+        await writer.store(scope).set("a", _state(scope, "a", 0))
+
+    async def crash() -> None:
+        async with client("first") as first:
+            async for _ in first.watch(scope, group="ops", start="earliest"):
+                raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await crash()
+    await _until_no_member(bootstrap_servers, "ops")
+    # The unhandled event goes to the next member at once, not after a session timeout.
+    async with (
+        client("second") as second,
+        second.watch(scope, group="ops", start="earliest") as changes,
+    ):
+        [event] = await _collect(changes, 1, timeout=20)
+    assert event.key == "a"
+
+
+async def test_an_abandoned_watcher_leaves_its_group(
+    bootstrap_servers: str, client: EvstateClient
+) -> None:
+    import gc
+
+    scope = Scope("app", "abandon")
+    await client.store(scope).set("a", _state(scope, "a", 0))
+
+    async def handle_one() -> None:
+        async for _ in client.watch(scope, group="abandon", start="earliest"):
+            return  # leaves the loop without closing the watcher
+
+    await handle_one()
+    assert await _group_members(bootstrap_servers, "abandon") == 1
+    gc.collect()
+    await _until_no_member(bootstrap_servers, "abandon")
