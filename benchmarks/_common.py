@@ -45,7 +45,7 @@ from rich.table import Table
 import evstate
 from evstate import ChangeEvent, Scope, State, events, keys
 from evstate.broker import KAFKA_VERSION, LocalBroker
-from evstate.log import BATCH_BYTES  # the raw producers batch as evstate does
+from evstate.kafka import BATCH_BYTES  # the raw producers batch as evstate does
 
 RigT = TypeVar("RigT")
 

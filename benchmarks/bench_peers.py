@@ -110,7 +110,7 @@ TO_WIN = {
     "the process start-up itself (view open, Kafka metadata and offset lookups, the first "
     "fetch) costs more than the peer's whole replay at this size.",
     "memory": "the view's consumer fetches up to 1 MiB per partition (max_partition_fetch_bytes "
-    "in evstate.log.Tail): 12 partitions buffer ~12 MB of records plus their decoded copies, on "
+    "in evstate.kafka.Tail): 12 partitions buffer ~12 MB of records plus their decoded copies, on "
     "top of RocksDB's 64 MB memtable and 64 MB block cache per column family. To win: a smaller "
     "write buffer (measured once at 100k keys: 16 MB took the peak RSS from 215 MB to 169 MB) "
     "and a block cache sized to the table.",

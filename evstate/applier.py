@@ -44,7 +44,7 @@ from evstate.errors import (
     EvstateError,
     MalformedEventError,
 )
-from evstate.log import Record, Tail
+from evstate.kafka import Record, Tail
 from evstate.model import Position
 from evstate.view import View
 
@@ -423,7 +423,7 @@ class Applier:
     async def end_offset(self, partition: int) -> int:
         """The partition's end, asked of the broker now: once the view's position reaches
         it, every write acknowledged before this call is applied (see
-        :meth:`~evstate.log.Tail.high_watermarks`)."""
+        :meth:`~evstate.kafka.Tail.high_watermarks`)."""
         assert self._tail is not None
         return (await self._tail.high_watermarks())[partition]
 

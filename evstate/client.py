@@ -32,7 +32,7 @@ from evstate.applier import (
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
 from evstate.history import Diff, Point, Tree, diff_trees, read_events, replay_trees
-from evstate.log import Admin, Tail, TopicSpec
+from evstate.kafka import Admin, Tail, TopicSpec
 from evstate.model import ChangeEvent, Position, Scope, State
 from evstate.serde import deserialize_state
 from evstate.view import View

@@ -17,7 +17,7 @@ from typing import Any
 from evstate import events, keys
 from evstate.config import Settings
 from evstate.errors import MalformedEventError, ValidationError
-from evstate.log import Record, Tail
+from evstate.kafka import Record, Tail
 from evstate.model import ChangeEvent, Position, Scope
 
 Point = datetime | Position

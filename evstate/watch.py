@@ -43,7 +43,7 @@ from evstate import keys
 from evstate.config import Settings
 from evstate.errors import ClosedError, EvstateError, MalformedEventError, ValidationError
 from evstate.history import record_event
-from evstate.log import Admin, GroupTail, Record
+from evstate.kafka import Admin, GroupTail, Record
 from evstate.model import ChangeEvent, Position, Scope
 
 if TYPE_CHECKING:
@@ -481,7 +481,7 @@ class Watcher:
 
 
 class _Assignments:
-    """Passes the tail's partition changes on to the watcher (see ``log.Assignments``).
+    """Passes the tail's partition changes on to the watcher (see ``kafka.Assignments``).
 
     Holds the watcher weakly: the consumer lives in aiokafka's background tasks, and must
     not keep an abandoned watcher (and its group membership) alive.

@@ -3,9 +3,15 @@
 With history on (the default), an event becomes two records — one in the compacted state
 topic, one in the append-only history topic — written in one Kafka transaction, so
 neither topic ever holds an event the other lacks. Writers that call at the same time
-share a transaction (group commit): while one transaction is in flight, new events queue,
-and the next transaction takes them all. A lone write pays one transaction; 64 concurrent
-writers pay a few.
+share a transaction (group commit): while the transactions are in flight, new events
+queue, and the next transaction takes them all. A lone write pays one transaction; 64
+concurrent writers pay a few.
+
+Two transactional producers take turns, the one idle longest first. After a commit the
+broker answers CONCURRENT_TRANSACTIONS to the same transactional id until the commit's
+markers are written (KAFKA-5477), and aiokafka then backs off 20 ms: a lone writer's
+next transaction goes to the other producer, whose markers were written long ago. Both
+transactional ids are stable per host and view dir, so a restarted writer fences both.
 
 With history off, an event is one record sent by the idempotent producer.
 """
@@ -16,15 +22,18 @@ import asyncio
 import hashlib
 import os
 import socket
+from collections import deque
 
 from evstate import events, keys
 from evstate.config import Settings
 from evstate.errors import EventTooLargeError
-from evstate.log import RECORD_OVERHEAD, OutRecord, Producer, TransactionalProducer
+from evstate.kafka import RECORD_OVERHEAD, OutRecord, Producer, TransactionalProducer
 from evstate.model import ChangeEvent, Position, Scope
 
 # Events per transaction at most; more wait for the next one.
 MAX_GROUP = 500
+# Transactional producers taking turns (see the module docstring).
+LANES = 2
 
 
 def transactional_id(settings: Settings) -> str:
@@ -55,27 +64,35 @@ class Writer:
         self._max_bytes = max_bytes
         # Only the producer the settings call for is made: an unstarted one would linger.
         self._producer: Producer | None = None
-        self._txn: TransactionalProducer | None = None
+        self._txns: list[TransactionalProducer] = []
+        self._idle: deque[TransactionalProducer] = deque()  # longest idle first
         self._queue: list[tuple[list[OutRecord], asyncio.Future[Position]]] = []
-        self._committer: asyncio.Task[None] | None = None
+        self._committing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Connect the producer the settings call for."""
+        """Connect the producer(s) the settings call for."""
         if self._settings.history:
-            self._txn = TransactionalProducer(
-                self._settings, transactional_id(self._settings), max_request_size=self._max_bytes
-            )
-            await self._txn.start()
+            base = transactional_id(self._settings)
+            self._txns = [
+                TransactionalProducer(
+                    self._settings,
+                    base if lane == 0 else f"{base}-{lane}",
+                    max_request_size=self._max_bytes,
+                )
+                for lane in range(LANES)
+            ]
+            await asyncio.gather(*(txn.start() for txn in self._txns))
+            self._idle.extend(self._txns)
         else:
             self._producer = Producer(self._settings, max_request_size=self._max_bytes)
             await self._producer.start()
 
     async def stop(self) -> None:
         """Let queued writes finish, then disconnect. Idempotent."""
-        if self._committer is not None:
-            await asyncio.gather(self._committer, return_exceptions=True)
-        if self._txn is not None:
-            await self._txn.stop()
+        while self._committing:
+            await asyncio.gather(*self._committing, return_exceptions=True)
+        for txn in self._txns:
+            await txn.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -131,24 +148,37 @@ class Writer:
             return Position(p, offset)
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._queue.append((records, done))
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_queued(), name="evstate-commit")
+        self._dispatch()
         return await done
 
-    async def _commit_queued(self) -> None:
-        while self._queue:
+    def _dispatch(self) -> None:
+        """Hand queued events to idle producers, one transaction each."""
+        while self._queue and self._idle:
+            txn = self._idle.popleft()
             group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+            task = asyncio.create_task(self._commit(txn, group), name="evstate-commit")
+            self._committing.add(task)
+            task.add_done_callback(self._committing.discard)
+
+    async def _commit(
+        self,
+        txn: TransactionalProducer,
+        group: list[tuple[list[OutRecord], asyncio.Future[Position]]],
+    ) -> None:
+        try:
             flat = [r for records, _ in group for r in records]
-            assert self._txn is not None
             try:
-                positions = await self._txn.commit(flat)
-            except Exception as exc:  # every waiter gets the failure, typed by log.py
+                positions = await txn.commit(flat)
+            except Exception as exc:  # every waiter gets the failure, typed by evstate.kafka
                 for _, done in group:
                     if not done.done():
                         done.set_exception(exc)
-                continue
+                return
             i = 0
             for records, done in group:
                 if not done.done():  # the caller may have been cancelled
                     done.set_result(Position(*positions[i]))
                 i += len(records)
+        finally:
+            self._idle.append(txn)
+            self._dispatch()

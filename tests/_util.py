@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from subprocess import CompletedProcess
 
-from evstate.log import Record
+from evstate.kafka import Record
 
 
 def free_port_block(count: int) -> int:

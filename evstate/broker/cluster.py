@@ -56,7 +56,7 @@ from evstate.errors import (
     BrokerUnavailableError,
     PortInUseError,
 )
-from evstate.log import count_brokers
+from evstate.kafka import count_brokers
 
 DEFAULT_PORT = 9092
 DEFAULT_HEAP = "512m"

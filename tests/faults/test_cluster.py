@@ -24,7 +24,7 @@ from evstate.broker import LocalBroker
 from evstate.config import Settings
 from evstate.errors import EvstateError, KafkaError
 from evstate.history import record_event
-from evstate.log import Admin
+from evstate.kafka import Admin
 from evstate.store import KafkaStateStore
 from tests._util import committed_records, free_port_block
 from tests.contract import make_state

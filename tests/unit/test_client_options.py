@@ -1,4 +1,4 @@
-"""SASL and TLS settings reach aiokafka: what ``evstate.log.client_options`` hands over.
+"""SASL and TLS settings reach aiokafka: what ``evstate.kafka.client_options`` hands over.
 
 No broker and no network: the TLS files are a throwaway CA and client certificate written
 to ``tmp_path``; the check is that the SSL context aiokafka gets trusts that CA, verifies
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from evstate.config import Settings
-from evstate.log import client_options
+from evstate.kafka import client_options
 
 
 def _name(cn: str) -> x509.Name:
