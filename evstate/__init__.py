@@ -1,15 +1,16 @@
 """evstate: an event-sourced state store for infrastructure-as-code tools.
 
 Alchemy's ``StateStore`` contract, kept as Avro events on Apache Kafka and served from a
-local RocksDB view. See README.md and DESIGN.md.
+local RocksDB view. How to use it: README.md; how it works and which module does what:
+docs/design.md.
 """
 
-from evstate.client import ClientState, Consistency, EvstateClient
+from evstate.client import ClientState, EvstateClient, StoreFactory, store_factory
 from evstate.config import Settings
 from evstate.errors import ConsistencyTimeout, EvstateError
-from evstate.model import ChangeEvent, Position, Scope, State
+from evstate.model import ChangeEvent, Consistency, Position, Scope, State
 from evstate.serde import Secret
-from evstate.store import KafkaStateStore, StoreFactory, store_factory
+from evstate.store import KafkaStateStore
 from evstate.watch import WatchedEvent, Watcher
 
 __all__ = [

@@ -6,8 +6,8 @@ partition's new position, in one WriteBatch. Readers call :meth:`Applier.wait_fo
 offset they must see; it returns once the view's position for that partition has passed
 it, or raises :class:`ConsistencyTimeout` naming partition, wanted and reached offsets.
 
-What the view holds per record key (the *view value*): the key's version as 8 bytes
-big-endian, then the state's serialized tree as compact JSON text (UTF-8).
+What the view holds per record key: :func:`~evstate.view.encode_value` of the key's
+version and serialized state.
 
 Records that cannot be applied (not Avro, unknown schema, a key that is not
 ``scope:id``) are poison: logged once, counted, skipped; their offsets still advance.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -46,11 +45,10 @@ from evstate.errors import (
 )
 from evstate.kafka import Record, Tail
 from evstate.model import Position
-from evstate.view import View
+from evstate.view import View, encode_value
 
 log = logging.getLogger(__name__)
 
-_VERSION = struct.Struct(">Q")
 # Seconds between checks that the view dir still exists.
 _ALIVE_EVERY = 1.0
 # A batch this large is written from a worker thread so the event loop keeps serving.
@@ -62,16 +60,6 @@ _PROGRESS_EVERY = 2.0
 
 Progress = Callable[[int, int], None]
 """Called with (records done, records in all) while a rebuild runs."""
-
-
-def encode_view_value(version: int, state_text: str) -> bytes:
-    """The view value of a state: version, then its JSON text."""
-    return _VERSION.pack(version) + state_text.encode("utf-8")
-
-
-def decode_view_value(raw: bytes) -> tuple[int, bytes]:
-    """Split a view value into ``(version, JSON bytes)``."""
-    return _VERSION.unpack_from(raw)[0], raw[_VERSION.size :]
 
 
 @dataclass(slots=True)
@@ -114,7 +102,7 @@ def to_changes(
             _poison(stats, pos, str(exc), report)
             continue
         if head.op == "SET" and head.state_text is not None:
-            changes.append((r.key, encode_view_value(head.version, head.state_text)))
+            changes.append((r.key, encode_value(head.version, head.state_text)))
         elif head.op == "DELETE":
             changes.append((r.key, None))
         # LOCK/UNLOCK do not change state.

@@ -43,8 +43,8 @@ from evstate.cli_store import (
 )
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError, ValidationError
-from evstate.history import Diff, Point, Tree
-from evstate.model import ChangeEvent, Position, Scope
+from evstate.history import Diff, Point
+from evstate.model import ChangeEvent, Position, Scope, Tree
 
 __all__ = ["event_json", "parse_point", "props_changes", "register"]
 

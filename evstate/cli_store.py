@@ -25,10 +25,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from evstate.client import EvstateClient, VerifyReport
+from evstate.client import EvstateClient
 from evstate.errors import EvstateError
 from evstate.model import Scope
 from evstate.serde import deserialize
+from evstate.verify import VerifyReport
 
 __all__ = ["MASK", "err", "fail", "mask_secrets", "out", "register", "reveal_secrets"]
 

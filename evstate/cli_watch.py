@@ -35,10 +35,8 @@ from evstate.cli_store import (
 )
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError, ValidationError
-from evstate.history import Tree
-from evstate.model import ChangeEvent, Scope
+from evstate.model import ChangeEvent, Scope, Tree
 from evstate.watch import Start
-from evstate.watch import watch as watch_changes
 
 __all__ = ["change_line", "register", "watch_json"]
 
@@ -143,7 +141,7 @@ def watch(
         client = EvstateClient(**settings_overrides(bootstrap_servers, None, topic_prefix))
         start = _start(from_, where, exact, client.settings.partitions)
         target: Scope | str | None = where if exact else (where.path if where else None)
-        watcher = watch_changes(client, target, group=group, start=start)
+        watcher = client.watch(target, group=group, start=start)
     except EvstateError as exc:
         raise fail(exc) from exc
 

@@ -1,85 +1,58 @@
-"""One connection to Kafka and one view per process, shared by every scope's store.
+"""What a program uses: one :class:`EvstateClient` per process, composing the engine, the
+stores of every scope, watchers and the history.
 
-:class:`EvstateClient` owns the producer, the admin client, the RocksDB view and the
-applier that feeds it. Stores (:class:`~evstate.store.KafkaStateStore`) are thin: they
-validate, serialize and call :meth:`EvstateClient.write` / :meth:`EvstateClient.consistent`.
-
-Consistency (``session``, the default): a read of a scope waits until the view has applied
-that scope's partition up to where it ended when this client started (everything
-committed before the process looked), and up to this client's own latest write there.
-Writes wait for the first part too, since a key's next version comes from the view.
+:class:`~evstate.engine.Engine` does the work (Kafka, the view, waiting); stores
+(:class:`~evstate.store.KafkaStateStore`) are thin and share it; watchers
+(:class:`~evstate.watch.Watcher`) have consumers of their own and are closed with the
+client; history, state-as-of and diffs read the history topic (:mod:`evstate.history`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from evstate import keys
-from evstate.applier import (
-    Applier,
-    ApplierStats,
-    Poison,
-    Progress,
-    decode_view_value,
-    to_changes,
-)
+from evstate.applier import Applier, Progress
 from evstate.config import Settings
-from evstate.errors import ClosedError, ValidationError
-from evstate.history import Diff, Point, Tree, diff_trees, read_events, replay_trees
-from evstate.kafka import Admin, Tail, TopicSpec
-from evstate.model import ChangeEvent, Position, Scope, State
+from evstate.engine import Engine
+from evstate.errors import ClosedError
+from evstate.history import Diff, Point, diff_trees, read_events, replay_trees
+from evstate.model import (
+    CONSISTENCIES,
+    ChangeEvent,
+    Consistency,
+    Lifecycle,
+    Position,
+    Scope,
+    State,
+    Tree,
+)
 from evstate.serde import deserialize_state
+from evstate.store import KafkaStateStore
+from evstate.verify import VerifyReport, verify
 from evstate.view import View
 from evstate.watch import Start, Watcher
-from evstate.watch import watch as watch_changes
-from evstate.writer import Writer
 
-if TYPE_CHECKING:
-    from evstate.store import KafkaStateStore
+__all__ = [
+    "CONSISTENCIES",
+    "ClientState",
+    "Consistency",
+    "EvstateClient",
+    "StoreFactory",
+    "store_factory",
+]
 
-Consistency = Literal["session", "strong", "eventual"]
-CONSISTENCIES: tuple[Consistency, ...] = ("session", "strong", "eventual")
-
-
-class ClientState(enum.Enum):
-    """Where a client is in its life."""
-
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-@dataclass(frozen=True, slots=True)
-class Difference:
-    """One key on which the view and the topic disagree."""
-
-    key: str
-    problem: Literal["missing from view", "not in topic", "different value"]
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    """What ``verify`` found: keys that differ, and records the view had to skip."""
-
-    keys: int
-    differences: list[Difference]
-    poison: list[Poison]
-
-    @property
-    def ok(self) -> bool:
-        """True when the view matches the topic (skipped poison records are reported, not
-        counted as a mismatch: the topic itself holds them)."""
-        return not self.differences
+ClientState = Lifecycle
+"""Where a client is in its life (UNOPENED, OPEN, CLOSED)."""
 
 
 class EvstateClient:
-    """A process's connection to evstate: one producer, one consumer, one view.
+    """A process's connection to evstate: one engine (producers, consumer, view), shared
+    by every scope's store.
 
     Use as ``async with EvstateClient(bootstrap_servers=..., view_dir=...) as client``;
     ``client.store(scope)`` gives the store of a scope. Operations start the client on
@@ -95,16 +68,7 @@ class EvstateClient:
             ConfigError: a setting is invalid.
         """
         self.settings = settings if settings is not None else Settings.from_env(**overrides)
-        self._state = ClientState.UNOPENED
-        self._lock = asyncio.Lock()
-        self._view: View | None = None
-        self._writer: Writer | None = None
-        self._admin: Admin | None = None
-        self._applier: Applier | None = None
-        self._topics_ready = False
-        self._written: dict[int, int] = {}
-        self._versions: dict[bytes, int] = {}
-        self._partitions: dict[str, tuple[int, int]] = {}  # scope path -> (count, partition)
+        self.engine = Engine(self.settings)
         self._watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -122,9 +86,9 @@ class EvstateClient:
         await self.close()
 
     @property
-    def state(self) -> ClientState:
+    def state(self) -> Lifecycle:
         """UNOPENED, OPEN or CLOSED."""
-        return self._state
+        return self.engine.state
 
     async def start(self) -> None:
         """Open the view and connect to Kafka; a no-op when already open.
@@ -134,23 +98,7 @@ class EvstateClient:
             BrokerUnavailableError: Kafka did not answer within ``connect_timeout``.
             ClosedError: the client was closed.
         """
-        async with self._lock:
-            if self._state is ClientState.OPEN:
-                return
-            if self._state is ClientState.CLOSED:
-                raise ClosedError("this EvstateClient is closed; make a new one")
-            self._view = await asyncio.to_thread(View.open, self.settings.view_dir)
-            try:  # on failure, _shutdown closes the view again
-                admin = Admin(self.settings)
-                await admin.start()
-                self._admin = admin
-                partitions = await admin.partitions(self.settings.state_topic)
-                if partitions is not None:
-                    await self._start_applier(partitions)
-            except BaseException:
-                await self._shutdown()
-                raise
-            self._state = ClientState.OPEN
+        await self.engine.start()
 
     async def close(self) -> None:
         """Close the watchers it made, stop applying, disconnect, close the view. Idempotent.
@@ -158,171 +106,43 @@ class EvstateClient:
         A watcher closed here commits what its loop handled and leaves its group, as
         leaving its ``async with`` would.
         """
-        async with self._lock:
-            if self._state is ClientState.CLOSED:
-                return
-            self._state = ClientState.CLOSED
-            watchers = list(self._watchers)
-            self._watchers.clear()
-            try:
-                await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
-            finally:
-                await self._shutdown()
-
-    async def _shutdown(self) -> None:
-        # Each resource is released even if stopping another one failed.
-        applier, writer, admin, view = self._applier, self._writer, self._admin, self._view
-        self._applier = self._writer = self._admin = self._view = None
+        watchers = list(self._watchers)
+        self._watchers.clear()
         try:
-            if applier is not None:
-                await applier.stop()
+            await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
         finally:
-            try:
-                if writer is not None:
-                    await writer.stop()
-            finally:
-                try:
-                    if admin is not None:
-                        await admin.stop()
-                finally:
-                    if view is not None:
-                        view.close()
+            await self.engine.close()
 
-    async def _open(self) -> None:
-        if self._state is not ClientState.OPEN:
-            await self.start()
-
-    async def _start_applier(self, partitions: int) -> None:
-        assert self._view is not None
-        assert self._admin is not None
-        configs = await self._admin.topic_configs(self.settings.state_topic)
-        retention = configs.get("delete.retention.ms")
-        applier = Applier(
-            self.settings,
-            self._view,
-            partitions,
-            tombstone_retention_ms=int(retention) if retention is not None else None,
-        )
-        await applier.start()
-        self._applier = applier
-
-    # -- topics -------------------------------------------------------------------
-
-    async def _discover_topic(self) -> Applier | None:
-        """Start applying if another process created the state topic since we started."""
-        async with self._lock:
-            if self._applier is None and self._admin is not None:
-                partitions = await self._admin.partitions(self.settings.state_topic)
-                if partitions is not None:
-                    await self._start_applier(partitions)
-            return self._applier
-
-    def _specs(self) -> list[TopicSpec]:
-        s = self.settings
-        specs = [
-            TopicSpec(
-                name=s.state_topic,
-                partitions=s.partitions,
-                replication_factor=s.replication_factor,
-                configs={**s.state_topic_configs, "cleanup.policy": "compact"},
-            )
-        ]
-        if s.history:
-            specs.append(
-                TopicSpec(
-                    name=s.history_topic,
-                    partitions=s.partitions,
-                    replication_factor=s.replication_factor,
-                    configs={
-                        "retention.ms": str(s.history_retention_ms),
-                        **s.history_topic_configs,
-                        "cleanup.policy": "delete",
-                    },
-                )
-            )
-        return specs
-
-    async def ensure_topics(self) -> None:
-        """Create the topics if missing, check them if present (idempotent).
-
-        Raises:
-            TopicMismatchError: a topic exists with another cleanup policy or partition count.
-        """
-        await self._open()
-        if self._topics_ready:
-            return
-        async with self._lock:
-            if self._topics_ready:
-                return
-            assert self._admin is not None
-            limits = [await self._admin.ensure_topic(spec) for spec in self._specs()]
-            if self._applier is None:
-                await self._start_applier(self.settings.partitions)
-            writer = Writer(
-                self.settings, partitions=self.settings.partitions, max_bytes=min(limits)
-            )
-            await writer.start()
-            self._writer = writer
-            self._topics_ready = True
-
-    # -- what stores call ---------------------------------------------------------
+    # -- stores -------------------------------------------------------------------
 
     def store(self, scope: Scope) -> KafkaStateStore:
         """The store of ``scope``, sharing this client.
 
         A scope without a password gets the ``password`` setting (``EVSTATE_PASSWORD``).
         """
-        from evstate.store import KafkaStateStore
-
         if scope.password is None and self.settings.password is not None:
             scope = Scope(*scope.chain, password=self.settings.password)
-        return KafkaStateStore(scope, client=self)
+        return KafkaStateStore(scope, engine=self.engine)
 
-    def partition_of(self, scope: Scope) -> int:
-        """The partition holding every event of ``scope`` (cached: it is on every read)."""
-        partitions = (
-            self._applier.partitions if self._applier is not None else self.settings.partitions
-        )
-        cached = self._partitions.get(scope.path)
-        if cached is None or cached[0] != partitions:
-            cached = (partitions, keys.partition_for(scope, partitions))
-            self._partitions[scope.path] = cached
-        return cached[1]
+    # -- the view as a whole (CLI, server) ----------------------------------------
 
     @property
     def view(self) -> View:
         """The open view (for reads)."""
-        if self._view is None:
-            raise ClosedError("this EvstateClient is not open")
-        return self._view
+        return self.engine.view
 
-    def next_version(self, record_key: bytes) -> int:
-        """The version a new event of ``record_key`` gets: one above the newest known.
+    @property
+    def applier(self) -> Applier | None:
+        """The applier feeding the view (None until the state topic exists)."""
+        return self.engine.applier
 
-        The newest known is the larger of what the view holds and what this process
-        wrote; writers in other processes are seen once the view has applied them.
-        """
-        raw = self.view.get(record_key)
-        in_view = decode_view_value(raw)[0] if raw is not None else 0
-        return max(in_view, self._versions.get(record_key, 0)) + 1
-
-    async def write(self, scope: Scope, event: ChangeEvent) -> Position:
-        """Append ``event`` (state and history topics) and wait for Kafka's acknowledgement.
-
-        Returns:
-            The event's position in the state topic.
+    async def ensure_topics(self) -> None:
+        """Create the topics if missing, check them if present (idempotent).
 
         Raises:
-            EventTooLargeError: the encoded event is over the topic's limit; nothing sent.
-            WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
+            TopicMismatchError: a topic exists with another cleanup policy or partitions.
         """
-        await self.ensure_topics()
-        assert self._writer is not None
-        pos = await self._writer.write(scope, event)
-        if pos.offset > self._written.get(pos.partition, -1):
-            self._written[pos.partition] = pos.offset
-        self._versions[keys.record_key(scope, event.key).encode("utf-8")] = event.version
-        return pos
+        await self.engine.ensure_topics()
 
     async def consistent(
         self,
@@ -330,71 +150,24 @@ class EvstateClient:
         consistency: Consistency = "session",
         min_position: Position | None = None,
     ) -> None:
-        """Wait until the view may serve a read of ``scope`` at the asked consistency.
+        """Wait until the view may serve a read of ``scope``; see :meth:`Engine.consistent`."""
+        await self.engine.consistent(scope, consistency, min_position)
 
-        Raises:
-            ConsistencyTimeout: the view did not get there within ``read_timeout``.
-            ValidationError: unknown consistency.
-        """
-        await self._open()
-        if consistency not in CONSISTENCIES:
-            raise ValidationError(
-                f"consistency must be one of {', '.join(CONSISTENCIES)}, not {consistency!r}"
-            )
-        applier = self._applier
-        if applier is None and (consistency != "eventual" or min_position is not None):
-            applier = await self._discover_topic()
-        if applier is None:  # no topic yet: nothing was ever written
-            return
-        applier.check()
-        if min_position is not None:
-            await applier.wait_for(min_position.partition, min_position.offset)
-        if consistency == "eventual":
-            return
-        partition = self.partition_of(scope)
-        await applier.ready(partition)
-        if consistency == "strong":
-            await applier.wait_until(partition, await applier.end_offset(partition))
-            return
-        written = self._written.get(partition)
-        if written is not None:
-            await applier.wait_for(partition, written)
-
-    async def ready(self, scope: Scope) -> None:
-        """Wait until the view holds everything committed to ``scope``'s partition before
-        this client started (what a write needs to number its version).
-
-        Raises:
-            ConsistencyTimeout: the view made no progress for ``read_timeout``.
-        """
-        if self._applier is not None:
-            await self._applier.ready(self.partition_of(scope))
-
-    def applied_position(self, scope: Scope) -> Position:
-        """The view's position in ``scope``'s partition, as a token (offset = last applied)."""
-        partition = self.partition_of(scope)
-        applied = self._applier.applied(partition) if self._applier is not None else 0
-        return Position(partition, applied - 1)
-
-    # -- whole-view operations (CLI) ---------------------------------------------
+    def partition_of(self, scope: Scope) -> int:
+        """The partition holding every event of ``scope``."""
+        return self.engine.partition_of(scope)
 
     def scopes(self) -> list[str]:
         """Every scope path that has at least one state in the view, sorted."""
-        return [p.decode("utf-8") for p in self.view.prefixes(b":")]
+        return self.engine.scopes()
 
     async def catch_up(self, timeout: float | None = None) -> None:
         """Wait until the view has applied everything committed to the topic so far.
 
-        Args:
-            timeout: seconds in all; None waits as long as the view keeps applying.
-
         Raises:
-            ConsistencyTimeout: out of time, or the view made no progress for
-                ``read_timeout``.
+            ConsistencyTimeout: out of time, or no progress for ``read_timeout``.
         """
-        await self._open()
-        if self._applier is not None:
-            await self._applier.catch_up(timeout)
+        await self.engine.catch_up(timeout)
 
     async def rebuild(self, progress: Progress | None = None) -> int:
         """Drop the view and replay the state topic into it.
@@ -402,11 +175,7 @@ class EvstateClient:
         Returns:
             The number of records read.
         """
-        await self._open()
-        if self._applier is None:
-            self.view.clear()
-            return 0
-        return await self._applier.rebuild(progress)
+        return await self.engine.rebuild(progress)
 
     async def verify(self) -> VerifyReport:
         """Recompute the state from the topic and compare it with the view, key by key.
@@ -414,45 +183,9 @@ class EvstateClient:
         Returns:
             The differences (none when the view is right) and the unreadable records.
         """
-        await self.catch_up()
-        applier = self._applier
-        if applier is None:
-            return VerifyReport(0, [], [])
-        await applier.stop()  # hold the view still while comparing
-        try:
-            upto = self.view.applied_offsets()
-            expected: dict[bytes, bytes | None] = {}
-            tail = Tail(self.settings, self.settings.state_topic, applier.partitions)
-            await tail.start({})
-            try:
-                stats = ApplierStats(self.settings.state_topic)
-                while True:
-                    positions = await tail.positions()
-                    if all(positions[p] >= upto.get(p, 0) for p in positions):
-                        break
-                    for p, records in (await tail.fetch(0.5)).items():
-                        wanted = [r for r in records if r.offset < upto.get(p, 0)]
-                        expected.update(to_changes(wanted, stats, report=False))
-            finally:
-                await tail.stop()
-            found = dict(self.view.scan_prefix(b""))
-        finally:
-            await applier.start()
-        diffs: list[Difference] = []
-        for key, value in expected.items():
-            have = found.pop(key, None)
-            if value is None and have is not None:
-                diffs.append(Difference(key.decode(), "not in topic"))
-            elif value is not None and have is None:
-                diffs.append(Difference(key.decode(), "missing from view"))
-            elif value != have:
-                diffs.append(Difference(key.decode(), "different value"))
-        diffs.extend(Difference(key.decode(), "not in topic") for key in found)
-        live = sum(1 for value in expected.values() if value is not None)
-        return VerifyReport(live, sorted(diffs, key=lambda d: d.key), stats.poison)
+        return await verify(self.engine)
 
-    def _history_partitions(self) -> int | None:
-        return self._applier.partitions if self._applier is not None else None
+    # -- history and watchers -----------------------------------------------------
 
     async def history(
         self,
@@ -475,8 +208,8 @@ class EvstateClient:
         Raises:
             ValidationError: a bound is a naive datetime or a Position of another partition.
         """
-        await self._open()
-        partitions = self._history_partitions()
+        await self.engine.start()
+        partitions = self.engine.topic_partitions()
         if partitions is None:
             return
         if key is not None:
@@ -504,8 +237,8 @@ class EvstateClient:
         return {key: deserialize_state(scope, tree) for key, tree in trees.items()}
 
     async def trees_at(self, scope: Scope, at: Point, progress: Progress | None) -> dict[str, Tree]:
-        await self._open()
-        partitions = self._history_partitions()
+        await self.engine.start()
+        partitions = self.engine.topic_partitions()
         if partitions is None:
             return {}
         return await replay_trees(self.settings, partitions, scope, at, progress)
@@ -525,20 +258,60 @@ class EvstateClient:
         group: str | None = None,
         start: Start = "latest",
     ) -> Watcher:
-        """Every change from ``start`` on, as it happens; see :func:`evstate.watch.watch`.
+        """Every change written from ``start`` on, as it happens.
 
         ``async with client.watch("app/prod", group="notifier") as changes:
-        async for event in changes: ...`` — ``event.ack()`` commits at once.
+        async for event in changes: ...`` — iterating without ``async with`` works too;
+        closing the client closes every watcher it made. The watcher has its own Kafka
+        consumer: it reads neither the client's view nor its connection.
+
+        Args:
+            scope: a :class:`~evstate.model.Scope` (that scope only); a scope path such as
+                ``"app"`` or ``"app/prod"`` (that scope and every scope nested in it, not
+                ``"app/prod2"``); or None (every scope).
+            group: a consumer group id: progress committed in Kafka, at-least-once,
+                members of a group share the work. None: a reader of its own.
+            start: where to begin when the group has nothing committed: ``"latest"``,
+                ``"earliest"``, a tz-aware ``datetime``, or a :class:`Position` of the
+                topic watched (that event included).
+
+        Returns:
+            An unopened :class:`~evstate.watch.Watcher` yielding ``WatchedEvent``.
 
         Raises:
             ValidationError: an invalid scope, group or start.
             ClosedError: the client is closed.
         """
-        watcher = watch_changes(self, scope, group=group, start=start)
+        if self.engine.state is Lifecycle.CLOSED:
+            raise ClosedError("this EvstateClient is closed; make a new one")
+        watcher = Watcher(self.settings, scope, group=group, start=start)
         self._watchers.add(watcher)
         return watcher
 
-    @property
-    def applier(self) -> Applier | None:
-        """The applier feeding the view (None until the state topic exists)."""
-        return self._applier
+
+class StoreFactory:
+    """Alchemy-style ``state_store(scope)``: every store shares one lazily started client."""
+
+    def __init__(self, **settings: Any) -> None:
+        """Args:
+        **settings: :class:`~evstate.config.Settings` fields (the rest from the environment).
+        """
+        self.client = EvstateClient(**settings)
+
+    def __call__(self, scope: Scope) -> KafkaStateStore:
+        """The store of ``scope``."""
+        return self.client.store(scope)
+
+    async def aclose(self) -> None:
+        """Close the shared client."""
+        await self.client.close()
+
+
+def store_factory(**settings: Any) -> StoreFactory:
+    """Return ``scope -> KafkaStateStore`` for Alchemy-style code; close it with ``aclose()``.
+
+    Args:
+        **settings: :class:`~evstate.config.Settings` fields; the rest come from
+            ``EVSTATE_*`` environment variables.
+    """
+    return StoreFactory(**settings)

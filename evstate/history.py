@@ -12,23 +12,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from evstate import events, keys
 from evstate.config import Settings
 from evstate.errors import MalformedEventError, ValidationError
 from evstate.kafka import Record, Tail
-from evstate.model import ChangeEvent, Position, Scope
+from evstate.model import ChangeEvent, Position, Scope, Tree
 
 Point = datetime | Position
 """A point in a scope's history."""
 
-Tree = dict[str, Any]
-"""A serialized state (Alchemy's field names, secrets still encrypted)."""
-
-# Producers stamp records a little after the event itself, and clocks of different
-# writers differ: look this far past a time bound before filtering by event time.
-_CLOCK_SLACK = timedelta(seconds=5)
+CLOCK_SLACK = timedelta(seconds=5)
+"""Producers stamp records a little after the event itself, and clocks of different
+writers differ: readers look this far past a time bound, then filter by event time."""
 
 
 @dataclass(slots=True)
@@ -90,7 +86,7 @@ async def _scope_records(
 ) -> AsyncIterator[Record]:
     """The records of ``scope`` (or one ``key``) within the bounds' offsets, undecoded.
 
-    A datetime bound is widened by ``_CLOCK_SLACK`` here (record timestamps); the caller
+    A datetime bound is widened by ``CLOCK_SLACK`` here (record timestamps); the caller
     filters by the events' own timestamps.
     """
     topic = settings.history_topic if settings.history else settings.state_topic
@@ -107,12 +103,12 @@ async def _scope_records(
         if isinstance(since, Position):
             start = max(start, since.offset)
         elif isinstance(since, datetime):
-            found = await tail.offset_for_time(partition, _ms(since - _CLOCK_SLACK))
+            found = await tail.offset_for_time(partition, _ms(since - CLOCK_SLACK))
             start = end if found is None else max(start, found)
         if isinstance(until, Position):
             end = min(end, until.offset + 1)
         elif isinstance(until, datetime):
-            found = await tail.offset_for_time(partition, _ms(until + _CLOCK_SLACK))
+            found = await tail.offset_for_time(partition, _ms(until + CLOCK_SLACK))
             end = end if found is None else min(end, found)
         tail.seek(partition, start)
         total = max(0, end - start)
@@ -173,7 +169,7 @@ async def replay_trees(
 
     A key's state is its last event up to ``at``, so only that event is decoded in full:
     the others are passed over as bytes. With a datetime, a record stamped more than
-    ``_CLOCK_SLACK`` before ``at`` is surely in; for one stamped later, the Avro record
+    ``CLOCK_SLACK`` before ``at`` is surely in; for one stamped later, the Avro record
     alone (not the state's JSON) is read to compare its event's own timestamp.
 
     Raises:
@@ -181,7 +177,7 @@ async def replay_trees(
         MalformedEventError: a key's last record up to ``at`` is not a readable event.
     """
     when = at if isinstance(at, datetime) else None
-    surely_in = 0 if when is None else _ms(when - _CLOCK_SLACK)
+    surely_in = 0 if when is None else _ms(when - CLOCK_SLACK)
     last: dict[bytes, Record] = {}
     records = _scope_records(
         settings, partitions, scope, key=None, since=None, until=at, progress=progress

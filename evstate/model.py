@@ -6,6 +6,7 @@ at this level; :mod:`evstate.serde` turns live values into trees and back.
 
 from __future__ import annotations
 
+import enum
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -14,14 +15,18 @@ from typing import Any, Literal, get_args
 from evstate.errors import InvalidScopeError, InvalidStateError, ValidationError
 
 __all__ = [
+    "CONSISTENCIES",
     "OPS",
     "STATUSES",
     "ChangeEvent",
+    "Consistency",
+    "Lifecycle",
     "Op",
     "Position",
     "Scope",
     "State",
     "Status",
+    "Tree",
 ]
 
 Status = Literal["creating", "created", "updating", "updated", "deleting", "deleted"]
@@ -29,6 +34,21 @@ STATUSES: tuple[Status, ...] = get_args(Status)
 
 Op = Literal["SET", "DELETE", "LOCK", "UNLOCK"]
 OPS: tuple[Op, ...] = get_args(Op)
+
+Tree = dict[str, Any]
+"""A state as stored: Alchemy's JSON field names, values serialized, secrets encrypted."""
+
+Consistency = Literal["session", "strong", "eventual"]
+"""What a read waits for; see ``docs/design.md`` (Consistency)."""
+CONSISTENCIES: tuple[Consistency, ...] = get_args(Consistency)
+
+
+class Lifecycle(enum.Enum):
+    """Where a resource (a client, a watcher) is in its life."""
+
+    UNOPENED = "unopened"
+    OPEN = "open"
+    CLOSED = "closed"
 
 
 def _check_scope_name(name: object) -> str:

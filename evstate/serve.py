@@ -55,7 +55,7 @@ from typing import Any, Final, NoReturn
 
 from aiohttp import web
 
-from evstate.client import CONSISTENCIES, ClientState, Consistency, EvstateClient
+from evstate.client import EvstateClient
 from evstate.config import Settings
 from evstate.errors import (
     ClosedError,
@@ -70,7 +70,7 @@ from evstate.errors import (
     ValidationError,
     ViewError,
 )
-from evstate.model import Position, Scope
+from evstate.model import CONSISTENCIES, Consistency, Lifecycle, Position, Scope
 from evstate.store import KafkaStateStore
 
 __all__ = [
@@ -284,7 +284,7 @@ class _Backend:
 
     @property
     def ready(self) -> bool:
-        return self._ready and self.client.state is ClientState.OPEN
+        return self._ready and self.client.state is Lifecycle.OPEN
 
     def start(self) -> None:
         self._opener = asyncio.create_task(self._open(), name="evstate-serve-open")

@@ -16,18 +16,18 @@ from types import TracebackType
 from typing import Any
 
 from evstate import keys, secrets
-from evstate.applier import decode_view_value
-from evstate.client import Consistency, EvstateClient
-from evstate.errors import InvalidKeyError
-from evstate.model import ChangeEvent, Op, Position, Scope, State
+from evstate.config import Settings
+from evstate.engine import Engine
+from evstate.errors import InvalidKeyError, InvalidStateError, ValidationError
+from evstate.model import ChangeEvent, Consistency, Op, Position, Scope, State, Tree
 from evstate.serde import deserialize_state, serialize_state
+from evstate.view import decode_value
 
-Tree = dict[str, Any]
-"""A state as stored: Alchemy's JSON field names, values serialized, secrets encrypted."""
+__all__ = ["KafkaStateStore"]
 
 
 def _tree(raw: bytes) -> Tree:
-    tree: Tree = json.loads(decode_view_value(raw)[1])
+    tree: Tree = json.loads(decode_value(raw)[1])
     return tree
 
 
@@ -42,27 +42,31 @@ _DEINIT_CONCURRENCY = 64
 class KafkaStateStore:
     """The state store of one scope.
 
-    Either made by :meth:`EvstateClient.store` (sharing that client), or on its own:
+    Either made by :meth:`EvstateClient.store <evstate.client.EvstateClient.store>`
+    (sharing that client's engine), or on its own:
     ``async with KafkaStateStore(scope, bootstrap_servers=..., view_dir=...) as store``,
-    in which case it owns a client and closes it on exit.
+    in which case it owns an engine and closes it on exit.
     """
 
-    def __init__(self, scope: Scope, *, client: EvstateClient | None = None, **settings: Any):
+    def __init__(self, scope: Scope, *, engine: Engine | None = None, **settings: Any):
         """Args:
         scope: the scope this store serves.
-        client: a shared client; when None the store makes (and owns) one.
-        **settings: :class:`~evstate.config.Settings` fields for an owned client.
+        engine: a shared engine; when None the store makes (and owns) one.
+        **settings: :class:`~evstate.config.Settings` fields for an owned engine.
+
+        Raises:
+            ValidationError: ``scope`` is not a Scope.
         """
         if not isinstance(scope, Scope):
-            raise TypeError(f"scope must be an evstate.Scope, not {type(scope).__name__}")
+            raise ValidationError(f"scope must be an evstate.Scope, not {type(scope).__name__}")
         self.scope = scope
-        self._owns = client is None
-        self._client = client if client is not None else EvstateClient(**settings)
+        self._owns = engine is None
+        self._engine = engine if engine is not None else Engine(Settings.from_env(**settings))
         self._prefix = keys.scope_prefix(scope).encode("utf-8")
 
     async def __aenter__(self) -> KafkaStateStore:
         if self._owns:
-            await self._client.start()
+            await self._engine.start()
         return self
 
     async def __aexit__(
@@ -72,12 +76,12 @@ class KafkaStateStore:
         tb: TracebackType | None,
     ) -> None:
         if self._owns:
-            await self._client.close()
+            await self._engine.close()
 
     @property
-    def client(self) -> EvstateClient:
-        """The client this store writes and reads through."""
-        return self._client
+    def engine(self) -> Engine:
+        """The engine this store writes and reads through."""
+        return self._engine
 
     def _record_key(self, key: str) -> bytes:
         keys.validate_key(key)
@@ -98,8 +102,8 @@ class KafkaStateStore:
         self, key: str, consistency: Consistency, min_position: Position | None
     ) -> bytes | None:
         record_key = self._record_key(key)
-        await self._client.consistent(self.scope, consistency, min_position)
-        return self._client.view.get(record_key)
+        await self._engine.consistent(self.scope, consistency, min_position)
+        return self._engine.view.get(record_key)
 
     async def _read_many(
         self, ids: Sequence[str], consistency: Consistency, min_position: Position | None
@@ -107,17 +111,17 @@ class KafkaStateStore:
         if not ids:
             return []
         record_keys = [self._record_key(i) for i in ids]
-        await self._client.consistent(self.scope, consistency, min_position)
-        found = self._client.view.get_many(record_keys)
+        await self._engine.consistent(self.scope, consistency, min_position)
+        found = self._engine.view.get_many(record_keys)
         return [(i, found[rk]) for i, rk in zip(ids, record_keys, strict=True) if rk in found]
 
     async def _read_all(
         self, consistency: Consistency, min_position: Position | None
     ) -> builtins.list[tuple[str, bytes]]:
-        await self._client.consistent(self.scope, consistency, min_position)
+        await self._engine.consistent(self.scope, consistency, min_position)
         cut = len(self._prefix)
         return [
-            (k[cut:].decode("utf-8"), v) for k, v in self._client.view.scan_prefix(self._prefix)
+            (k[cut:].decode("utf-8"), v) for k, v in self._engine.view.scan_prefix(self._prefix)
         ]
 
     # -- the contract -------------------------------------------------------------
@@ -129,7 +133,7 @@ class KafkaStateStore:
             TopicMismatchError: a topic exists with settings evstate cannot use.
             BrokerUnavailableError: Kafka is unreachable.
         """
-        await self._client.ensure_topics()
+        await self._engine.ensure_topics()
 
     async def deinit(self) -> None:
         """Delete every state of this scope: a DELETE event per key, kept in the history."""
@@ -146,16 +150,16 @@ class KafkaStateStore:
         self, *, consistency: Consistency = "session", min_position: Position | None = None
     ) -> builtins.list[str]:
         """Ids directly in this scope (nested scopes excluded), in key order."""
-        await self._client.consistent(self.scope, consistency, min_position)
+        await self._engine.consistent(self.scope, consistency, min_position)
         cut = len(self._prefix)
-        return [k[cut:].decode("utf-8") for k in self._client.view.keys_prefix(self._prefix)]
+        return [k[cut:].decode("utf-8") for k in self._engine.view.keys_prefix(self._prefix)]
 
     async def count(
         self, *, consistency: Consistency = "session", min_position: Position | None = None
     ) -> int:
         """How many states this scope holds (no state is decoded)."""
-        await self._client.consistent(self.scope, consistency, min_position)
-        return self._client.view.count_prefix(self._prefix)
+        await self._engine.consistent(self.scope, consistency, min_position)
+        return self._engine.view.count_prefix(self._prefix)
 
     async def get(
         self,
@@ -223,7 +227,7 @@ class KafkaStateStore:
     async def version(self, key: str, *, consistency: Consistency = "session") -> int | None:
         """The version of ``key``'s state (1 after its first SET), or None if it has none."""
         raw = await self._read_one(key, consistency, None)
-        return None if raw is None else decode_view_value(raw)[0]
+        return None if raw is None else decode_value(raw)[0]
 
     async def set(
         self,
@@ -247,7 +251,7 @@ class KafkaStateStore:
         """
         self._record_key(key)  # validates the key
         if not isinstance(state, State):
-            raise TypeError(f"state must be an evstate.State, not {type(state).__name__}")
+            raise InvalidStateError(f"state must be an evstate.State, not {type(state).__name__}")
         if state.id != key:
             raise InvalidKeyError(f"key {key!r} differs from state.id {state.id!r}")
         await secrets.warm(self.scope.password)  # scrypt off the event loop, once
@@ -287,19 +291,19 @@ class KafkaStateStore:
         reason: str | None,
         correlation_id: str | None,
     ) -> Position:
-        await self._client.ensure_topics()
-        await self._client.ready(self.scope)  # the version comes from a caught-up view
+        await self._engine.ensure_topics()
+        await self._engine.ready(self.scope)  # the version comes from a caught-up view
         event = ChangeEvent.new(
             op=op,
             scope=self.scope,
             key=key,
             state=tree,
-            version=self._client.next_version(self._record_key(key)),
-            actor=self._client.settings.actor,
+            version=self._engine.next_version(self._record_key(key)),
+            actor=self._engine.settings.actor,
             reason=reason,
             correlation_id=correlation_id,
         )
-        return await self._client.write(self.scope, event)
+        return await self._engine.write(self.scope, event)
 
     async def delete(
         self, key: str, *, reason: str | None = None, correlation_id: str | None = None
@@ -310,35 +314,7 @@ class KafkaStateStore:
             Where the DELETE landed, or, for a no-op, the view's current position.
         """
         record_key = self._record_key(key)
-        await self._client.consistent(self.scope, "session")
-        if self._client.view.get(record_key) is None:
-            return self._client.applied_position(self.scope)
+        await self._engine.consistent(self.scope, "session")
+        if self._engine.view.get(record_key) is None:
+            return self._engine.applied_position(self.scope)
         return await self._write("DELETE", key, None, reason=reason, correlation_id=correlation_id)
-
-
-class StoreFactory:
-    """Alchemy-style ``state_store(scope)``: every store shares one lazily started client."""
-
-    def __init__(self, **settings: Any) -> None:
-        """Args:
-        **settings: :class:`~evstate.config.Settings` fields (the rest from the environment).
-        """
-        self.client = EvstateClient(**settings)
-
-    def __call__(self, scope: Scope) -> KafkaStateStore:
-        """The store of ``scope``."""
-        return self.client.store(scope)
-
-    async def aclose(self) -> None:
-        """Close the shared client."""
-        await self.client.close()
-
-
-def store_factory(**settings: Any) -> StoreFactory:
-    """Return ``scope -> KafkaStateStore`` for Alchemy-style code; close it with ``aclose()``.
-
-    Args:
-        **settings: :class:`~evstate.config.Settings` fields; the rest come from
-            ``EVSTATE_*`` environment variables.
-    """
-    return StoreFactory(**settings)

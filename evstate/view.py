@@ -7,7 +7,9 @@ evstate's (:class:`ViewLockedError`, :class:`ViewUnavailableError`, :class:`View
 Key layout, in two column families of one RocksDB:
 
 ``default``
-    record key -> latest value, both raw bytes. The record key is ``scope:id``
+    record key -> latest value: the state's version (8 bytes big-endian), then its
+    serialized tree as compact JSON text (:func:`encode_value`, :func:`decode_value`).
+    The record key is ``scope:id``
     (``"/".join(scope.chain) + ":" + id``), so a scope's states are one contiguous key
     range and ``list()`` is a prefix scan of ``scope:``. Nested scopes (``scope/child:``)
     never match that prefix. Nothing else lives here, so a scan sees only data.
@@ -62,10 +64,23 @@ from evstate.errors import (
     ViewUnavailableError,
 )
 
-__all__ = ["View"]
+__all__ = ["Change", "View", "decode_value", "encode_value"]
 
 Change = tuple[bytes, bytes | None]
 """One record key and its new value; ``None`` deletes the key."""
+
+_VERSION = struct.Struct(">Q")
+
+
+def encode_value(version: int, state_text: str) -> bytes:
+    """The view value of a state: its version (8 bytes big-endian), then its JSON text."""
+    return _VERSION.pack(version) + state_text.encode("utf-8")
+
+
+def decode_value(raw: bytes) -> tuple[int, bytes]:
+    """Split a view value into ``(version, JSON bytes)``."""
+    return _VERSION.unpack_from(raw)[0], raw[_VERSION.size :]
+
 
 _OFFSETS_CF: Final = "evstate.offsets"
 _FRESH_CF: Final = "evstate.fresh"

@@ -29,36 +29,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from evstate import keys
 from evstate.config import Settings
 from evstate.errors import ClosedError, EvstateError, MalformedEventError, ValidationError
-from evstate.history import record_event
+from evstate.history import CLOCK_SLACK, record_event
 from evstate.kafka import Admin, GroupTail, Record
-from evstate.model import ChangeEvent, Position, Scope
+from evstate.model import ChangeEvent, Lifecycle, Position, Scope
 
-if TYPE_CHECKING:
-    from evstate.client import EvstateClient
-
-__all__ = ["Start", "WatchStats", "WatchedEvent", "Watcher", "WatcherState", "watch"]
+__all__ = ["Start", "WatchStats", "WatchedEvent", "Watcher", "WatcherState"]
 
 log = logging.getLogger(__name__)
 
 Start = Literal["earliest", "latest"] | datetime | Position
 """Where a watcher with nothing committed begins."""
 
-# Producers stamp records a little after the event itself, and writers' clocks differ:
-# seek this far before a start time, then drop the older events by their own time.
-_CLOCK_SLACK = timedelta(seconds=5)
 # Handled events are committed before each fetch, and at least this often in between.
 _COMMIT_INTERVAL = 1.0
 _FETCH_WAIT = 1.0
@@ -123,12 +116,8 @@ class WatchStats:
     poison: int = 0
 
 
-class WatcherState(enum.Enum):
-    """Where a watcher is in its life."""
-
-    UNOPENED = "unopened"
-    OPEN = "open"
-    CLOSED = "closed"
+WatcherState = Lifecycle
+"""Where a watcher is in its life (the same states as a client's)."""
 
 
 class _Filter:
@@ -182,7 +171,7 @@ class Watcher:
         group: str | None = None,
         start: Start = "latest",
     ) -> None:
-        """Args: as :func:`watch`.
+        """Args: as :meth:`evstate.client.EvstateClient.watch`.
 
         Raises:
             ValidationError: an invalid scope, group or start.
@@ -195,7 +184,7 @@ class Watcher:
         self._filter = _Filter(scope)
         self.topic = settings.history_topic if settings.history else settings.state_topic
         self.stats = WatchStats()
-        self._state = WatcherState.UNOPENED
+        self._state = Lifecycle.UNOPENED
         self._lock = asyncio.Lock()
         self._tail: GroupTail | None = None
         self._topic_was_missing = False
@@ -213,7 +202,7 @@ class Watcher:
     # -- lifecycle ----------------------------------------------------------------
 
     @property
-    def state(self) -> WatcherState:
+    def state(self) -> Lifecycle:
         """UNOPENED, OPEN or CLOSED."""
         return self._state
 
@@ -246,9 +235,9 @@ class Watcher:
             ClosedError: the watcher was closed.
         """
         async with self._lock:
-            if self._state is WatcherState.OPEN:
+            if self._state is Lifecycle.OPEN:
                 return
-            if self._state is WatcherState.CLOSED:
+            if self._state is Lifecycle.CLOSED:
                 raise ClosedError("this watcher is closed; start a new one")
             partitions = await self._partitions()
             only: list[int] = []
@@ -279,14 +268,14 @@ class Watcher:
             self._finalizer = weakref.finalize(
                 self, _stop_abandoned, asyncio.get_running_loop(), tail
             )
-            self._state = WatcherState.OPEN
+            self._state = Lifecycle.OPEN
 
     async def close(self) -> None:
         """Commit what was handled, leave the group, disconnect. Idempotent."""
         async with self._lock:
-            if self._state is WatcherState.CLOSED:
+            if self._state is Lifecycle.CLOSED:
                 return
-            self._state = WatcherState.CLOSED
+            self._state = Lifecycle.CLOSED
             tail, self._tail = self._tail, None
             if self._finalizer is not None:
                 self._finalizer.detach()
@@ -359,7 +348,7 @@ class Watcher:
         if isinstance(start, Position):
             return max(first, start.offset) if start.partition == partition else end
         if isinstance(start, datetime):
-            ms = max(0, int((start - _CLOCK_SLACK).timestamp() * 1000))
+            ms = max(0, int((start - CLOCK_SLACK).timestamp() * 1000))
             found = await tail.offset_for_time(partition, ms)
             self._time_window[partition] = end
             return end if found is None else found
@@ -371,9 +360,9 @@ class Watcher:
         return self
 
     async def __anext__(self) -> WatchedEvent:
-        if self._state is WatcherState.UNOPENED:
+        if self._state is Lifecycle.UNOPENED:
             await self.start()
-        if self._state is WatcherState.CLOSED:
+        if self._state is Lifecycle.CLOSED:
             raise StopAsyncIteration
         if self._current is not None:  # the loop asked for the next one: handled
             self._handled(self._current)
@@ -517,41 +506,3 @@ def _stop_abandoned(loop: asyncio.AbstractEventLoop, tail: GroupTail) -> None:
 
     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
         loop.call_soon_threadsafe(stop)
-
-
-def watch(
-    client: EvstateClient,
-    scope: Scope | str | None = None,
-    *,
-    group: str | None = None,
-    start: Start = "latest",
-) -> Watcher:
-    """Every change written from ``start`` on, as it happens, for ``client.watch``.
-
-    Use ``async with watch(...) as events: async for event in events: ...``; iterating
-    without ``async with`` works too, and then :meth:`Watcher.close` ends it. The watcher
-    has its own Kafka consumer: it reads neither the client's view nor its connection.
-
-    Args:
-        client: whose settings (brokers, topics) to use.
-        scope: a :class:`~evstate.model.Scope` (that scope only); a scope path such as
-            ``"app"`` or ``"app/prod"`` (that scope and every scope nested in it, not
-            ``"app/prod2"``); or None (every scope).
-        group: a consumer group id: progress committed in Kafka, at-least-once, members
-            of a group share the work. None: a reader of its own, nothing committed.
-        start: where to begin when the group has nothing committed: ``"latest"``,
-            ``"earliest"``, a tz-aware ``datetime``, or a :class:`Position` of the topic
-            watched (that event included).
-
-    Returns:
-        An unopened :class:`Watcher` yielding :class:`WatchedEvent`.
-
-    Raises:
-        ValidationError: an invalid scope, group or start.
-        ClosedError: the client is closed.
-    """
-    from evstate.client import ClientState
-
-    if client.state is ClientState.CLOSED:
-        raise ClosedError("this EvstateClient is closed; make a new one")
-    return Watcher(client.settings, scope, group=group, start=start)

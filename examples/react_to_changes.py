@@ -38,7 +38,7 @@ from typing import Any
 import aiohttp
 
 from evstate import ChangeEvent, EvstateClient
-from evstate.watch import Start, WatchedEvent, watch
+from evstate.watch import Start, WatchedEvent
 
 log = logging.getLogger("react_to_changes")
 
@@ -214,7 +214,7 @@ async def run(args: argparse.Namespace) -> int:
     last: WatchedEvent | None = None
     async with (
         aiohttp.ClientSession(timeout=timeout) as session,
-        watch(client, args.scope, group=args.group, start=start) as changes,
+        client.watch(args.scope, group=args.group, start=start) as changes,
     ):
         print(f"watching {args.scope or 'every scope'} as group {args.group}", flush=True)
         while True:

@@ -19,9 +19,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from evstate import EvstateClient, Scope, Settings, State, events, keys
-from evstate.applier import encode_view_value
 from evstate.model import ChangeEvent
-from evstate.view import View
+from evstate.view import View, encode_value
 
 APP_DEV = Scope("app", "dev")
 CHILD = APP_DEV.child("child")
@@ -229,8 +228,8 @@ def test_verify_compares_view_with_topic(cli: Cli, writer: dict[str, str]) -> No
             partition,
             at,
             [
-                (b"app/dev:web", encode_view_value(1, '{"tampered": true}')),
-                (b"app/dev:ghost", encode_view_value(1, "{}")),
+                (b"app/dev:web", encode_value(1, '{"tampered": true}')),
+                (b"app/dev:ghost", encode_value(1, "{}")),
             ],
         )
     result = cli("verify")

@@ -27,7 +27,7 @@ from aiohttp import web
 
 from evstate import ChangeEvent, EvstateClient, Position, Scope, Secret, State
 from evstate.errors import ClosedError, ValidationError
-from evstate.watch import WatchedEvent, Watcher, watch
+from evstate.watch import WatchedEvent, Watcher
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCS = Path(__file__).parent / "procs"
@@ -99,7 +99,7 @@ def _by_scope(events: list[ChangeEvent]) -> dict[str, list[str]]:
 
 async def test_three_groups_each_see_every_event_in_scope_order(client: EvstateClient) -> None:
     scopes = [Scope("app", name) for name in ("web", "db", "queue", "cdn")]
-    watchers = [watch(client, group=f"g{i}") for i in range(3)]
+    watchers = [client.watch(group=f"g{i}") for i in range(3)]
     await asyncio.gather(*(w.start() for w in watchers))
     try:
 
@@ -127,7 +127,7 @@ async def test_two_members_share_partitions_and_together_see_every_event(
     client: EvstateClient,
 ) -> None:
     scopes = [Scope("app", f"svc{i}") for i in range(24)]
-    first, second = watch(client, group="shared"), watch(client, group="shared")
+    first, second = client.watch(group="shared"), client.watch(group="shared")
     await first.start()
     await second.start()  # the group rebalances: first gives up half its partitions
     seen: dict[str, int] = {}
@@ -253,14 +253,14 @@ async def test_start_by_time_begins_there(client: EvstateClient) -> None:
         await _set(client, scope, f"new{i}", 0)
     history = [e async for e in client.history(scope)]
     expected = [e.event_id for e in history if e.key.startswith("new")]
-    async with watch(client, scope, start=since) as plain:
+    async with client.watch(scope, start=since) as plain:
         assert [e.event_id for e in await _collect(plain, 3)] == expected
         await _nothing_more(plain, 1.0)
-    async with watch(client, "app", group="from-time", start=since) as grouped:
+    async with client.watch("app", group="from-time", start=since) as grouped:
         assert [e.event_id for e in await _collect(grouped, 3)] == expected
         await _nothing_more(grouped, 1.0)
     with pytest.raises(ValidationError, match="timezone-aware"):
-        watch(client, scope, start=datetime.now())
+        client.watch(scope, start=datetime.now())
 
 
 async def test_start_by_position_begins_there(client: EvstateClient) -> None:
@@ -270,20 +270,20 @@ async def test_start_by_position_begins_there(client: EvstateClient) -> None:
     history = [e async for e in client.history(scope)]
     at = history[2].position
     assert at is not None
-    async with watch(client, scope, start=at) as w:
+    async with client.watch(scope, start=at) as w:
         got = await _collect(w, 4)
         assert [e.change for e in got] == history[2:]
         await _nothing_more(w, 1.0)
-    async with watch(client, scope, start="earliest") as w:
+    async with client.watch(scope, start="earliest") as w:
         assert [e.change for e in await _collect(w, 6)] == history
     # A later event is seen live; "latest" skips the six before it.
-    async with watch(client, scope, group="late", start="latest") as w:
+    async with client.watch(scope, group="late", start="latest") as w:
         await _set(client, scope, "k", 6)
         (live,) = await _collect(w, 1)
         assert live.version == 7
     elsewhere = Position((at.partition + 1) % client.settings.partitions, 0)
     with pytest.raises(ValidationError, match="partition"):
-        async with watch(client, scope, start=elsewhere):
+        async with client.watch(scope, start=elsewhere):
             pass
 
 
@@ -293,16 +293,16 @@ async def test_a_prefix_sees_its_nested_scopes_and_nothing_else(client: EvstateC
     for s in inside + outside:
         await _set(client, s, "k", 0)
         await _set(client, s, "k/with/slash", 0)
-    async with watch(client, "app/prod", start="earliest") as w:
+    async with client.watch("app/prod", start="earliest") as w:
         got = await _collect(w, 6)
         assert {e.scope for e in got} == {s.chain for s in inside}
         await _nothing_more(w)
-    async with watch(client, Scope("app", "prod"), start="earliest") as w:
+    async with client.watch(Scope("app", "prod"), start="earliest") as w:
         got = await _collect(w, 2)
         assert {e.scope for e in got} == {("app", "prod")}
         await _nothing_more(w, 1.0)
         assert w.stats.delivered == 2
-    async with watch(client, start="earliest") as w:
+    async with client.watch(start="earliest") as w:
         assert len(await _collect(w, 14)) == 14
         await _nothing_more(w, 1.0)
 
@@ -314,7 +314,7 @@ async def test_poison_records_are_skipped_and_counted(
 
     scope = Scope("app", "poisoned")
     partition = client.partition_of(scope)
-    async with watch(client, "app") as w:
+    async with client.watch("app") as w:
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
         await producer.start()
         try:
@@ -334,12 +334,12 @@ async def test_poison_records_are_skipped_and_counted(
 async def test_watch_refuses_bad_arguments_and_a_closed_client(client: EvstateClient) -> None:
     for bad in ({"start": "yesterday"}, {"group": ""}, {"scope": "app/"}, {"scope": "a:b"}):
         with pytest.raises(ValidationError):
-            watch(client, **bad)  # type: ignore[arg-type]
+            client.watch(**bad)  # type: ignore[arg-type]
     closed = EvstateClient(bootstrap_servers=client.settings.bootstrap_servers)
     await closed.close()
     with pytest.raises(ClosedError):
-        watch(closed)
-    w = watch(client)
+        closed.watch()
+    w = client.watch()
     await w.close()
     with pytest.raises(ClosedError):
         await w.start()

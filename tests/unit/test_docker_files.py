@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, server_properties
-from evstate.broker.cluster import Node
+from evstate.broker.properties import Node
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 CLUSTER = ("kafka-1", "kafka-2", "kafka-3")

@@ -17,7 +17,6 @@ import sys
 from typing import TextIO
 
 from evstate import EvstateClient
-from evstate.watch import watch
 
 
 class HandlerFailed(Exception):
@@ -28,7 +27,7 @@ async def main(log: TextIO) -> None:
     bootstrap, prefix, group = sys.argv[1:4]
     crash_at, mode, idle = int(sys.argv[5]), sys.argv[6], float(sys.argv[7])
     client = EvstateClient(bootstrap_servers=bootstrap, topic_prefix=prefix)
-    async with watch(client, "app", group=group, start="earliest") as events:
+    async with client.watch("app", group=group, start="earliest") as events:
         print("ready", flush=True)
         received = 0
         while True:
