@@ -16,9 +16,9 @@ import typer
 from typer.testing import CliRunner
 
 from evstate import EvstateClient, Scope, State
-from evstate.alchemy_fs import file_name, id_of, read_states, write_state
-from evstate.alchemy_migrate import export_alchemy, import_alchemy
-from evstate.cli_alchemy import register
+from evstate.alchemy.fs import file_name, id_of, read_states, write_state
+from evstate.alchemy.migrate import export_alchemy, import_alchemy
+from evstate.cli.alchemy import register
 from evstate.errors import InvalidKeyError, InvalidStateError, SecretError, ValidationError
 from evstate.serde import Secret
 from tests._alchemy import run_node

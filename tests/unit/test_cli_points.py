@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from evstate.cli_history import parse_point, props_changes
+from evstate.cli.history import parse_point, props_changes
 from evstate.errors import ValidationError
 from evstate.model import Position
 

@@ -4,7 +4,7 @@ Every command maps :class:`~evstate.errors.EvstateError` to a one-line message o
 exit status 2, so scripts can tell "evstate refused" (2) from "a check failed" (1).
 
 The store commands (``scopes``, ``ls``, ``get``, ``rm``, ``rebuild``, ``verify``) live in
-:mod:`evstate.cli_store`, registered on the same app.
+:mod:`evstate.cli.store`, registered on the same app.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from evstate import cli_alchemy, cli_history, cli_serve, cli_store, cli_watch
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
-from evstate.cli_store import err, fail, out
+from evstate.cli import alchemy as cli_alchemy
+from evstate.cli import history as cli_history
+from evstate.cli import serve as cli_serve
+from evstate.cli import store as cli_store
+from evstate.cli import watch as cli_watch
+from evstate.cli.store import err, fail, out
 from evstate.config import default_broker_dir
 from evstate.errors import ConfigError, EvstateError
 
@@ -163,7 +167,3 @@ def broker_status(data_dir: DataDir = None) -> None:
 def main() -> None:
     """Entry point of the ``evstate`` script."""
     app(prog_name="evstate")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

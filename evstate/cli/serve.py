@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from evstate.cli_store import (
+from evstate.cli.store import (
     BootstrapServers,
     TopicPrefix,
     ViewDir,

@@ -1,6 +1,6 @@
 """Move state between Alchemy's state folders and evstate.
 
-:func:`import_alchemy` reads an Alchemy ``.alchemy`` folder (:mod:`evstate.alchemy_fs`) and
+:func:`import_alchemy` reads an Alchemy ``.alchemy`` folder (:mod:`evstate.alchemy.fs`) and
 writes each state as a SET event in its scope; :func:`export_alchemy` writes a scope and
 its nested scopes back in Alchemy's layout.
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evstate import alchemy_fs, keys, secrets
+from evstate import keys, secrets
+from evstate.alchemy import fs as alchemy_fs
 from evstate.client import EvstateClient
 from evstate.model import Scope
 from evstate.serde import deserialize_state

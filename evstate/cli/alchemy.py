@@ -1,6 +1,6 @@
 """``evstate import-alchemy`` and ``evstate export-alchemy``: Alchemy state folders ↔ evstate.
 
-Thin commands over :mod:`evstate.alchemy_migrate`; :func:`register` adds them to the
+Thin commands over :mod:`evstate.alchemy.migrate`; :func:`register` adds them to the
 ``evstate`` app. Exit status: 0 done, 2 evstate refused (one line on stderr).
 """
 
@@ -11,8 +11,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from evstate.alchemy_migrate import ImportResult, export_alchemy, import_alchemy
-from evstate.cli_store import BootstrapServers, ScopeArg, TopicPrefix, ViewDir, err, out, run
+from evstate.alchemy.migrate import ImportResult, export_alchemy, import_alchemy
+from evstate.cli.store import BootstrapServers, ScopeArg, TopicPrefix, ViewDir, err, out, run
 from evstate.client import EvstateClient
 
 __all__ = ["export_command", "import_command", "register"]

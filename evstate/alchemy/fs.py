@@ -13,7 +13,7 @@ skipped, and so are files less than two folders deep (a state has an app and a s
 
 This module moves trees between files and Python dicts as they are, so a folder read and
 written back is equal to the original, byte for byte up to key order. Sending them to
-Kafka is :mod:`evstate.alchemy_migrate`'s job.
+Kafka is :mod:`evstate.alchemy.migrate`'s job.
 """
 
 from __future__ import annotations

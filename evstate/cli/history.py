@@ -27,7 +27,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from evstate.cli_store import (
+from evstate.cli.store import (
     BootstrapServers,
     ScopeArg,
     TopicPrefix,

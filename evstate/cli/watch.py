@@ -23,8 +23,8 @@ from typing import Annotated, Any
 import typer
 
 from evstate import keys
-from evstate.cli_history import event_json, parse_point, props_changes
-from evstate.cli_store import (
+from evstate.cli.history import event_json, parse_point, props_changes
+from evstate.cli.store import (
     BootstrapServers,
     TopicPrefix,
     err,

@@ -1,0 +1,5 @@
+"""``python -m evstate.cli``."""
+
+from evstate.cli.app import main
+
+main()
