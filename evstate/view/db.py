@@ -46,10 +46,7 @@ from typing import Any, Final, cast
 
 from rocksdict import (
     AccessType,
-    BlockBasedOptions,
-    Cache,
     DbClosedError,
-    Options,
     Rdict,
     ReadOptions,
     WriteBatch,
@@ -60,8 +57,17 @@ from evstate.errors import (
     EvstateError,
     ValidationError,
     ViewError,
-    ViewLockedError,
     ViewUnavailableError,
+)
+from evstate.view._rocks import (
+    NUMBER,
+    PARTITION,
+    Scan,
+    dir_id,
+    open_error,
+    options,
+    read_numbers,
+    successor,
 )
 
 __all__ = ["Change", "View", "decode_value", "encode_value"]
@@ -84,58 +90,12 @@ def decode_value(raw: bytes) -> tuple[int, bytes]:
 
 _OFFSETS_CF: Final = "evstate.offsets"
 _FRESH_CF: Final = "evstate.fresh"
-_PARTITION = struct.Struct(">I")
-_OFFSET = struct.Struct(">Q")
 _MAX_PARTITION: Final = 2**31  # Kafka partitions and offsets are signed 32/64-bit
 _MAX_OFFSET: Final = 2**63
-_BLOCK_CACHE_BYTES: Final = 64 * 1024 * 1024
-_MAX_WAL_BYTES: Final = 128 * 1024 * 1024
 # Record keys are UTF-8 text, which never contains the byte 0xff: one range delete from
 # b"" to b"\xff" empties the data, and the (normally absent) keys from b"\xff" on are
 # deleted one by one in the same batch.
 _TOP: Final = b"\xff"
-
-
-def _options() -> Options:
-    """RocksDB options for a point-read-heavy view with prefix scans."""
-    table = BlockBasedOptions()
-    # Most reads are point lookups, many of keys that do not exist: a full-key bloom filter
-    # answers those without touching data blocks (measured: a miss 2.2 us -> 0.4 us).
-    # A hash data-block index and lz4 were tried and made hits slower, so they are off.
-    # No prefix extractor: scope prefixes have no fixed length, so scans use total-order
-    # seeks bounded by an upper key instead.
-    table.set_bloom_filter(10, False)
-    table.set_block_cache(Cache(_BLOCK_CACHE_BYTES))
-    # Index and filter blocks stay with their table files, outside the block cache (about
-    # 11 bytes a key). Kept in the cache, a large file's index was evicted by data blocks
-    # once the view outgrew the cache, and every get re-read it: measured at 200k keys,
-    # 520 us a get against 8 us this way.
-    opts = Options(raw_mode=True)
-    opts.set_block_based_table_factory(table)
-    opts.set_keep_log_file_num(3)
-    opts.set_max_log_file_size(8 * 1024 * 1024)
-    # The offsets column family takes a few bytes per batch and never fills a memtable, so
-    # without a cap it would pin every write-ahead log file (seen: 330 MB of them after 200k
-    # keys), all replayed at the next open. Past this size RocksDB flushes it.
-    opts.set_max_total_wal_size(_MAX_WAL_BYTES)
-    return opts
-
-
-def _successor(prefix: bytes) -> bytes | None:
-    """The smallest key greater than every key starting with ``prefix`` (None: no such key)."""
-    stripped = prefix.rstrip(b"\xff")
-    if not stripped:
-        return None
-    return stripped[:-1] + bytes((stripped[-1] + 1,))
-
-
-def _dir_id(path: str) -> tuple[int, int] | None:
-    """The (device, inode) of a dir, or None if it is gone: tells a removed dir from ours."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)
 
 
 class View:
@@ -161,15 +121,15 @@ class View:
         self._db = db
         self._path = path
         self._closed = False
-        self._dir_id = _dir_id(path)
+        self._dir_id = dir_id(path)
         # Bound once: View.get is on the read hot path and must cost one call more than
         # Rdict.get, not an attribute chain.
         self._get: Callable[[bytes], bytes | None] = db.get
         # Live scans, cut off at close: rocksdict keeps the db (and its LOCK) open for as
         # long as any iterator or column-family handle on it lives, even after close().
-        self._scans: weakref.WeakSet[_Scan] = weakref.WeakSet()
-        self._offsets = _read_numbers(db, _OFFSETS_CF, path)
-        self._fresh = _read_numbers(db, _FRESH_CF, path)
+        self._scans: weakref.WeakSet[Scan] = weakref.WeakSet()
+        self._offsets = read_numbers(db, _OFFSETS_CF, path)
+        self._fresh = read_numbers(db, _FRESH_CF, path)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> View:
@@ -210,18 +170,18 @@ class View:
                 "or choose another dir",
                 path=where,
             )
-        opts = _options()
+        opts = options()
         opts.create_if_missing(create)
         opts.create_missing_column_families(True)
         try:
             db = Rdict(
                 where,
                 opts,
-                column_families={_OFFSETS_CF: _options(), _FRESH_CF: _options()},
+                column_families={_OFFSETS_CF: options(), _FRESH_CF: options()},
                 access_type=AccessType.read_write(),
             )
         except Exception as exc:
-            raise _open_error(exc, where) from exc
+            raise open_error(exc, where) from exc
         try:
             return cls(db, where)
         except BaseException:
@@ -305,7 +265,7 @@ class View:
         try:
             cf = self._db.get_column_family_handle(_FRESH_CF)
             for partition, ms in newer.items():
-                batch.put(_PARTITION.pack(partition), _OFFSET.pack(ms), cf)
+                batch.put(PARTITION.pack(partition), NUMBER.pack(ms), cf)
         except Exception as exc:
             raise self._error(exc) from exc
         return newer
@@ -336,7 +296,7 @@ class View:
             for cf_name in (_OFFSETS_CF, _FRESH_CF):
                 cf = self._db.get_column_family_handle(cf_name)
                 for partition in partitions:
-                    batch.delete(_PARTITION.pack(partition), cf)
+                    batch.delete(PARTITION.pack(partition), cf)
         except Exception as exc:
             raise self._error(exc) from exc
         self._write(batch)
@@ -401,7 +361,7 @@ class View:
             # Fetched per call, not kept: a live handle keeps the db open after close().
             offsets_cf = self._db.get_column_family_handle(_OFFSETS_CF)
             for partition, next_offset in offsets.items():
-                batch.put(_PARTITION.pack(partition), _OFFSET.pack(next_offset), offsets_cf)
+                batch.put(PARTITION.pack(partition), NUMBER.pack(next_offset), offsets_cf)
         except Exception as exc:
             raise self._error(exc) from exc
         if not offsets:
@@ -491,7 +451,7 @@ class View:
                     it.next()
                     continue
                 found.add(key[:cut])
-                after = _successor(key[: cut + len(sep)])
+                after = successor(key[: cut + len(sep)])
                 if after is None:
                     break
                 it.seek(after)
@@ -516,10 +476,10 @@ class View:
             for key in self._db.keys(from_key=_TOP):
                 batch.delete(key)
             for partition in self._offsets:
-                batch.delete(_PARTITION.pack(partition), offsets_cf)
+                batch.delete(PARTITION.pack(partition), offsets_cf)
             caught_up_cf = self._db.get_column_family_handle(_FRESH_CF)
             for partition in self._fresh:
-                batch.delete(_PARTITION.pack(partition), caught_up_cf)
+                batch.delete(PARTITION.pack(partition), caught_up_cf)
         except Exception as exc:
             raise self._error(exc) from exc
         self._write(batch)
@@ -540,7 +500,7 @@ class View:
     # -- internals -------------------------------------------------------------------
 
     def _alive(self) -> bool:
-        ident = _dir_id(self._path)
+        ident = dir_id(self._path)
         return (
             ident is not None
             and ident == self._dir_id
@@ -564,11 +524,11 @@ class View:
         except Exception as exc:
             raise self._error(exc) from exc
 
-    def _iterate(self, prefix: bytes, *, values: bool) -> _Scan:
+    def _iterate(self, prefix: bytes, *, values: bool) -> Scan:
         """Keys (or items) from ``prefix`` up to its successor, errors translated."""
         self._check_open()
         opts = ReadOptions()
-        upper = _successor(prefix)
+        upper = successor(prefix)
         if upper is not None:
             # Lets RocksDB stop at the range's end instead of us reading one key past it
             # (and any tombstones there). Note: rocksdict 0.3.29's set_iterate_lower_bound
@@ -581,7 +541,7 @@ class View:
                 rows = self._db.keys(from_key=prefix, read_opt=opts)
         except Exception as exc:
             raise self._error(exc) from exc
-        scan = _Scan(self, rows, opts)
+        scan = Scan(rows, opts, path=self._path, error=self._error)
         self._scans.add(scan)
         return scan
 
@@ -596,103 +556,3 @@ class View:
         if not self._alive():
             return self._gone()
         return ViewError(f"RocksDB failed in the view at {self._path}: {exc}")
-
-
-class _Scan:
-    """An iterator over a key range that the view cuts off when it closes.
-
-    Holding the rocksdict iterator here, not in a generator frame, lets ``View.close``
-    drop it: otherwise an abandoned scan would keep the db and its LOCK open.
-    """
-
-    __slots__ = ("__weakref__", "_opts", "_rows", "_view")
-
-    def __init__(self, view: View, rows: Iterator[Any], opts: ReadOptions) -> None:
-        self._view = view
-        self._rows = rows
-        # The rocksdict iterator does not keep its ReadOptions alive, and RocksDB reads the
-        # upper bound from them on every step: dropping them ends scans early at random.
-        self._opts: ReadOptions | None = opts
-
-    def __iter__(self) -> _Scan:
-        return self
-
-    def __next__(self) -> Any:
-        try:
-            return next(self._rows)
-        except StopIteration:
-            self._rows = iter(())
-            self._opts = None
-            raise
-        except Exception as exc:
-            raise self._view._error(exc) from exc
-
-    def cut(self) -> None:
-        """Drop the rocksdict iterator; later ``next`` calls raise ClosedError."""
-        self._rows = _ClosedRows(self._view.path)
-        self._opts = None
-
-
-class _ClosedRows:
-    """What a scan reads from once its view is closed."""
-
-    __slots__ = ("_path",)
-
-    def __init__(self, path: str) -> None:
-        self._path = path
-
-    def __iter__(self) -> _ClosedRows:
-        return self
-
-    def __next__(self) -> Any:
-        raise ClosedError(f"the view at {self._path} was closed during a scan")
-
-
-def _read_numbers(db: Rdict, cf_name: str, path: str) -> dict[int, int]:
-    """A column family of partition -> 8-byte number (offsets, times), read whole."""
-    numbers: dict[int, int] = {}
-    cf = db.get_column_family(cf_name)
-    try:
-        for key, value in cf.items():
-            (partition,) = _PARTITION.unpack(cast(bytes, key))  # raw mode: bytes
-            (numbers[partition],) = _OFFSET.unpack(value)
-    except struct.error as exc:
-        raise ViewError(
-            f"{path} holds a RocksDB that is not an evstate view (unreadable {cf_name}); "
-            "point evstate at another dir, or delete this one to rebuild it"
-        ) from exc
-    finally:
-        cf.close()
-    return numbers
-
-
-def _open_error(exc: Exception, path: str) -> EvstateError:
-    """Translate an exception raised while opening the db at ``path``."""
-    text = str(exc)
-    if "lock hold by current process" in text:
-        return ViewLockedError(
-            f"the view dir {path} is already open in this process; share that View "
-            "instead of opening the dir twice",
-            path=path,
-        )
-    if "LOCK" in text:
-        return ViewLockedError(
-            f"the view dir {path} is held by another process (RocksDB LOCK); stop that "
-            "process, or give this one its own view dir",
-            path=path,
-        )
-    if "does not exist" in text or "No such file" in text:
-        return ViewUnavailableError(
-            f"no view in {path} and create=False: {text}; open with create=True",
-            path=path,
-        )
-    if "Permission denied" in text or "Read-only file system" in text:
-        return ViewUnavailableError(
-            f"the view dir {path} is not writable: {text}; fix its permissions or choose "
-            "another dir",
-            path=path,
-        )
-    return ViewError(
-        f"RocksDB could not open the view at {path}: {text}; if it is corrupt, delete the "
-        "dir and evstate rebuilds it from Kafka"
-    )

@@ -1,0 +1,9 @@
+"""The local RocksDB view of the state topic (the only package that imports rocksdict).
+
+:mod:`~evstate.view.db` holds :class:`View` and the layout of what it stores;
+``_rocks`` the low-level RocksDB options, bounded scans and error translation.
+"""
+
+from evstate.view.db import Change, View, decode_value, encode_value
+
+__all__ = ["Change", "View", "decode_value", "encode_value"]
