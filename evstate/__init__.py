@@ -9,7 +9,7 @@ from evstate.config import Settings
 from evstate.errors import ConsistencyTimeout, EvstateError
 from evstate.model import ChangeEvent, Position, Scope, State
 from evstate.serde import Secret
-from evstate.store import KafkaStateStore, StoreFactory, store_factory
+from evstate.store import KafkaStateStore, States, StoreFactory, store_factory
 from evstate.watch import WatchedEvent, Watcher
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "Secret",
     "Settings",
     "State",
+    "States",
     "StoreFactory",
     "WatchedEvent",
     "Watcher",
