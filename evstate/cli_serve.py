@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Annotated
 
 import typer
@@ -18,17 +19,20 @@ from evstate.cli_store import (
     TopicPrefix,
     ViewDir,
     err,
+    error_line,
     fail,
     out,
     settings_overrides,
 )
 from evstate.config import Settings
-from evstate.errors import EvstateError
+from evstate.errors import ConfigError, EvstateError
 from evstate.serve import DEFAULT_HOST, DEFAULT_MAX_BODY, DEFAULT_PORT, create_app, run_server
 
 __all__ = ["register"]
 
 _MIB = 1024 * 1024
+# A body is read into memory whole; more than this is a typo, not a setting.
+_MAX_BODY_MIB = 1024
 
 
 def serve(
@@ -60,6 +64,13 @@ def serve(
     # reaches us as an EvstateError.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--port must be from 0 to 65535, got {port}")
+        if not math.isfinite(max_body_mib) or not 0 < max_body_mib <= _MAX_BODY_MIB:
+            raise ConfigError(
+                f"--max-body-mib must be a number above 0 and at most {_MAX_BODY_MIB}, "
+                f"got {max_body_mib}"
+            )
         settings = Settings.from_env(
             **settings_overrides(bootstrap_servers, view_dir, topic_prefix)
         )
@@ -78,7 +89,7 @@ def serve(
     except EvstateError as exc:
         raise fail(exc) from exc
     except OSError as exc:  # the port is taken, the address is not ours, ...
-        err.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {exc.strerror or exc}")
+        error_line(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
 
 
