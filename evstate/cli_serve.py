@@ -26,7 +26,14 @@ from evstate.cli_store import (
 )
 from evstate.config import Settings
 from evstate.errors import ConfigError, EvstateError
-from evstate.serve import DEFAULT_HOST, DEFAULT_MAX_BODY, DEFAULT_PORT, create_app, run_server
+from evstate.serve import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY,
+    DEFAULT_PORT,
+    HEADER_TIMEOUT,
+    create_app,
+    run_server,
+)
 
 __all__ = ["register"]
 
@@ -50,6 +57,13 @@ def serve(
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
     ] = DEFAULT_MAX_BODY / _MIB,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            help="Seconds a connection may take to send a request's headers (or stay idle).",
+        ),
+    ] = HEADER_TIMEOUT,
     bootstrap_servers: BootstrapServers = None,
     view_dir: ViewDir = None,
     topic_prefix: TopicPrefix = None,
@@ -85,7 +99,15 @@ def serve(
                 soft_wrap=True,
             )
 
-        asyncio.run(run_server(app, host=host, port=port, on_listening=listening))
+        asyncio.run(
+            run_server(
+                app,
+                host=host,
+                port=port,
+                on_listening=listening,
+                header_timeout=header_timeout,
+            )
+        )
     except EvstateError as exc:
         raise fail(exc) from exc
     except OSError as exc:  # the port is taken, the address is not ours, ...
