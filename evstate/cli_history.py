@@ -46,6 +46,7 @@ from evstate.client import EvstateClient
 from evstate.errors import EvstateError, ValidationError
 from evstate.history import Diff, Point, Tree
 from evstate.model import ChangeEvent, Position, Scope
+from evstate.names import printable
 
 __all__ = ["event_json", "parse_point", "props_changes", "register"]
 
@@ -273,7 +274,7 @@ def history(
             changed = "; ".join(props_changes(before, event.state))
         status = "" if event.state is None else str(event.state.get("status", ""))
         row = (_when(event.timestamp), event.actor, event.op, event.key, str(event.version))
-        table.add_row(*(Text(c) for c in (*row, status, event.reason or "", changed)))
+        table.add_row(*(Text(printable(c)) for c in (*row, status, event.reason or "", changed)))
     out.print(table)
     err.print(f"{len(events)} event(s)", highlight=False)
 
@@ -341,7 +342,7 @@ def diff(
     for column in ("key", "change", "what changed"):
         table.add_column(column, overflow="fold")
     for row in sorted(rows):
-        table.add_row(*(Text(c) for c in row))
+        table.add_row(*(Text(printable(c)) for c in row))
     out.print(table)
     counts = f"{len(found.added)} added, {len(found.removed)} removed"
     err.print(f"{counts}, {len(found.changed)} changed", highlight=False)

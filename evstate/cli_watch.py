@@ -37,6 +37,7 @@ from evstate.client import EvstateClient
 from evstate.errors import EvstateError, ValidationError
 from evstate.history import Tree
 from evstate.model import ChangeEvent, Scope
+from evstate.names import printable
 from evstate.watch import Start
 from evstate.watch import watch as watch_changes
 
@@ -169,7 +170,7 @@ def watch(
                     typer.echo(json.dumps(watch_json(event), ensure_ascii=False))
                 else:
                     where_key = (event.scope, event.key)
-                    typer.echo(change_line(event, seen.get(where_key)))
+                    typer.echo(printable(change_line(event, seen.get(where_key))))
                     seen[where_key] = event.state
 
     try:

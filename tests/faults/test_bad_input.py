@@ -235,20 +235,24 @@ async def test_existing_topic_with_wrong_settings(
 async def produce_legacy(
     bootstrap_servers: str, topic_prefix: str, chain: tuple[str, ...], key: str, tree: Any
 ) -> None:
-    """Write a SET straight to the state topic, as a writer without today's checks did."""
+    """Write a SET straight to both topics, as a writer without today's checks did."""
     event = ChangeEvent.new(op="SET", scope=chain, key=key, state=tree, version=1, actor="old")
-    value, headers = events.state_record(event)
+    encoded = events.encode(event)
     path = "/".join(chain)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
     await producer.start()
     try:
-        await producer.send_and_wait(
-            f"{topic_prefix}.state",
-            value,
-            key=f"{path}:{key}".encode(),
-            headers=headers,
-            partition=keys.partition_for(path, 12),
-        )
+        for topic, (value, headers) in (
+            ("state", events.state_record(event, encoded)),
+            ("history", encoded),
+        ):
+            await producer.send_and_wait(
+                f"{topic_prefix}.{topic}",
+                value,
+                key=f"{path}:{key}".encode(),
+                headers=headers,
+                partition=keys.partition_for(path, 12),
+            )
     finally:
         await producer.stop()
 

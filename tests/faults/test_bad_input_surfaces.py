@@ -341,3 +341,7 @@ async def test_listing_keys_and_scopes_stored_before_names_were_checked(
     scopes = await run_cli("scopes", env=env)
     assert scopes.returncode == 0, scopes.stderr
     assert scopes.stdout.split() == ["rt//abs", "rt/c"]
+    history = await run_cli("history", "rt/c", env={**env, "COLUMNS": "400"})
+    assert history.returncode == 0, history.stderr
+    assert "pwned" in history.stdout
+    assert "\x1b" not in history.stdout
