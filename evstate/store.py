@@ -127,24 +127,28 @@ class KafkaStateStore:
         scope's password does not open raises (the password is wrong, not the state).
         """
         result = States()
-        decodable: builtins.list[tuple[str, bytes, Tree]] = []
+        trees: builtins.list[tuple[str, bytes, Tree]] = []
         for key, raw in rows:
             try:
-                tree = _tree(raw)
-                if _MARKER in raw:
-                    check_tree(tree)  # what no password could fix
-                decodable.append((key, raw, tree))
-            except (SerdeError, ValidationError, ValueError, TypeError) as exc:
+                trees.append((key, raw, _tree(raw)))
+            except ValueError as exc:  # not JSON (UnicodeDecodeError included)
                 result.unreadable[key] = self._unreadable(key, exc)
-        if self.scope.password is not None and any(_SECRET in raw for _, raw, _ in decodable):
-            await secrets.warm(self.scope.password, [tree for _, _, tree in decodable])
-        for key, raw, tree in decodable:
+        if self.scope.password is not None and any(_SECRET in raw for _, raw, _ in trees):
+            await secrets.warm(self.scope.password, [tree for _, _, tree in trees])
+        for key, raw, tree in trees:
             try:
                 # Every marker is a key starting with "@": without one, json.loads was
                 # the decoding.
                 result[key] = deserialize_state(self.scope, tree, markers=_MARKER in raw)
-            except SecretError:
-                raise
+            except SecretError as exc:
+                # Broken in itself (check_tree says so without a password), or a
+                # password that does not open it: only the first is the state's fault.
+                try:
+                    check_tree(tree)
+                except SerdeError as broken:
+                    result.unreadable[key] = self._unreadable(key, broken)
+                else:
+                    raise exc from None
             except (SerdeError, ValidationError) as exc:
                 result.unreadable[key] = self._unreadable(key, exc)
         return result
