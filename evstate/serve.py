@@ -488,15 +488,18 @@ class _Handler(web.RequestHandler):
         message: str | None = None,
     ) -> web.StreamResponse:
         # aiohttp's own answer is text/plain and echoes the offending line (a header of
-        # 8 KiB, a token); ours names the kind of problem only, and logs no traceback.
+        # 8 KiB, a token); ours names the kind of problem only, and logs a client's
+        # mistake in one line.
         kind = type(exc).__name__ if exc is not None else HTTPStatus(status).phrase
-        log.info("evstate serve: bad request from %s: %s (%d)", request.remote, kind, status)
+        if status >= 500:  # a fault of ours: the trace goes to the log, never the answer
+            log.error("evstate serve: error answering %s", request.remote, exc_info=exc)
+        else:
+            log.info("evstate serve: bad request from %s: %s (%d)", request.remote, kind, status)
         if request.writer.output_size > 0:
             raise ConnectionError("the answer was started already; closing the connection")
         what = "a malformed HTTP request" if status < 500 else "an internal error"
-        response = _envelope(
-            status, error=f"{what} ({kind}); lines and headers are limited to 8 KiB"
-        )
+        hint = "; request lines and headers are limited to 8 KiB" if kind == "LineTooLong" else ""
+        response = _envelope(status, error=f"{what} ({kind}{hint})")
         response.force_close()
         return response
 

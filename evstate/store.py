@@ -245,7 +245,7 @@ class KafkaStateStore:
         *,
         consistency: Consistency = "session",
         min_position: Position | None = None,
-    ) -> dict[str, State]:
+    ) -> States:
         """``{id: State}`` for the ids that have a state; missing ids are left out.
 
         Returns:
@@ -259,7 +259,7 @@ class KafkaStateStore:
 
     async def all(
         self, *, consistency: Consistency = "session", min_position: Position | None = None
-    ) -> dict[str, State]:
+    ) -> States:
         """Every state of this scope, by id.
 
         Returns:
