@@ -26,6 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from evstate import keys
+from evstate.applier import decode_view_value
 from evstate.client import EvstateClient, VerifyReport
 from evstate.errors import EvstateError
 from evstate.model import Scope
@@ -266,7 +268,14 @@ def ls(
         if not long:
             return [(k, None, None) for k in await store.list(consistency="eventual")]
         trees = await store.all_trees(consistency="eventual")
-        return [(k, await store.version(k, consistency="eventual"), t) for k, t in trees.items()]
+        # Read by record key, not through store.version: a key stored before keys were
+        # checked (control characters) is listed, not refused.
+        prefix = keys.scope_prefix(where).encode("utf-8")
+        rows: list[tuple[str, int | None, Any]] = []
+        for k, t in trees.items():
+            raw = client.view.get(prefix + k.encode("utf-8"))
+            rows.append((k, None if raw is None else decode_view_value(raw)[0], t))
+        return rows
 
     rows = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if not long:

@@ -338,6 +338,9 @@ async def test_listing_keys_and_scopes_stored_before_names_were_checked(
     assert listed.returncode == 0, listed.stderr
     assert "\x1b" not in listed.stdout
     assert listed.stdout.split() == ["k\\x1b]0;pwned\\x07", "plain"]
+    long = await run_cli("ls", "-l", "rt/c", env={**env, "COLUMNS": "400"})
+    assert long.returncode == 0, long.stderr
+    assert "k\\x1b]0;pwned\\x07" in long.stdout
     scopes = await run_cli("scopes", env=env)
     assert scopes.returncode == 0, scopes.stderr
     assert scopes.stdout.split() == ["rt//abs", "rt/c"]
