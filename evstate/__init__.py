@@ -10,7 +10,7 @@ from evstate.config import Settings
 from evstate.errors import ConsistencyTimeout, EvstateError
 from evstate.model import ChangeEvent, Consistency, Position, Scope, State
 from evstate.serde import Secret
-from evstate.store import KafkaStateStore
+from evstate.store import KafkaStateStore, States
 from evstate.watch import WatchedEvent, Watcher
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Secret",
     "Settings",
     "State",
+    "States",
     "StoreFactory",
     "WatchedEvent",
     "Watcher",

@@ -146,6 +146,7 @@ class Settings:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ConfigError(f"setting {name!r} must be a str or None")
+        self._check_bootstrap_servers()
         self._check_topic_prefix()
         self._check_int("partitions", self.partitions, nullable=False)
         self._check_int("replication_factor", self.replication_factor, nullable=True)
@@ -190,6 +191,18 @@ class Settings:
             or not 1 <= self.transaction_timeout <= 900
         ):
             raise ConfigError("setting 'transaction_timeout' must be between 1 and 900 seconds")
+
+    def _check_bootstrap_servers(self) -> None:
+        # aiokafka would raise a bare ValueError (or OverflowError) deep inside.
+        for server in self.bootstrap_servers.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep:  # a host alone: Kafka's default port
+                host, port = port, "9092"
+            if not host or not port.isdecimal() or not 1 <= int(port) <= 65535:
+                raise ConfigError(
+                    f"setting 'bootstrap_servers' wants host:port[,host:port...] with ports "
+                    f"1-65535, got {server.strip()!r}"
+                )
 
     def _check_topic_prefix(self) -> None:
         prefix = self.topic_prefix

@@ -237,6 +237,19 @@ class Engine:
         in_view = decode_value(raw)[0] if raw is not None else 0
         return max(in_view, self._versions.get(record_key, 0)) + 1
 
+    async def check_write(self, scope: Scope, event: ChangeEvent) -> None:
+        """Refuse ``event`` as :meth:`write` would before sending anything; send nothing.
+
+        Lets a caller with many events (an import) check every one before the first write.
+
+        Raises:
+            EventTooLargeError: the encoded event is over the topic's limit.
+            UnserializableError, SerdeError: the event does not encode.
+        """
+        await self.ensure_topics()
+        assert self._writer is not None
+        self._writer.records(scope, event)
+
     async def write(self, scope: Scope, event: ChangeEvent) -> Position:
         """Append ``event`` (state and history topics) and wait for Kafka's acknowledgement.
 

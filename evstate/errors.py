@@ -10,14 +10,16 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     EvstateError
     ├── ConfigError (ValueError)               settings missing or inconsistent
     ├── ValidationError (ValueError)           bad input; nothing was written
-    │   ├── InvalidKeyError                    empty key, ':' in key, key != state.id
-    │   ├── InvalidScopeError                  empty scope name, ':' in a name
+    │   ├── InvalidKeyError                    empty key, ':', control char, '..' segment,
+    │   │                                      key != state.id
+    │   ├── InvalidScopeError                  empty scope name, ':', control char, '..'
     │   ├── InvalidStateError                  unknown status, wrong field types
     │   └── EventTooLargeError                 encoded event over the broker's limit
     ├── SerdeError                             a value could not be (de)serialized
     │   ├── UnserializableError (TypeError)    socket, lock, cycle, ... (names the path)
     │   ├── SecretError                        password missing or wrong
-    │   └── MalformedEventError                bytes that are not a readable event
+    │   ├── MalformedEventError                bytes that are not a readable event
+    │   └── UnreadableStateError               a stored state that does not decode (names key)
     ├── BrokerError                            running the local Apache Kafka (evstate broker)
     │   ├── JavaNotFoundError                  no Java, or Java older than 17
     │   ├── MavenNotFoundError                 no mvn to resolve the broker's jars
@@ -96,6 +98,20 @@ class SecretError(SerdeError):
 
 class MalformedEventError(SerdeError):
     """Bytes read from Kafka are not an event evstate can decode."""
+
+
+class UnreadableStateError(SerdeError):
+    """A state stored in the view does not decode (e.g. written before markers were checked).
+
+    Reading that key raises it; reading many keys (``all``, ``get_batch``) returns the
+    others and reports this one in the result's ``unreadable``.
+    """
+
+    def __init__(self, message: str, *, scope: str, key: str, reason: str) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.key = key
+        self.reason = reason
 
 
 class BrokerError(EvstateError):

@@ -12,6 +12,7 @@ import struct
 
 from evstate.errors import InvalidKeyError, ValidationError
 from evstate.model import Scope
+from evstate.names import name_problem
 
 __all__ = [
     "murmur2",
@@ -101,8 +102,12 @@ def validate_key(key: object) -> None:
     Args:
         key: The candidate key.
 
+    Keys follow the rule of scope names (:func:`evstate.names.name_problem`): they may
+    hold ``/``, but not as an empty, ``.`` or ``..`` segment.
+
     Raises:
-        InvalidKeyError: ``key`` is not a str, is empty, or contains ``:``.
+        InvalidKeyError: ``key`` is not a str, is empty, contains ``:``, a control
+            character or a lone surrogate, or has an empty, ``.`` or ``..`` segment.
     """
     if not isinstance(key, str):
         raise InvalidKeyError(f"a key must be a str, got {type(key).__name__}")
@@ -110,6 +115,9 @@ def validate_key(key: object) -> None:
         raise InvalidKeyError("a key must not be empty")
     if ":" in key:
         raise InvalidKeyError(f"a key must not contain ':', got {key!r}")
+    problem = name_problem(key)
+    if problem is not None:
+        raise InvalidKeyError(f"invalid key {key!r}: it {problem}")
 
 
 def record_key(scope: Scope, key: str) -> str:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from evstate.errors import InvalidScopeError, InvalidStateError, ValidationError
+from evstate.names import name_problem
 
 __all__ = [
     "CONSISTENCIES",
@@ -52,11 +53,14 @@ class Lifecycle(enum.Enum):
 
 
 def _check_scope_name(name: object) -> str:
-    # ':' separates scope path and id in record keys, so it can never appear in a name.
-    if not isinstance(name, str) or not name or ":" in name:
+    # The rule (no ':', no '.'/'..' or empty segment, no control character) is names.py's.
+    problem = name_problem(name)
+    if problem is not None:
         raise InvalidScopeError(
-            f"invalid scope name {name!r}: a scope name is a non-empty str without ':'"
+            f"invalid scope name {name!r}: it {problem}; a scope name is a non-empty str "
+            "without ':', control characters, or empty, '.' or '..' segments"
         )
+    assert isinstance(name, str)
     return name
 
 
@@ -83,7 +87,8 @@ class Scope:
             password: Password for secrets in this scope.
 
         Raises:
-            InvalidScopeError: No names, or a name that is empty, not a str, or has ``:``.
+            InvalidScopeError: No names, or a name that is empty, not a str, has ``:``,
+                a control character, or an empty, ``.`` or ``..`` ``/``-segment.
         """
         if not names:
             raise InvalidScopeError("a scope needs at least one name")
@@ -264,10 +269,13 @@ class Position:
     offset: int
 
     def __post_init__(self) -> None:
-        for name, least in (("partition", 0), ("offset", -1)):
+        # Kafka's partitions are int32 and its offsets int64.
+        for name, least, bound in (("partition", 0, 2**31), ("offset", -1, 2**63)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                raise ValidationError(f"position {name} must be an int >= {least}, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not least <= value < bound:
+                raise ValidationError(
+                    f"position {name} must be an int from {least} to {bound - 1}, got {value!r}"
+                )
 
     @property
     def token(self) -> str:

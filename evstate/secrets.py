@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from evstate.errors import SecretError, SerdeError
 
-__all__ = ["clear_cache", "decrypt", "encrypt", "secret_salts", "warm"]
+__all__ = ["check_payload", "clear_cache", "decrypt", "encrypt", "secret_salts", "warm"]
 
 _KEY_LEN = 32
 _SCRYPT_N = 16384
@@ -188,6 +188,20 @@ def _parts(payload: object, path: str) -> dict[str, bytes]:
             f"{_TAG_LEN}, salt non-empty"
         )
     return parts
+
+
+def check_payload(payload: object, *, path: str = "") -> None:
+    """Refuse an ``@secret`` payload that no password could open, without a password.
+
+    Args:
+        payload: The value of an ``@secret`` marker (or of its ``data`` field).
+        path: Where the marker sits, for error messages.
+
+    Raises:
+        SecretError: the legacy libsodium format (a string payload).
+        SerdeError: anything else that is not a well-formed v1 payload.
+    """
+    _parts(payload, path)
 
 
 def decrypt(payload: object, password: str | None, *, path: str = "") -> str:

@@ -28,6 +28,7 @@ import base64
 import binascii
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,6 +39,7 @@ from evstate.model import Scope, State
 __all__ = [
     "MARKERS",
     "Secret",
+    "check_tree",
     "deserialize",
     "deserialize_state",
     "serialize",
@@ -51,6 +53,8 @@ MARKERS = ("@secret", "@date", "@scope", "@buffer")
 _MAX_DEPTH = 200
 
 _SCALARS = (str, int, bool, type(None))
+# A lone surrogate has no UTF-8 form: a tree holding one could never be sent.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Secret:
@@ -343,6 +347,74 @@ def _deserialize(scope: Scope, tree: object, path: _Path, depth: int) -> Any:
 
 # (State attribute, its name in paths): paths use Python names, as callers see them.
 _VALUE_FIELDS = ("data", "props", "old_props", "output")
+_JSON_VALUE_FIELDS = (
+    ("data", "data"),
+    ("props", "props"),
+    ("oldProps", "old_props"),
+    ("output", "output"),
+)
+
+
+def check_tree(tree: object) -> None:
+    """Refuse a serialized state whose markers would not decode; needs no password.
+
+    What :func:`deserialize_state` would refuse for the tree's own sake (a malformed
+    ``@date``, ``@buffer`` or ``@secret``, a marker in place of a whole field, a value
+    nested too deeply, a lone surrogate) is refused here, so a tree stored after this
+    check can always be read back by a reader with the right password. The tree's
+    fields and types are :meth:`State.from_json`'s to check.
+
+    Args:
+        tree: A state tree with Alchemy's field names, e.g. as sent to ``evstate serve``.
+
+    Raises:
+        SerdeError: a marker is malformed (the message names its path, e.g.
+            ``props.created``), a field is a marker rather than an object, or a string
+            holds a lone surrogate.
+        SecretError: a secret is in Alchemy's legacy libsodium format.
+    """
+    if not isinstance(tree, dict):
+        return
+    for json_name, name in _JSON_VALUE_FIELDS:
+        value = tree.get(json_name)
+        if isinstance(value, dict) and any(marker in value for marker in MARKERS):
+            raise SerdeError(f"state field {name!r} is a serde marker, not an object")
+        if value is not None:
+            _check(value, name, 0)
+
+
+def _check(tree: object, path: _Path, depth: int) -> None:
+    if type(tree) is str:
+        if _SURROGATE.search(tree):
+            raise SerdeError(f"string at {_where(path)} holds a lone surrogate (not UTF-8)")
+        return
+    if type(tree) in _SCALARS or type(tree) is float:
+        return
+    if depth >= _MAX_DEPTH:
+        raise SerdeError(f"tree at {_where(path)} is nested deeper than {_MAX_DEPTH} levels")
+    if type(tree) is dict:
+        if "@secret" in tree:
+            payload = tree["@secret"]
+            if isinstance(payload, dict) and "data" in payload:
+                payload = payload["data"]
+            secrets.check_payload(payload, path=_render(path))
+        elif "@date" in tree:
+            _parse_date(tree["@date"], path)
+        elif "@scope" in tree:
+            pass
+        elif "@buffer" in tree:
+            _parse_buffer(tree["@buffer"], path)
+        else:
+            for key, item in tree.items():
+                if not isinstance(key, str) or _SURROGATE.search(key):
+                    raise SerdeError(f"dict key {key!r} at {_where(path)} is not UTF-8 text")
+                _check(item, _key_path(path, key), depth + 1)
+        return
+    if type(tree) is list:
+        for index, item in enumerate(tree):
+            _check(item, (path, index), depth + 1)
+        return
+    raise SerdeError(f"{type(tree).__name__} at {_where(path)} is not part of a JSON tree")
 
 
 def serialize_state(scope: Scope, state: State) -> dict[str, Any]:

@@ -35,10 +35,14 @@ creates them at start, as ``init`` would) and its view holds everything committe
 it started; 503 before, saying which. Requests are served once it is connected: each waits
 until the view has caught up with the partition it needs (``session`` consistency). Every
 request needs ``Authorization: Bearer <token>`` (compared in constant time). Statuses:
-400 bad JSON, method or params; 401 token missing or wrong; 404/405 other paths and
-verbs; 413 body over the limit (or an event over the broker's); 503 Kafka unreachable,
-a write not acknowledged, a read not consistent in time (all retriable); 500 anything
-else, with no stack trace (that goes to the server's log).
+400 bad JSON, method or params (a key or scope name evstate refuses, a marker that would
+not decode, a ``minPosition`` in a partition that does not exist, a request aiohttp cannot
+parse, such as a header over 8 KiB: never echoed); 401 token missing or wrong (a token
+that is not UTF-8 included); 404/405 other paths and verbs; 413 body over the limit (or an
+event over the broker's); 503 Kafka unreachable, a write not acknowledged, a read not
+consistent in time (all retriable); 500 anything else, with no stack trace (that goes to
+the server's log). A connection that does not send its headers within ``header_timeout``
+is closed, and the access log never holds a query string.
 """
 
 from __future__ import annotations
@@ -48,12 +52,16 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Final, NoReturn
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
+from aiohttp.abc import AbstractAccessLogger
+from aiohttp.web_request import BaseRequest
 
 from evstate.client import EvstateClient
 from evstate.config import Settings
@@ -77,8 +85,10 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_MAX_BODY",
     "DEFAULT_PORT",
+    "HEADER_TIMEOUT",
     "METHODS",
     "create_app",
+    "make_runner",
     "run_server",
     "status_of",
 ]
@@ -89,6 +99,10 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8787
 DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
 """Largest request body accepted (bytes); larger ones are answered 413."""
+HEADER_TIMEOUT: Final = 10.0
+"""Seconds a connection may take to send a request's line and headers (or stay idle)."""
+# How long run_server waits for the client's first attempt to open before listening.
+_SETTLE_TIMEOUT: Final = 3.0
 
 _STR: Final = "a string"
 _IDS: Final = "a list of strings"
@@ -213,6 +227,8 @@ def _parse_call(payload: Any) -> _Call:
     if consistency not in CONSISTENCIES:
         raise _Refused(400, f"context.consistency must be one of {', '.join(CONSISTENCIES)}")
     token = context.get("minPosition")
+    if token is not None and not isinstance(token, str):
+        raise _Refused(400, "context.minPosition must be a position token 'partition:offset'")
     return _Call(
         method=method,
         params=params,
@@ -281,6 +297,8 @@ class _Backend:
         self._opener: asyncio.Task[None] | None = None
         self._ready = False
         self._opened = asyncio.Event()
+        # Set once the first attempt to open is over, however it went.
+        self.settled = asyncio.Event()
 
     @property
     def ready(self) -> bool:
@@ -290,6 +308,12 @@ class _Backend:
         self._opener = asyncio.create_task(self._open(), name="evstate-serve-open")
 
     async def _open(self) -> None:
+        try:
+            await self._open_with_retries()
+        finally:
+            self.settled.set()
+
+    async def _open_with_retries(self) -> None:
         delay = 0.25
         while True:
             try:
@@ -304,6 +328,7 @@ class _Backend:
                     self.fatal.set_result(exc)
                     return
                 log.warning("evstate serve: %s (retrying in %gs)", exc, delay)
+                self.settled.set()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             else:
@@ -405,8 +430,10 @@ async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamRes
     """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare)."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[_TOKEN]
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same
+    # way gives the bytes sent, so a non-UTF-8 token is simply a wrong one (401).
     if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8"), expected
+        given.strip().encode("utf-8", "surrogateescape"), expected
     ):
         raise _Refused(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
     return await handler(request)
@@ -422,8 +449,21 @@ async def _post(request: web.Request) -> web.StreamResponse:
     limit = request.app[_MAX_BODY]
     if request.content_length is not None and request.content_length > limit:
         raise _Refused(413, f"the body is {request.content_length} bytes; the limit is {limit}")
-    call = _parse_call(_parse_body(await request.read()))
+    try:
+        raw = await request.read()
+    except (ConnectionError, asyncio.IncompleteReadError, ClientPayloadError) as exc:
+        # The client left mid-body: nobody to answer, nothing to trace.
+        log.info("evstate serve: %s left before sending the whole body (%s)", request.remote, exc)
+        raise _Refused(400, "the request body ended early") from None
+    call = _parse_call(_parse_body(raw))
     await backend.wait_ready()
+    partitions = backend.client.settings.partitions
+    if call.min_position is not None and call.min_position.partition >= partitions:
+        raise _Refused(
+            400,
+            f"context.minPosition {call.min_position.token!r} names partition "
+            f"{call.min_position.partition}; the state topic has partitions 0-{partitions - 1}",
+        )
     return _envelope(200, result=await _dispatch(backend.client, call))
 
 
@@ -468,27 +508,126 @@ def create_app(
     return app
 
 
+class _Handler(web.RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse as JSON too."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's own answer is text/plain and echoes the offending line (a header of
+        # 8 KiB, a token); ours names the kind of problem only, and logs a client's
+        # mistake in one line.
+        kind = type(exc).__name__ if exc is not None else HTTPStatus(status).phrase
+        if status >= 500:  # a fault of ours: the trace goes to the log, never the answer
+            log.error("evstate serve: error answering %s", request.remote, exc_info=exc)
+        else:
+            log.info("evstate serve: bad request from %s: %s (%d)", request.remote, kind, status)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the answer was started already; closing the connection")
+        what = "a malformed HTTP request" if status < 500 else "an internal error"
+        hint = "; request lines and headers are limited to 8 KiB" if kind == "LineTooLong" else ""
+        response = _envelope(status, error=f"{what} ({kind}{hint})")
+        response.force_close()
+        return response
+
+
+class _Server(web.Server):
+    def __call__(self) -> web.RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
+
+
+class _AccessLog(AbstractAccessLogger):
+    """One line per request; the path without its query, where a careless client may put
+    a token."""
+
+    def log(self, request: BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %d %.3fs',
+            request.remote,
+            request.method,
+            request.rel_url.raw_path,
+            response.status,
+            time,
+        )
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        made = await super()._make_server()
+        return _Server(
+            made.request_handler,
+            request_factory=made.request_factory,
+            handler_cancellation=made.handler_cancellation,
+            loop=made._loop,
+            **made._kwargs,
+        )
+
+
+def make_runner(app: web.Application, *, header_timeout: float = HEADER_TIMEOUT) -> web.AppRunner:
+    """The runner :func:`run_server` serves ``app`` with.
+
+    Beyond aiohttp's defaults: a connection that has not sent a whole request line and
+    headers within ``header_timeout`` seconds (also: idle that long between requests) is
+    closed; unparsable requests are answered with the JSON envelope, without echoing
+    them; the access log leaves query strings out.
+
+    Args:
+        app: from :func:`create_app`.
+        header_timeout: seconds; must be finite and above 0.
+
+    Raises:
+        ConfigError: ``header_timeout`` is not a number of seconds above 0.
+    """
+    if (
+        isinstance(header_timeout, bool)
+        or not isinstance(header_timeout, int | float)
+        or not math.isfinite(header_timeout)
+        or header_timeout <= 0
+    ):
+        raise ConfigError(f"header_timeout must be seconds above 0, got {header_timeout!r}")
+    return _Runner(
+        app,
+        handle_signals=False,
+        keepalive_timeout=header_timeout,
+        access_log_class=_AccessLog,
+    )
+
+
 async def run_server(
     app: web.Application,
     *,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     on_listening: Callable[[str], None] | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> None:
     """Serve ``app`` until SIGINT/SIGTERM, or until its client fails for good.
+
+    The socket is bound once the client's first attempt to open is over (or after a few
+    seconds): a view dir that another process holds is an error before anything listens.
 
     Args:
         app: from :func:`create_app`.
         host: address to bind.
         port: port to bind; 0 picks a free one (passed to ``on_listening``).
         on_listening: called with the base URL once the socket is bound.
+        header_timeout: see :func:`make_runner`.
 
     Raises:
         EvstateError: the client could not be opened and retrying would not help.
     """
-    runner = web.AppRunner(app, handle_signals=False)
+    runner = make_runner(app, header_timeout=header_timeout)
     await runner.setup()
     try:
+        backend = app[_BACKEND]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(backend.settled.wait(), _SETTLE_TIMEOUT)
+        if backend.fatal.done():
+            raise backend.fatal.result()
         site = web.TCPSite(runner, host, port)
         await site.start()
         bound = runner.addresses[0]
@@ -500,7 +639,7 @@ async def run_server(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            fatal = app[_BACKEND].fatal
+            fatal = backend.fatal
             stopped = asyncio.create_task(stop.wait())
             waiters: set[asyncio.Future[Any]] = {fatal, stopped}
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import logging
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -18,17 +19,45 @@ from typing import Any
 from evstate import keys, secrets
 from evstate.config import Settings
 from evstate.engine import Engine
-from evstate.errors import InvalidKeyError, InvalidStateError, ValidationError
+from evstate.errors import (
+    InvalidKeyError,
+    InvalidStateError,
+    SecretError,
+    SerdeError,
+    UnreadableStateError,
+    ValidationError,
+)
 from evstate.model import ChangeEvent, Consistency, Op, Position, Scope, State, Tree
-from evstate.serde import deserialize_state, serialize_state
+from evstate.serde import check_tree, deserialize_state, serialize_state
 from evstate.view import decode_value
 
-__all__ = ["KafkaStateStore"]
+log = logging.getLogger(__name__)
+
+__all__ = ["KafkaStateStore", "States"]
 
 
 def _tree(raw: bytes) -> Tree:
     tree: Tree = json.loads(decode_value(raw)[1])
     return tree
+
+
+class States(dict[str, State]):
+    """``{id: State}`` as :meth:`KafkaStateStore.all` and ``get_batch`` return it.
+
+    A stored state that does not decode (a malformed marker written before such trees
+    were refused, a tree that is not a state) does not hide the others: it is left out,
+    logged as a warning naming scope and key, and reported here.
+
+    Attributes:
+        unreadable: ``{id: UnreadableStateError}`` for the states left out (empty when
+            every state decoded).
+    """
+
+    unreadable: dict[str, UnreadableStateError]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unreadable = {}
 
 
 # A view value holding a secret contains this; others need no key derivation.
@@ -87,16 +116,47 @@ class KafkaStateStore:
         keys.validate_key(key)
         return self._prefix + key.encode("utf-8")
 
-    async def _states(self, raws: builtins.list[bytes]) -> builtins.list[State]:
-        """Decode view values; the scrypt for any secret runs off the event loop first."""
-        trees = [_tree(raw) for raw in raws]
-        if self.scope.password is not None and any(_SECRET in raw for raw in raws):
-            await secrets.warm(self.scope.password, trees)
-        # Every marker is a key starting with "@": without one, json.loads was the decoding.
-        return [
-            deserialize_state(self.scope, tree, markers=_MARKER in raw)
-            for raw, tree in zip(raws, trees, strict=True)
-        ]
+    def _unreadable(self, key: str, exc: Exception) -> UnreadableStateError:
+        log.warning("unreadable state %r in scope %r: %s", key, self.scope.path, exc)
+        return UnreadableStateError(
+            f"the state of {key!r} in scope {self.scope.path!r} cannot be read: {exc}",
+            scope=self.scope.path,
+            key=key,
+            reason=str(exc),
+        )
+
+    async def _states(self, rows: builtins.list[tuple[str, bytes]]) -> States:
+        """Decode view values; the scrypt for any secret runs off the event loop first.
+
+        A value that is broken in itself goes to ``unreadable``; a secret that the
+        scope's password does not open raises (the password is wrong, not the state).
+        """
+        result = States()
+        trees: builtins.list[tuple[str, bytes, Tree]] = []
+        for key, raw in rows:
+            try:
+                trees.append((key, raw, _tree(raw)))
+            except ValueError as exc:  # not JSON (UnicodeDecodeError included)
+                result.unreadable[key] = self._unreadable(key, exc)
+        if self.scope.password is not None and any(_SECRET in raw for _, raw, _ in trees):
+            await secrets.warm(self.scope.password, [tree for _, _, tree in trees])
+        for key, raw, tree in trees:
+            try:
+                # Every marker is a key starting with "@": without one, json.loads was
+                # the decoding.
+                result[key] = deserialize_state(self.scope, tree, markers=_MARKER in raw)
+            except SecretError as exc:
+                # Broken in itself (check_tree says so without a password), or a
+                # password that does not open it: only the first is the state's fault.
+                try:
+                    check_tree(tree)
+                except SerdeError as broken:
+                    result.unreadable[key] = self._unreadable(key, broken)
+                else:
+                    raise exc from None
+            except (SerdeError, ValidationError) as exc:
+                result.unreadable[key] = self._unreadable(key, exc)
+        return result
 
     async def _read_one(
         self, key: str, consistency: Consistency, min_position: Position | None
@@ -173,9 +233,16 @@ class KafkaStateStore:
         Raises:
             InvalidKeyError: the key is empty or contains ``:``.
             ConsistencyTimeout: the view did not reach the asked position in time.
+            UnreadableStateError: the stored state does not decode (names the key).
+            SecretError: a secret does not open with the scope's password.
         """
         raw = await self._read_one(key, consistency, min_position)
-        return None if raw is None else (await self._states([raw]))[0]
+        if raw is None:
+            return None
+        states = await self._states([(key, raw)])
+        if key in states.unreadable:
+            raise states.unreadable[key]
+        return states[key]
 
     async def get_batch(
         self,
@@ -183,19 +250,31 @@ class KafkaStateStore:
         *,
         consistency: Consistency = "session",
         min_position: Position | None = None,
-    ) -> dict[str, State]:
-        """``{id: State}`` for the ids that have a state; missing ids are left out."""
-        present = await self._read_many(ids, consistency, min_position)
-        states = await self._states([raw for _, raw in present])
-        return {i: state for (i, _), state in zip(present, states, strict=True)}
+    ) -> States:
+        """``{id: State}`` for the ids that have a state; missing ids are left out.
+
+        Returns:
+            A :class:`States` dict; a stored state that does not decode is left out and
+            reported in its ``unreadable`` (and logged), the others are returned.
+
+        Raises:
+            SecretError: a secret does not open with the scope's password.
+        """
+        return await self._states(await self._read_many(ids, consistency, min_position))
 
     async def all(
         self, *, consistency: Consistency = "session", min_position: Position | None = None
-    ) -> dict[str, State]:
-        """Every state of this scope, by id."""
-        rows = await self._read_all(consistency, min_position)
-        states = await self._states([raw for _, raw in rows])
-        return {key: state for (key, _), state in zip(rows, states, strict=True)}
+    ) -> States:
+        """Every state of this scope, by id.
+
+        Returns:
+            A :class:`States` dict; a stored state that does not decode is left out and
+            reported in its ``unreadable`` (and logged), the others are returned.
+
+        Raises:
+            SecretError: a secret does not open with the scope's password.
+        """
+        return await self._states(await self._read_all(consistency, min_position))
 
     async def get_tree(
         self,
@@ -274,13 +353,37 @@ class KafkaStateStore:
         Raises:
             InvalidKeyError: empty key, ``:`` in it, or ``key != tree["id"]``.
             InvalidStateError: the tree is not a state (fields, types, status).
+            SerdeError: a marker would not decode (``{"@date": "garbage"}``, a malformed
+                ``@secret``); nothing is written.
             UnserializableError, EventTooLargeError, WriteFailedError: as :meth:`set`.
         """
+        self._check_tree(key, tree)
+        return await self._write("SET", key, tree, reason=reason, correlation_id=correlation_id)
+
+    def _check_tree(self, key: str, tree: Tree) -> None:
         self._record_key(key)
         State.from_json(tree)  # checks fields, types and status
+        check_tree(tree)  # markers that would not decode
         if tree.get("id") != key:
             raise InvalidKeyError(f"key {key!r} differs from the state's id {tree.get('id')!r}")
-        return await self._write("SET", key, tree, reason=reason, correlation_id=correlation_id)
+
+    async def check_set_tree(self, key: str, tree: Tree, *, reason: str | None = None) -> None:
+        """Raise what :meth:`set_tree` would refuse, without writing anything.
+
+        Raises:
+            As :meth:`set_tree`, except the errors of Kafka not acknowledging.
+        """
+        self._check_tree(key, tree)
+        event = ChangeEvent.new(
+            op="SET",
+            scope=self.scope,
+            key=key,
+            state=tree,
+            version=1,
+            actor=self._engine.settings.actor,
+            reason=reason,
+        )
+        await self._engine.check_write(self.scope, event)
 
     async def _write(
         self,

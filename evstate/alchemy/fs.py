@@ -20,22 +20,36 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evstate import keys
-from evstate.errors import InvalidStateError, ValidationError
+from evstate.errors import InvalidStateError, SerdeError, ValidationError
 from evstate.model import Scope, State
+from evstate.serde import check_tree
 
-__all__ = ["StateFile", "dumps", "file_name", "id_of", "read_states", "state_root", "write_state"]
+__all__ = [
+    "MAX_FILE_BYTES",
+    "StateFile",
+    "dumps",
+    "file_name",
+    "id_of",
+    "read_states",
+    "state_root",
+    "target_path",
+    "write_state",
+]
 
 _SUFFIX = ".json"
 # app and stage: a state file is never shallower than this below the root.
 _MIN_DEPTH = 2
 # Folders Alchemy keeps directly under the root that hold no state.
 _NOT_STATE = frozenset({"logs", "pids", "miniflare"})
+MAX_FILE_BYTES = 16 * 1024 * 1024
+"""Largest state file read; a state this big could not be written to Kafka anyway."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +103,51 @@ def dumps(tree: Any) -> str:
     return json.dumps(tree, indent=2, ensure_ascii=False, allow_nan=False)
 
 
-def _read(path: Path, chain: tuple[str, ...]) -> StateFile:
+def _inside(path: Path, root: Path) -> Path:
+    """``path`` with every symlink resolved, refused unless it stays inside ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ValidationError(f"{path} leads to {resolved}, outside {root}; refused")
+    return resolved
+
+
+def _read_bytes(path: Path, root: Path) -> bytes:
+    """A regular file inside ``root``, at most :data:`MAX_FILE_BYTES`; nothing else is read.
+
+    A FIFO, a device, a socket or a symlink leading out of ``root`` is refused before it
+    is opened for reading (O_NONBLOCK: opening a FIFO would otherwise wait for a writer).
+    """
+    resolved = _inside(path, root)
     try:
-        tree = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(resolved, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ValidationError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValidationError(f"{path} is not a regular file; refused")
+        data = handle.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise InvalidStateError(f"{path} is larger than {MAX_FILE_BYTES} bytes; refused")
+    return data
+
+
+def _read(path: Path, chain: tuple[str, ...], root: Path) -> StateFile:
+    data = _read_bytes(path, root)
+    try:
+        tree = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidStateError(f"{path} is not a JSON state file: {exc}") from None
+    except RecursionError:
+        raise InvalidStateError(f"{path} is nested too deeply to be a state") from None
     state_id = id_of(path.name)
     try:
         Scope(*chain)
         keys.validate_key(state_id)
         State.from_json(tree)
-    except ValidationError as exc:
+        # Markers that would not decode are refused here, not met on every later read.
+        check_tree(tree)
+    except (ValidationError, SerdeError) as exc:
         raise type(exc)(f"{path}: {exc}") from None
     if tree["id"] != state_id:
         raise InvalidStateError(
@@ -117,11 +165,17 @@ def read_states(directory: str | os.PathLike[str]) -> list[StateFile]:
     Returns:
         The states, with their trees exactly as stored.
 
+    Only regular files inside the root are read, each at most :data:`MAX_FILE_BYTES`; a
+    FIFO, a device or a symlink leading outside the root is refused.
+
     Raises:
-        ValidationError: ``directory`` is not a folder.
+        ValidationError: ``directory`` is not a folder, or a file is not a regular file
+            inside it.
         InvalidStateError: a file is not JSON, or not a state, or its id differs from its
             file name; the message names the file. Nothing is returned then, so a caller
             writes all or nothing.
+        SerdeError: a file holds a marker (``@date``, ``@secret``, ...) that does not
+            decode.
         InvalidScopeError, InvalidKeyError: a folder or file name cannot be a scope name
             or id.
     """
@@ -138,9 +192,23 @@ def read_states(directory: str | os.PathLike[str]) -> list[StateFile]:
             continue
         for name in sorted(files):
             if name.endswith(_SUFFIX) and len(name) > len(_SUFFIX):
-                found.append(_read(Path(folder) / name, tuple(chain)))
+                found.append(_read(Path(folder) / name, tuple(chain), root))
     found.sort(key=lambda f: (f.chain, f.id))
     return found
+
+
+def target_path(directory: str | os.PathLike[str], chain: tuple[str, ...], state_id: str) -> Path:
+    """The file :func:`write_state` would write, checked to stay inside ``directory``.
+
+    Raises:
+        InvalidKeyError, InvalidScopeError: as :func:`write_state`.
+        ValidationError: the file would land outside ``directory`` (a symlinked folder).
+    """
+    Scope(*chain)
+    root = Path(directory)
+    target = Path(root, *chain) / file_name(state_id)
+    _inside(target, root)
+    return target
 
 
 def write_state(
@@ -149,7 +217,8 @@ def write_state(
     """Write one state where Alchemy's ``FileSystemStateStore`` would.
 
     The file is replaced atomically (written beside it, then renamed), so a reader never
-    sees half a state.
+    sees half a state. Whatever the names, the file stays inside ``directory``: its folder
+    is resolved (symlinks included) and refused if it leads anywhere else.
 
     Args:
         directory: The state root (``.alchemy``).
@@ -163,11 +232,13 @@ def write_state(
     Raises:
         InvalidKeyError: the id is empty or contains ``:``.
         InvalidScopeError: a scope name is empty or contains ``:``.
+        ValidationError: the file would land outside ``directory``.
     """
-    Scope(*chain)
-    folder = Path(directory, *chain)
-    target = folder / file_name(state_id)
+    root = Path(directory)
+    target = target_path(root, chain, state_id)  # before anything is created
+    folder = target.parent
     folder.mkdir(parents=True, exist_ok=True)
+    _inside(target, root)  # a folder swapped for a symlink meanwhile
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".evstate-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -61,9 +61,11 @@ async def import_alchemy(
 ) -> ImportResult:
     """Write every state of an Alchemy state folder to evstate, skipping unchanged ones.
 
-    Every file is read and checked before the first write, so a bad file means nothing
-    was written. A state whose stored tree equals the file's (key order aside) is not
-    written again, so importing twice writes nothing the second time.
+    Every file is read and checked before the first write (names, fields, markers, the
+    size of its event), so a bad file means nothing was written. Only regular files
+    inside ``directory`` are read, each at most ``alchemy_fs.MAX_FILE_BYTES``. A state
+    whose stored tree equals the file's (key order aside) is not written again, so
+    importing twice writes nothing the second time.
 
     Args:
         client: The client to write through.
@@ -75,7 +77,10 @@ async def import_alchemy(
         What was written and what was left as it was.
 
     Raises:
-        ValidationError: the folder is missing, or a file is not a state (names the file).
+        ValidationError: the folder is missing, or a file is not a state, not a regular
+            file inside the folder, or too large (names the file).
+        SerdeError: a file holds a marker that does not decode (names the file).
+        EventTooLargeError: a state is over the broker's limit (names the key).
         SecretError: ``password`` was given and a secret does not open with it.
         KafkaError: writing failed; states before the failure may have been written,
             and importing again completes the rest.
@@ -93,6 +98,9 @@ async def import_alchemy(
             result.unchanged.append(record_key)
         else:
             pending.append((store, item, record_key))
+    for store, item, _record_key in pending:
+        # Everything a write could refuse, refused before the first one is sent.
+        await store.check_set_tree(item.id, item.tree, reason=reason)
 
     gate = asyncio.Semaphore(_CONCURRENCY)
 
@@ -123,7 +131,9 @@ async def export_alchemy(
         The files written, sorted.
 
     Raises:
-        InvalidScopeError: ``scope`` is not a valid scope path.
+        InvalidScopeError: ``scope`` is not a valid scope path, or a stored scope name
+            could not be a folder (stored before such names were refused).
+        ValidationError: a file would land outside ``directory``; nothing is written.
     """
     base = scope if isinstance(scope, Scope) else Scope.parse(scope)
     await client.catch_up()
@@ -138,6 +148,9 @@ async def export_alchemy(
     root = alchemy_fs.state_root(directory)
 
     def write_all() -> list[Path]:
+        # Every target is checked (inside root, valid names) before the first file.
+        for chain, key, _tree in trees:
+            alchemy_fs.target_path(root, chain, key)
         return sorted(alchemy_fs.write_state(root, *job) for job in trees)
 
     return await asyncio.to_thread(write_all)

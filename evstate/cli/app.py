@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
 from evstate.cli import alchemy as cli_alchemy
@@ -157,7 +158,7 @@ def broker_status(data_dir: DataDir = None) -> None:
             str(node.node_id),
             f"127.0.0.1:{node.port}",
             str(node.pid or "-"),
-            "[green]running[/]" if node.running else "[red]stopped[/]",
+            Text("running", "green") if node.running else Text("stopped", "red"),
         )
     out.print(table)
     if not any(n.running for n in nodes):

@@ -33,6 +33,7 @@ from evstate.cli.store import (
     TopicPrefix,
     ViewDir,
     err,
+    error_line,
     fail,
     mask_secrets,
     out,
@@ -45,6 +46,7 @@ from evstate.client import EvstateClient
 from evstate.errors import EvstateError, ValidationError
 from evstate.history import Diff, Point
 from evstate.model import ChangeEvent, Position, Scope, Tree
+from evstate.names import printable
 
 __all__ = ["event_json", "parse_point", "props_changes", "register"]
 
@@ -52,6 +54,9 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 _RELATIVE = re.compile(r"-(\d+(?:\.\d+)?)([smhdw])")
 _OFFSET = re.compile(r"\d+")
 _POSITION = re.compile(r"\d+:\d+")
+# Kafka timestamps are milliseconds since the epoch; datetime stops at year 9999.
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
 _POINT_HELP = (
     "an ISO-8601 time (naive = UTC), 'now', a relative time such as -10m, -2h or -1d, "
     "an offset in the scope's history partition, or partition:offset"
@@ -72,23 +77,33 @@ def parse_point(text: str, *, partition: int, now: datetime | None = None) -> Po
         A tz-aware UTC ``datetime``, or a :class:`~evstate.model.Position`.
 
     Raises:
-        ValidationError: ``text`` is none of these.
+        ValidationError: ``text`` is none of these, or a time outside 1970-01-01 ..
+            9999-01-01 (UTC), which Kafka's timestamps cannot hold.
     """
     text = text.strip()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     if text.lower() == "now":
         return now
-    if match := _RELATIVE.fullmatch(text):
-        return now - timedelta(**{_UNITS[match[2]]: float(match[1])})
     if _OFFSET.fullmatch(text):
         return Position(partition, int(text))
     if _POSITION.fullmatch(text):
         return Position.parse(text)
     try:
-        when = datetime.fromisoformat(text)
+        if match := _RELATIVE.fullmatch(text):
+            when = now - timedelta(**{_UNITS[match[2]]: float(match[1])})
+        else:
+            when = datetime.fromisoformat(text)
+            when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
     except ValueError:
         raise ValidationError(f"invalid point {text!r}: expected {_POINT_HELP}") from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        when = _EARLIEST - timedelta(days=1)  # out of range either way; refused below
+    if not _EARLIEST <= when < _LATEST:
+        raise ValidationError(
+            f"point {text!r} is out of range: times go from "
+            f"{_EARLIEST:%Y-%m-%d} to {_LATEST:%Y-%m-%d} (UTC)"
+        )
+    return when
 
 
 def _check_points(*texts: str | None) -> None:
@@ -185,10 +200,14 @@ def _output(path: Path | None) -> Iterator[TextIO]:
     try:
         handle = path.open("w", encoding="utf-8")
     except OSError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        error_line(f"cannot write {path}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
-    with handle:
-        yield handle
+    try:
+        with handle:
+            yield handle
+    except OSError as exc:  # /proc/version opens, then refuses the write
+        error_line(f"cannot write {path}: {exc.strerror or exc}")
+        raise typer.Exit(2) from exc
 
 
 def _point(client: EvstateClient, scope: Scope, text: str | None, now: datetime) -> Point | None:
@@ -255,7 +274,7 @@ def history(
             changed = "; ".join(props_changes(before, event.state))
         status = "" if event.state is None else str(event.state.get("status", ""))
         row = (_when(event.timestamp), event.actor, event.op, event.key, str(event.version))
-        table.add_row(*(Text(c) for c in (*row, status, event.reason or "", changed)))
+        table.add_row(*(Text(printable(c)) for c in (*row, status, event.reason or "", changed)))
     out.print(table)
     err.print(f"{len(events)} event(s)", highlight=False)
 
@@ -323,7 +342,7 @@ def diff(
     for column in ("key", "change", "what changed"):
         table.add_column(column, overflow="fold")
     for row in sorted(rows):
-        table.add_row(*(Text(c) for c in row))
+        table.add_row(*(Text(printable(c)) for c in row))
     out.print(table)
     counts = f"{len(found.added)} added, {len(found.removed)} removed"
     err.print(f"{counts}, {len(found.changed)} changed", highlight=False)

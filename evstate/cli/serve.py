@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import Annotated
 
 import typer
@@ -18,17 +19,27 @@ from evstate.cli.store import (
     TopicPrefix,
     ViewDir,
     err,
+    error_line,
     fail,
     out,
     settings_overrides,
 )
 from evstate.config import Settings
-from evstate.errors import EvstateError
-from evstate.serve import DEFAULT_HOST, DEFAULT_MAX_BODY, DEFAULT_PORT, create_app, run_server
+from evstate.errors import ConfigError, EvstateError
+from evstate.serve import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY,
+    DEFAULT_PORT,
+    HEADER_TIMEOUT,
+    create_app,
+    run_server,
+)
 
 __all__ = ["register"]
 
 _MIB = 1024 * 1024
+# A body is read into memory whole; more than this is a typo, not a setting.
+_MAX_BODY_MIB = 1024
 
 
 def serve(
@@ -46,6 +57,13 @@ def serve(
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
     ] = DEFAULT_MAX_BODY / _MIB,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            "--header-timeout",
+            help="Seconds a connection may take to send a request's headers (or stay idle).",
+        ),
+    ] = HEADER_TIMEOUT,
     bootstrap_servers: BootstrapServers = None,
     view_dir: ViewDir = None,
     topic_prefix: TopicPrefix = None,
@@ -60,6 +78,13 @@ def serve(
     # reaches us as an EvstateError.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"--port must be from 0 to 65535, got {port}")
+        if not math.isfinite(max_body_mib) or not 0 < max_body_mib <= _MAX_BODY_MIB:
+            raise ConfigError(
+                f"--max-body-mib must be a number above 0 and at most {_MAX_BODY_MIB}, "
+                f"got {max_body_mib}"
+            )
         settings = Settings.from_env(
             **settings_overrides(bootstrap_servers, view_dir, topic_prefix)
         )
@@ -74,11 +99,19 @@ def serve(
                 soft_wrap=True,
             )
 
-        asyncio.run(run_server(app, host=host, port=port, on_listening=listening))
+        asyncio.run(
+            run_server(
+                app,
+                host=host,
+                port=port,
+                on_listening=listening,
+                header_timeout=header_timeout,
+            )
+        )
     except EvstateError as exc:
         raise fail(exc) from exc
     except OSError as exc:  # the port is taken, the address is not ours, ...
-        err.print(f"[bold red]error:[/] cannot listen on {host}:{port}: {exc.strerror or exc}")
+        error_line(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
 
 

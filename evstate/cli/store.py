@@ -24,20 +24,35 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from evstate import keys
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError
 from evstate.model import Scope
+from evstate.names import printable
 from evstate.serde import deserialize
 from evstate.verify import VerifyReport
+from evstate.view import decode_value
 
-__all__ = ["MASK", "err", "fail", "mask_secrets", "out", "register", "reveal_secrets"]
+__all__ = [
+    "MASK",
+    "err",
+    "error_line",
+    "fail",
+    "mask_secrets",
+    "out",
+    "register",
+    "reveal_secrets",
+]
 
 MASK = "********"
 """What a secret looks like in ``evstate get`` without ``--reveal``."""
 
-out = Console()
-err = Console(stderr=True)
+# Nothing evstate prints is rich markup: keys, scope paths and error messages hold user
+# text ("a:[/]", "[bold]"), which must reach the terminal as written.
+out = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False)
 
 T = TypeVar("T")
 
@@ -78,9 +93,16 @@ ScopeArg = Annotated[
 KeyArg = Annotated[str, typer.Argument(metavar="KEY", help="The state's id (may contain '/').")]
 
 
+def error_line(message: str) -> None:
+    """Print ``error: message`` as one line on stderr, the message as written (no markup,
+    control characters escaped)."""
+    one_line = " ".join(printable(line) for line in message.splitlines()) or message
+    err.print(Text.assemble(("error:", "bold red"), " ", one_line), soft_wrap=True)
+
+
 def fail(exc: EvstateError) -> typer.Exit:
     """Print ``exc`` as one line on stderr; return the exit (status 2) to raise."""
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+    error_line(str(exc))
     return typer.Exit(2)
 
 
@@ -131,7 +153,7 @@ def run(
 def progress_bar(label: str) -> Iterator[Callable[[int, int], None]]:
     """A transient progress bar on stderr; yields the ``progress(done, total)`` callback."""
     with Progress(
-        TextColumn("[progress.description]{task.description}"),
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -213,21 +235,20 @@ def scopes(
     """List every scope that holds at least one state, one path per line."""
 
     async def job(client: EvstateClient) -> list[tuple[str, int]]:
-        return [
-            (path, await client.store(Scope.parse(path)).count(consistency="eventual"))
-            for path in client.scopes()
-        ]
+        # Counted by record-key prefix, not through Scope: a path stored before names
+        # were checked ("rt//abs") is listed like the others instead of failing them all.
+        return [(path, client.view.count_prefix(f"{path}:".encode())) for path in client.scopes()]
 
     rows = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if not counts:
         for path, _ in rows:
-            typer.echo(path)
+            typer.echo(printable(path))
         return
     table = Table()
     table.add_column("scope")
     table.add_column("states", justify="right")
     for path, n in rows:
-        table.add_row(path, str(n))
+        table.add_row(printable(path), str(n))
     out.print(table)
 
 
@@ -248,20 +269,26 @@ def ls(
         if not long:
             return [(k, None, None) for k in await store.list(consistency="eventual")]
         trees = await store.all_trees(consistency="eventual")
-        return [(k, await store.version(k, consistency="eventual"), t) for k, t in trees.items()]
+        # Read by record key, not through store.version: a key stored before keys were
+        # checked (control characters) is listed, not refused.
+        prefix = keys.scope_prefix(where).encode("utf-8")
+        rows: list[tuple[str, int | None, Any]] = []
+        for k, t in trees.items():
+            raw = client.view.get(prefix + k.encode("utf-8"))
+            rows.append((k, None if raw is None else decode_value(raw)[0], t))
+        return rows
 
     rows = run(settings_overrides(bootstrap_servers, view_dir, topic_prefix), job)
     if not long:
         for key, _, _ in rows:
-            typer.echo(key)
+            typer.echo(printable(key))  # a key stored before names were checked
         return
     table = Table()
     for column in ("id", "kind", "status", "seq", "version"):
         table.add_column(column, justify="right" if column in ("seq", "version") else "left")
     for key, version, tree in rows:
-        table.add_row(
-            key, str(tree.get("kind")), str(tree.get("status")), str(tree.get("seq")), str(version)
-        )
+        cells = (key, tree.get("kind"), tree.get("status"), tree.get("seq"), version)
+        table.add_row(*(printable(str(cell)) for cell in cells))
     out.print(table)
 
 

@@ -36,6 +36,7 @@ from evstate.cli.store import (
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError, ValidationError
 from evstate.model import ChangeEvent, Scope, Tree
+from evstate.names import printable
 from evstate.watch import Start
 
 __all__ = ["change_line", "register", "watch_json"]
@@ -167,7 +168,7 @@ def watch(
                     typer.echo(json.dumps(watch_json(event), ensure_ascii=False))
                 else:
                     where_key = (event.scope, event.key)
-                    typer.echo(change_line(event, seen.get(where_key)))
+                    typer.echo(printable(change_line(event, seen.get(where_key))))
                     seen[where_key] = event.state
 
     try:

@@ -259,3 +259,24 @@ async def test_client_errors_carry_the_servers_message(project: Path, server: Se
     assert got["unreachable"]["status"] is None
     assert "no answer from" in got["timeout"]["message"]
     assert "within 300ms" in got["timeout"]["message"]
+
+
+async def test_a_token_with_a_newline_is_refused_at_construction_and_never_echoed(
+    project: Path,
+) -> None:
+    token = f"tok-{uuid.uuid4().hex}"
+    request = {
+        "url": f"http://127.0.0.1:{free_port_block(1)}/",
+        "token": token,
+        "password": PASSWORD,
+        "chain": ["js-app", "tokens"],
+        "op": "badTokens",
+    }
+    got = await node(project, "serve_client.mjs", stdin=request, env={})
+    assert got["tokenEchoed"] is False, got
+    for name in ("trailing", "inner"):
+        refused = got[name]["construct"]
+        assert refused is not None, got  # at once, not on a call after five retries
+        assert refused["isStoreError"] is True
+        assert "invalid token" in refused["message"]
+        assert "trailing newline" in refused["message"]

@@ -6,6 +6,7 @@
 //   methods: every StateStore method on a state with a secret, a date and a "/" in its id
 //   read:    all() of the scope, described in plain JSON ({"$secret": plaintext}, ...)
 //   errors:  what the store throws for a wrong token, a bad key, no server, a slow one
+//   badTokens: what it throws for tokens with a newline at the end or inside
 import { isSecret, secret } from "alchemy";
 import { EvstateStateStore, EvstateStateStoreError } from "@evstate/alchemy";
 import net from "node:net";
@@ -111,6 +112,20 @@ if (input.op === "methods") {
     new EvstateStateStore(scope, { url: slowUrl, token: "t", timeoutMs: 300 }).count(),
   );
   silent.close();
+} else if (input.op === "badTokens") {
+  // A token read from a file with its trailing newline, and one with a line break inside.
+  const tokens = { trailing: `${input.token}\n`, inner: `x\n${input.token}` };
+  for (const [name, token] of Object.entries(tokens)) {
+    let store = null;
+    const construct = await failure(
+      Promise.resolve().then(() => {
+        store = new EvstateStateStore(scope, { url: input.url, token, attempts: 5 });
+      }),
+    );
+    const call = store === null ? null : await failure(store.list());
+    out[name] = { construct, call };
+  }
+  out.tokenEchoed = JSON.stringify(out).includes(input.token);
 } else {
   throw new Error(`unknown op ${input.op}`);
 }

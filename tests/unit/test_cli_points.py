@@ -94,3 +94,16 @@ def test_props_changes_masks_secrets_and_names_other_fields() -> None:
         "(output, status)"
     ]
     assert props_changes(same, same) == []
+
+
+@pytest.mark.parametrize(
+    "text", ["0001-01-01", "1969-12-31T23:59:59", "9999-12-31T23:59:59", "-99999999999d"]
+)
+def test_points_outside_kafkas_times_are_refused(text: str) -> None:
+    with pytest.raises(ValidationError, match="out of range"):
+        point(text)
+
+
+def test_an_offset_beyond_int64_is_refused() -> None:
+    with pytest.raises(ValidationError, match="offset"):
+        point(str(2**63))

@@ -14,7 +14,14 @@ import pytest
 from evstate import events
 from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
 from evstate.model import ChangeEvent, Scope, State
-from evstate.serde import Secret, deserialize, deserialize_state, serialize, serialize_state
+from evstate.serde import (
+    Secret,
+    check_tree,
+    deserialize,
+    deserialize_state,
+    serialize,
+    serialize_state,
+)
 
 SCOPE = Scope("app", "dev", password="pw")
 
@@ -402,3 +409,49 @@ class TestState:
         state = make_state()
         serialize_state(SCOPE, state)
         assert state.props == {"key": b"\x01\x02", "tags": ("a", "b")}
+
+
+class TestCheckTree:
+    """check_tree: what deserialize_state would refuse for the tree's own sake, no password."""
+
+    def _tree(self, **props: Any) -> dict[str, Any]:
+        return {
+            "status": "created",
+            "kind": "k",
+            "id": "a",
+            "fqn": "x/a",
+            "seq": 1,
+            "data": {},
+            "props": props,
+        }
+
+    @pytest.mark.parametrize(
+        ("props", "says"),
+        [
+            ({"at": {"@date": "garbage"}}, r"@date marker at props\.at"),
+            ({"b": {"@buffer": "not base64!"}}, r"@buffer marker at props\.b"),
+            ({"s": {"@secret": {"version": "v1"}}}, r"@secret marker at props\.s"),
+            ({"s": {"@secret": {"data": 3}}}, r"@secret marker at props\.s"),
+            ({"@date": "2024-01-01T00:00:00.000Z"}, "'props' is a serde marker"),
+            ({"s": "lone \ud800"}, "lone surrogate"),
+            ({"deep": json.loads("[" * 300 + "]" * 300)}, "nested deeper"),
+        ],
+    )
+    def test_refuses(self, props: dict[str, Any], says: str) -> None:
+        with pytest.raises(SerdeError, match=says):
+            check_tree(self._tree(**props))
+
+    def test_a_string_secret_is_the_legacy_format(self) -> None:
+        with pytest.raises(SecretError, match="legacy"):
+            check_tree(self._tree(s={"@secret": "str"}))
+
+    def test_what_serialize_writes_passes_without_a_password(self) -> None:
+        scope = Scope("app", password="pw")
+        value = {
+            "at": datetime(2024, 1, 2, tzinfo=UTC),
+            "b": b"\x00",
+            "s": Secret("x"),
+            "o": Secret({"n": 1}),
+            "me": scope,
+        }
+        check_tree(self._tree(**serialize(scope, value)))

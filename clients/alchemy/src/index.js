@@ -29,6 +29,34 @@ function plain(token) {
   return token.unencrypted; // an alchemy.secret(...)
 }
 
+// What may follow "Bearer " in a header (RFC 6750's b64token, plus a few printable ASCII
+// characters tokens are made of). Checked once, here: fetch would otherwise refuse the
+// header on every call with an error that quotes it, token and all.
+const TOKEN_SYNTAX = /^[A-Za-z0-9\-._~+/=!#$%&'*^`|]+$/;
+
+function checkToken(token) {
+  if (!token) {
+    throw new EvstateStateStoreError(
+      "[EvstateStateStore] missing token: pass { token } or set EVSTATE_TOKEN " +
+        "(the token `evstate serve` was started with)",
+    );
+  }
+  if (typeof token !== "string" || !TOKEN_SYNTAX.test(token)) {
+    // Never quote the token: it is a credential, and this message may be logged.
+    const what = typeof token !== "string" ? `a ${typeof token}` : "a string with whitespace, control or non-ASCII characters";
+    throw new EvstateStateStoreError(
+      `[EvstateStateStore] invalid token: it is ${what}; a bearer token is printable ASCII ` +
+        "without spaces (check for a trailing newline in EVSTATE_TOKEN)",
+    );
+  }
+  return token;
+}
+
+// An error's text with the token cut out, should a lower layer have quoted it.
+function redact(text, token) {
+  return token ? String(text).split(token).join("****") : String(text);
+}
+
 function retryAfterMs(response, fallback) {
   const seconds = Number(response.headers.get("Retry-After"));
   return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds * 1000, MAX_DELAY_MS) : fallback;
@@ -44,13 +72,7 @@ export class EvstateStateStore {
   constructor(scope, options = {}) {
     this.scope = scope;
     this.url = new URL(options.url ?? process.env.EVSTATE_URL ?? DEFAULT_URL).href;
-    this.#token = plain(options.token) ?? process.env.EVSTATE_TOKEN;
-    if (!this.#token) {
-      throw new EvstateStateStoreError(
-        "[EvstateStateStore] missing token: pass { token } or set EVSTATE_TOKEN " +
-          "(the token `evstate serve` was started with)",
-      );
-    }
+    this.#token = checkToken(plain(options.token) ?? process.env.EVSTATE_TOKEN);
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.attempts = Math.max(1, options.attempts ?? DEFAULT_ATTEMPTS);
     this.consistency = options.consistency;
@@ -143,12 +165,14 @@ export class EvstateStateStore {
             { method, cause: error },
           );
         }
-        if (!last) {
+        // Only a failed connection is worth another try; anything else (a request
+        // fetch refuses to build) fails the same way every time.
+        if (!last && error?.message === "fetch failed") {
           await sleep(delay);
           delay = Math.min(delay * 2, MAX_DELAY_MS);
           continue;
         }
-        const reason = error?.cause?.message ?? error?.message ?? String(error);
+        const reason = redact(error?.cause?.message ?? error?.message ?? error, this.#token);
         throw new EvstateStateStoreError(
           `[EvstateStateStore] "${method}": cannot reach evstate serve at ${this.url}: ${reason}`,
           { method, cause: error },
