@@ -1,0 +1,29 @@
+"""``evstate serve``: the store over HTTP, speaking the protocol of Alchemy's remote state
+service.
+
+:mod:`~evstate.serve.protocol` (methods, statuses, the JSON envelope),
+:mod:`~evstate.serve.backend` (the server's client and its readiness),
+:mod:`~evstate.serve.app` (the aiohttp application and its runner).
+"""
+
+from evstate.serve.app import create_app, make_runner, run_server
+from evstate.serve.protocol import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_BODY,
+    DEFAULT_PORT,
+    HEADER_TIMEOUT,
+    METHODS,
+    status_of,
+)
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_PORT",
+    "HEADER_TIMEOUT",
+    "METHODS",
+    "create_app",
+    "make_runner",
+    "run_server",
+    "status_of",
+]

@@ -1,0 +1,257 @@
+"""``evstate serve``: the store over HTTP, speaking the protocol of Alchemy's remote state service.
+
+One job: turn HTTP requests into calls on :class:`~evstate.store.KafkaStateStore` and
+answers back into JSON. Every request is ``POST /`` with a JSON body::
+
+    {"method": "get", "params": ["bucket"], "context": {"chain": ["app", "dev"]}}
+
+and every answer, error or not, is a JSON envelope::
+
+    {"success": true, "status": 200, "result": ...}
+    {"success": false, "status": 400, "error": "invalid key 'a:b': ..."}
+
+=============  ===========  ==========================================================
+method         params       result
+=============  ===========  ==========================================================
+``init``       ``[]``       ``null`` (creates the topics)
+``deinit``     ``[]``       ``null`` (a DELETE event for every key of the scope)
+``list``       ``[]``       ids directly in the scope
+``count``      ``[]``       how many states the scope holds
+``get``        ``[id]``     the stored state, or ``null``
+``getBatch``   ``[[ids]]``  ``{id: state}`` for the ids that have one
+``all``        ``[]``       ``{id: state}``
+``set``        ``[id, s]``  the write's position token (``"partition:offset"``)
+``delete``     ``[id]``     the position token (a missing id is a no-op)
+``listScopes`` ``[]``       names of the nested scopes directly below that hold states
+=============  ===========  ==========================================================
+
+States travel as Alchemy serialized them (secrets encrypted by the client), and are stored
+and answered as they are: the server holds no password. ``context`` may also carry
+``consistency`` (``session``, the default, ``strong`` or ``eventual``) and ``minPosition``
+(a token from ``set``) for reads, as the Python API's keyword arguments.
+
+``HEAD /`` answers 200 once the server is connected to Kafka, its topics exist (it
+creates them at start, as ``init`` would) and its view holds everything committed before
+it started; 503 before, saying which. Requests are served once it is connected: each waits
+until the view has caught up with the partition it needs (``session`` consistency). Every
+request needs ``Authorization: Bearer <token>`` (compared in constant time). Statuses:
+400 bad JSON, method or params (a key or scope name evstate refuses, a marker that would
+not decode, a ``minPosition`` in a partition that does not exist, a request aiohttp cannot
+parse, such as a header over 8 KiB: never echoed); 401 token missing or wrong (a token
+that is not UTF-8 included); 404/405 other paths and verbs; 413 body over the limit (or an
+event over the broker's); 503 Kafka unreachable, a write not acknowledged, a read not
+consistent in time (all retriable); 500 anything else, with no stack trace (that goes to
+the server's log). A connection that does not send its headers within ``header_timeout``
+is closed, and the access log never holds a query string.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from evstate.client import EvstateClient
+from evstate.errors import (
+    ClosedError,
+    ConfigError,
+    ConsistencyTimeout,
+    EventTooLargeError,
+    EvstateError,
+    KafkaError,
+    MalformedEventError,
+    SerdeError,
+    TopicMismatchError,
+    ValidationError,
+    ViewError,
+)
+from evstate.model import CONSISTENCIES, Consistency, Position, Scope
+from evstate.store import KafkaStateStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8787
+DEFAULT_MAX_BODY: Final = 8 * 1024 * 1024
+"""Largest request body accepted (bytes); larger ones are answered 413."""
+HEADER_TIMEOUT: Final = 10.0
+"""Seconds a connection may take to send a request's line and headers (or stay idle)."""
+# How long run_server waits for the client's first attempt to open before listening.
+SETTLE_TIMEOUT: Final = 3.0
+
+_STR: Final = "a string"
+_IDS: Final = "a list of strings"
+_STATE: Final = "a state object"
+# method -> what each positional param must be
+METHODS: Final[dict[str, tuple[str, ...]]] = {
+    "init": (),
+    "deinit": (),
+    "list": (),
+    "count": (),
+    "get": (_STR,),
+    "getBatch": (_IDS,),
+    "all": (),
+    "set": (_STR, _STATE),
+    "delete": (_STR,),
+    "listScopes": (),
+}
+
+# First match wins, so subclasses come before their bases.
+_STATUSES: Final[tuple[tuple[type[EvstateError], int], ...]] = (
+    (EventTooLargeError, 413),
+    (ValidationError, 400),
+    (MalformedEventError, 500),
+    (SerdeError, 400),
+    (TopicMismatchError, 500),
+    (KafkaError, 503),  # BrokerUnavailableError, WriteFailedError
+    (ConsistencyTimeout, 503),
+    (ClosedError, 503),
+    (ViewError, 500),
+    (ConfigError, 500),
+)
+
+
+def status_of(exc: EvstateError) -> int:
+    """The HTTP status an evstate error is answered with."""
+    for kind, status in _STATUSES:
+        if isinstance(exc, kind):
+            return status
+    return 500
+
+
+def envelope(status: int, *, result: Any = None, error: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"success": error is None, "status": status}
+    if error is None:
+        body["result"] = result
+    else:
+        body["error"] = error
+    response = web.json_response(body, status=status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    elif status == 503:
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+class Refused(Exception):
+    """An answer other than 200, raised anywhere in a handler."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- the request --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    method: str
+    params: list[Any]
+    scope: Scope
+    consistency: Consistency
+    min_position: Position | None
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_body(body: bytes) -> Any:
+    try:
+        return json.loads(body, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise Refused(400, f"the body is not JSON: {exc}") from None
+
+
+def _check_param(method: str, index: int, kind: str, value: Any) -> None:
+    ok = (
+        isinstance(value, str)
+        if kind == _STR
+        else isinstance(value, list) and all(isinstance(v, str) for v in value)
+        if kind == _IDS
+        else isinstance(value, dict)
+    )
+    if not ok:
+        raise Refused(
+            400, f"param {index} of {method!r} must be {kind}, got {type(value).__name__}"
+        )
+
+
+def parse_call(payload: Any) -> _Call:
+    if not isinstance(payload, dict):
+        raise Refused(400, 'the body must be a JSON object {"method", "params", "context"}')
+    method = payload.get("method")
+    if not isinstance(method, str) or method not in METHODS:
+        raise Refused(400, f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    params = payload.get("params", [])
+    kinds = METHODS[method]
+    if not isinstance(params, list) or len(params) != len(kinds):
+        raise Refused(
+            400, f"{method!r} takes params [{', '.join(kinds)}], got {json.dumps(params)[:200]}"
+        )
+    for index, (kind, value) in enumerate(zip(kinds, params, strict=True)):
+        _check_param(method, index, kind, value)
+    context = payload.get("context")
+    if not isinstance(context, dict):
+        raise Refused(400, 'the body needs "context": {"chain": [...]}')
+    chain = context.get("chain")
+    if not isinstance(chain, list) or not chain:
+        raise Refused(400, "context.chain must be a non-empty list of scope names")
+    consistency = context.get("consistency", "session")
+    if consistency not in CONSISTENCIES:
+        raise Refused(400, f"context.consistency must be one of {', '.join(CONSISTENCIES)}")
+    token = context.get("minPosition")
+    if token is not None and not isinstance(token, str):
+        raise Refused(400, "context.minPosition must be a position token 'partition:offset'")
+    return _Call(
+        method=method,
+        params=params,
+        scope=Scope(*chain),  # InvalidScopeError (400) for a bad name
+        consistency=consistency,
+        min_position=None if token is None else Position.parse(token),
+    )
+
+
+def _child_scopes(client: EvstateClient, scope: Scope) -> list[str]:
+    # Paths join names with '/', so a name holding '/' reads as two levels here.
+    prefix = scope.path + "/"
+    names = {p[len(prefix) :].split("/")[0] for p in client.scopes() if p.startswith(prefix)}
+    return sorted(names)
+
+
+async def dispatch(client: EvstateClient, call: _Call) -> Any:
+    store: KafkaStateStore = client.store(call.scope)
+    reads: dict[str, Any] = {"consistency": call.consistency, "min_position": call.min_position}
+    match call.method, call.params:
+        case "init", []:
+            await store.init()
+            return None
+        case "deinit", []:
+            await store.deinit()
+            return None
+        case "list", []:
+            return await store.list(**reads)
+        case "count", []:
+            return await store.count(**reads)
+        case "get", [key]:
+            return await store.get_tree(key, **reads)
+        case "getBatch", [ids]:
+            return await store.get_batch_trees(ids, **reads)
+        case "all", []:
+            return await store.all_trees(**reads)
+        case "set", [key, tree]:
+            return (await store.set_tree(key, tree)).token
+        case "delete", [key]:
+            return (await store.delete(key)).token
+        case "listScopes", []:
+            # Nested scopes live in other partitions: catch the whole view up (unless
+            # the caller asked for eventual) rather than this scope's partition only.
+            await client.consistent(call.scope, call.consistency, call.min_position)
+            if call.consistency != "eventual":
+                await client.catch_up()
+            return _child_scopes(client, call.scope)
+    raise AssertionError(f"unhandled method {call.method}")  # pragma: no cover
