@@ -11,8 +11,8 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     ├── ConfigError (ValueError)               settings missing or inconsistent
     ├── ValidationError (ValueError)           bad input; nothing was written
     │   ├── InvalidKeyError                    empty key, ':' in key, key != state.id
-    │   ├── InvalidScopeError                  empty scope name, ':' in a name
-    │   ├── InvalidStateError                  unknown status, wrong field types
+    │   ├── InvalidScopeError                  not a Scope, empty scope name, ':' in a name
+    │   ├── InvalidStateError                  not a State, unknown status, wrong field types
     │   └── EventTooLargeError                 encoded event over the broker's limit
     ├── SerdeError                             a value could not be (de)serialized
     │   ├── UnserializableError (TypeError)    socket, lock, cycle, ... (names the path)

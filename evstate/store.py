@@ -18,7 +18,7 @@ from typing import Any
 from evstate import keys, secrets
 from evstate.applier import decode_view_value
 from evstate.client import Consistency, EvstateClient
-from evstate.errors import InvalidKeyError
+from evstate.errors import InvalidKeyError, InvalidScopeError, InvalidStateError
 from evstate.model import ChangeEvent, Op, Position, Scope, State
 from evstate.serde import deserialize_state, serialize_state
 
@@ -52,9 +52,12 @@ class KafkaStateStore:
         scope: the scope this store serves.
         client: a shared client; when None the store makes (and owns) one.
         **settings: :class:`~evstate.config.Settings` fields for an owned client.
+
+        Raises:
+            InvalidScopeError: ``scope`` is not a :class:`~evstate.model.Scope`.
         """
         if not isinstance(scope, Scope):
-            raise TypeError(f"scope must be an evstate.Scope, not {type(scope).__name__}")
+            raise InvalidScopeError(f"scope must be an evstate.Scope, not {type(scope).__name__}")
         self.scope = scope
         self._owns = client is None
         self._client = client if client is not None else EvstateClient(**settings)
@@ -240,14 +243,14 @@ class KafkaStateStore:
 
         Raises:
             InvalidKeyError: empty key, ``:`` in it, or ``key != state.id``.
-            InvalidStateError: unknown status or wrong field types.
+            InvalidStateError: ``state`` is not a State, an unknown status, wrong field types.
             UnserializableError: a value has no JSON form (the message names its path).
             EventTooLargeError: the event is over the broker's limit.
             WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
         """
         self._record_key(key)  # validates the key
         if not isinstance(state, State):
-            raise TypeError(f"state must be an evstate.State, not {type(state).__name__}")
+            raise InvalidStateError(f"state must be an evstate.State, not {type(state).__name__}")
         if state.id != key:
             raise InvalidKeyError(f"key {key!r} differs from state.id {state.id!r}")
         await secrets.warm(self.scope.password)  # scrypt off the event loop, once
