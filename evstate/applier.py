@@ -137,6 +137,12 @@ class Applier:
         """The view's position in ``partition``: the next offset it will apply."""
         return self._applied.get(partition, 0)
 
+    def positions(self) -> dict[int, tuple[int, int | None]]:
+        """Per partition: the view's position, and the last stable offset as last fetched
+        (None until known). No request is sent: this is for metrics."""
+        ends = self._tail.last_stable() if self._tail is not None else {}
+        return {p: (self.applied(p), ends.get(p)) for p in range(self._partitions)}
+
     async def start(self) -> None:
         """Resume from the view's stored offsets and start applying in the background."""
         self._applied = self._view.applied_offsets()

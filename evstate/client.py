@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from evstate import keys
+from evstate import keys, metrics
 from evstate.applier import (
     Applier,
     ApplierStats,
@@ -311,10 +311,19 @@ class EvstateClient:
     ) -> None:
         """Wait until the view may serve a read of ``scope`` at the asked consistency.
 
+        Each wait is counted (``evstate_consistency_waits_total`` by outcome) and timed.
+
         Raises:
             ConsistencyTimeout: the view did not get there within ``read_timeout``.
             ValidationError: unknown consistency.
         """
+        label = consistency if consistency in CONSISTENCIES else "invalid"
+        with metrics.timed_consistency(self.settings.state_topic, label):
+            await self._consistent(scope, consistency, min_position)
+
+    async def _consistent(
+        self, scope: Scope, consistency: Consistency, min_position: Position | None
+    ) -> None:
         await self._open()
         if consistency not in CONSISTENCIES:
             raise ValidationError(

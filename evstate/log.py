@@ -190,6 +190,20 @@ async def _getmany(
     return batches
 
 
+def _last_stable(
+    consumer: AIOKafkaConsumer, tps: Sequence[TopicPartition]
+) -> dict[int, int | None]:
+    """What the last fetch responses said of each partition's end; no request is sent."""
+    ends: dict[int, int | None] = {}
+    for tp in tps:
+        try:
+            end = consumer.last_stable_offset(tp)
+        except (kerr.KafkaError, AssertionError, AttributeError):  # not assigned (any more)
+            end = None
+        ends[tp.partition] = None if end is None or end < 0 else int(end)
+    return ends
+
+
 def _records(tp: TopicPartition, records: list[Any]) -> list[Record]:
     return [Record(tp.partition, r.offset, r.key, r.value, r.headers, r.timestamp) for r in records]
 
@@ -832,6 +846,10 @@ class Tail:
         """The next offset each partition will be read from."""
         return {tp.partition: await self._consumer.position(tp) for tp in self._tps}
 
+    def last_stable(self) -> dict[int, int | None]:
+        """Each partition's last stable offset as of its last fetch (None until fetched)."""
+        return _last_stable(self._consumer, self._tps)
+
     async def end_offsets(self) -> dict[int, int]:
         """Each partition's last stable offset (read_committed end), asked of the broker."""
         try:
@@ -1023,6 +1041,10 @@ class GroupTail:
             tp.partition: int(await self._consumer.position(tp))
             for tp in self._consumer.assignment()
         }
+
+    def last_stable(self) -> dict[int, int | None]:
+        """Each assigned partition's last stable offset as of its last fetch (None until)."""
+        return _last_stable(self._consumer, sorted(self._consumer.assignment()))
 
     async def commit(self, offsets: Mapping[int, int]) -> bool:
         """Commit, for each partition, the offset of the next record to handle.

@@ -31,8 +31,10 @@ and answered as they are: the server holds no password. ``context`` may also car
 (a token from ``set``) for reads, as the Python API's keyword arguments.
 
 ``HEAD /`` answers 200 once the server is connected to Kafka and its topics exist (it
-creates them at start, as ``init`` would), 503 before. Every
-request needs ``Authorization: Bearer <token>`` (compared in constant time). Statuses:
+creates them at start, as ``init`` would), 503 before. ``GET /metrics`` serves the
+Prometheus metrics (:mod:`evstate.serve_metrics`; no token unless a metrics token is
+set). Every other request needs ``Authorization: Bearer <token>`` (compared in constant
+time). Statuses:
 400 bad JSON, method or params; 401 token missing or wrong; 404/405 other paths and
 verbs; 413 body over the limit (or an event over the broker's); 503 Kafka unreachable,
 a write not acknowledged, a read not consistent in time (all retriable); 500 anything
@@ -53,6 +55,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from evstate import serve_metrics
 from evstate.client import CONSISTENCIES, ClientState, Consistency, EvstateClient
 from evstate.config import Settings
 from evstate.errors import (
@@ -371,7 +374,12 @@ def _text(exc: web.HTTPException) -> str:
 
 @web.middleware
 async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare)."""
+    """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare).
+
+    ``GET /metrics`` checks its own token (see :mod:`evstate.serve_metrics`).
+    """
+    if request.path == serve_metrics.PATH:
+        return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[_TOKEN]
     if scheme.lower() != "bearer" or not hmac.compare_digest(
@@ -397,7 +405,11 @@ async def _post(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    settings: Settings, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+    settings: Settings,
+    *,
+    token: str | None = None,
+    metrics_token: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
 ) -> web.Application:
     """Build the aiohttp application of ``evstate serve``.
 
@@ -407,6 +419,8 @@ def create_app(
     Args:
         settings: where Kafka and the view are.
         token: the bearer token clients must send; ``settings.token`` when None.
+        metrics_token: the bearer token ``GET /metrics`` needs; ``settings.metrics_token``
+            when None; no token at all when both are None.
         max_body: largest request body in bytes; larger ones get 413.
 
     Returns:
@@ -420,7 +434,10 @@ def create_app(
         raise ConfigError("evstate serve needs a bearer token: set EVSTATE_TOKEN (or pass --token)")
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ConfigError(f"max_body must be an int >= 1, got {max_body!r}")
-    app = web.Application(middlewares=[_errors_as_json, _bearer_token], client_max_size=max_body)
+    app = web.Application(
+        middlewares=[serve_metrics.count_requests, _errors_as_json, _bearer_token],
+        client_max_size=max_body,
+    )
     app[_TOKEN] = token.encode("utf-8")
     app[_MAX_BODY] = max_body
 
@@ -434,6 +451,13 @@ def create_app(
     app.cleanup_ctx.append(backend_life)
     app.router.add_route("HEAD", "/", _head)
     app.router.add_post("/", _post)
+    metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
+    app.router.add_get(
+        serve_metrics.PATH,
+        serve_metrics.metrics_handler(
+            lambda: app[_BACKEND].client if _BACKEND in app else None, metrics_token
+        ),
+    )
     return app
 
 
