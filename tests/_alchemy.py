@@ -18,6 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests._util import subprocess_env
+
 ALCHEMY_VERSION = "0.94.0"
 NODE_SCRIPTS = Path(__file__).parent / "node"
 
@@ -96,8 +98,7 @@ def run_node(
     shutil.copyfile(NODE_SCRIPTS / script, target)
     # CI machines set CI=true, and Alchemy then refuses to run with its default local state
     # store; writing a local .alchemy folder is exactly what these scripts are for.
-    env = dict(
-        os.environ,
+    env = subprocess_env(
         ALCHEMY_TELEMETRY_DISABLED="1",
         DO_NOT_TRACK="1",
         NO_COLOR="1",

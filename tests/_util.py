@@ -8,8 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from subprocess import CompletedProcess
+from typing import Any
 
+from evstate.config import Settings
 from evstate.log import Record
+
+SERVE_TOKEN = "contract-token"
+"""The bearer token of a server started by :func:`running_server` unless told otherwise."""
 
 
 def free_port_block(count: int) -> int:
@@ -131,6 +136,29 @@ def cli_env(bootstrap_servers: str, topic_prefix: str, view_dir: Path) -> dict[s
     return subprocess_env(
         bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, view_dir=view_dir
     )
+
+
+@asynccontextmanager
+async def running_server(settings: Settings, **options: Any) -> AsyncIterator[str]:
+    """``evstate serve``'s app in this process, on a free port: yields its URL.
+
+    For tests that reach into the server (monkeypatching, this process's metrics); the
+    command itself runs with :func:`serve_process`. ``options`` go to ``create_app``
+    (``token`` defaults to ``"contract-token"``). Wait with :func:`wait_ready` before use.
+    """
+    from aiohttp import web
+
+    from evstate.serve import create_app
+
+    options.setdefault("token", SERVE_TOKEN)
+    runner = web.AppRunner(create_app(settings, **options))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    finally:
+        await runner.cleanup()
 
 
 async def spawn_serve(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:

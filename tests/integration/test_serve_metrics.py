@@ -14,16 +14,14 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
 from evstate import EvstateClient, Scope, Settings, keys
-from tests._util import serve_process, subprocess_env
+from tests._util import running_server, serve_process, subprocess_env, wait_ready
 from tests.contract import make_state
 from tests.integration.test_serve_contract import (
     TOKEN,
     HttpStore,
     InvalidInput,
     ServeError,
-    running_server,
     server_settings,
-    wait_ready,
 )
 
 APP = Scope("metrics-app", "prod")
@@ -67,7 +65,7 @@ async def test_metrics_move_with_real_traffic(
     state, history = settings.state_topic, settings.history_topic
     partition = str(keys.partition_for(APP, settings.partitions))
     async with running_server(settings) as url:
-        await wait_ready(url)
+        await wait_ready(url, TOKEN)
         before = await scrape(session, url)  # no token needed
         http = HttpStore(session, url, APP)
         for i in range(5):
@@ -134,7 +132,7 @@ async def test_a_metrics_token_guards_only_the_metrics(
     settings: Settings, session: aiohttp.ClientSession
 ) -> None:
     async with running_server(settings, metrics_token="scrape-me") as url:
-        await wait_ready(url)
+        await wait_ready(url, TOKEN)
         for headers in ({}, {"Authorization": f"Bearer {TOKEN}"}):
             async with session.get(url + "metrics", headers=headers) as r:
                 assert r.status == 401
