@@ -22,7 +22,7 @@ import pytest
 
 from evstate import EvstateClient, Scope, Secret, Settings
 from evstate.model import ChangeEvent
-from tests._alchemy import ensure_alchemy
+from tests._alchemy import client_project
 from tests._util import free_port_block, serve_process, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +35,9 @@ APP = "evstate-example"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Node project holding the example app, the test script and both packages."""
-    prefix = ensure_alchemy()
-    project = tmp_path_factory.mktemp("alchemy-project")
-    modules = project / "node_modules"
-    (modules / "@evstate").mkdir(parents=True)
-    (modules / "alchemy").symlink_to(prefix / "node_modules" / "alchemy")
-    shutil.copytree(ROOT / "clients" / "alchemy", modules / "@evstate" / "alchemy")
+    project = client_project(tmp_path_factory.mktemp("alchemy-project"))
     for name in ("alchemy.run.mjs", "package.json"):
         shutil.copy(ROOT / "examples" / "alchemy-app" / name, project / name)
-    shutil.copy(ROOT / "tests" / "node" / "serve_client.mjs", project / "serve_client.mjs")
     return project
 
 
