@@ -66,6 +66,7 @@ def ensure_alchemy() -> Path:
                 check=True,
                 capture_output=True,
                 timeout=600,
+                env=subprocess_env(),
             )
     return prefix
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from evstate import EvstateClient, Scope
 from evstate.history import record_event
 from tests._guarantees import Guarantee
-from tests._util import cli_env, committed_records, run_cli
+from tests._util import cli_env, committed_records, run_cli, subprocess_env
 from tests.contract import make_state
 
 HERE = Path(__file__).parent
@@ -58,7 +58,7 @@ def _client(bootstrap: str, prefix: str, view_dir: Path) -> EvstateClient:
 
 async def _start(*args: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, env=subprocess_env()
     )
     assert proc.stdout is not None
     return proc

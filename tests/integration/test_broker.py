@@ -188,6 +188,7 @@ def test_cli_start_prints_the_address_without_aiokafka_noise(tmp_path: Path) -> 
             text=True,
             timeout=180,
             check=False,
+            env=subprocess_env(),
         )
 
     started = cli("start", "--detach", "--port", str(port))

@@ -13,6 +13,7 @@ from evstate import EvstateClient, Position, Scope
 from evstate.history import record_event
 from tests._guarantees import Guarantee
 from tests._util import committed_records as _committed
+from tests._util import subprocess_env
 from tests.contract import make_state
 
 PROCS = Path(__file__).parent / "procs"
@@ -194,6 +195,7 @@ async def test_writer_killed_mid_transaction_leaves_topics_in_step(
         topic_prefix,
         str(view_dir),
         stdout=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
     )
     assert proc.stdout is not None
     assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"

@@ -7,6 +7,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from tests._util import subprocess_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -26,6 +28,7 @@ def test_building_the_wheel_prints_no_deprecation_warning(tmp_path: Path) -> Non
         text=True,
         timeout=300,
         check=False,
+        env=subprocess_env(),
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output

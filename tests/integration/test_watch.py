@@ -192,6 +192,7 @@ async def _run_crashing(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
+        env=subprocess_env(),
     )
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
