@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 DEMO_BROKER_DIR ?= .evstate/demo-broker
 DEMO_PORT ?= 19092
 
-.PHONY: install demo test unit lint bench bench-full clean
+.PHONY: install demo test unit lint tools js-types bench bench-full clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +26,39 @@ demo: $(STAMP)
 	  status=$$?; $(BIN)/evstate broker stop --data-dir $(DEMO_BROKER_DIR); exit $$status
 
 # pytest's session fixture starts one real broker (and a three-node cluster for the
-# tests that need one) and stops them at the end; lint runs first.
-test: $(STAMP) lint
+# tests that need one) and stops them at the end; lint and the JavaScript client's type
+# check run first.
+test: $(STAMP) lint js-types
 	$(BIN)/pytest
+
+# make test needs Node.js and npm: the Alchemy interop tests run the real alchemy from npm,
+# and the JavaScript client (clients/alchemy) is type-checked and run against the store
+# contract. A missing tool is named here, before anything else runs.
+NODE_MIN   := 18.17
+NODE_CHECK := const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 18 || (a === 18 && b >= 17) ? 0 : 1)
+tools:
+	@missing=""; for tool in node npm; do \
+	  command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make test needs Node.js $(NODE_MIN)+ and npm; not on PATH:$$missing" \
+	    "(install Node.js from https://nodejs.org or your package manager, e.g." \
+	    "apt-get install nodejs npm)" >&2; \
+	  exit 1; fi; \
+	node -e '$(NODE_CHECK)' || { \
+	  echo "make test needs Node.js $(NODE_MIN)+; node on PATH is $$(node --version)" >&2; \
+	  exit 1; }
+
+# The JavaScript client's index.d.ts is written by hand: tsc checks it against Alchemy's
+# own types (clients/alchemy/tsconfig.json). npm ci installs from the committed lockfile.
+JS_DIR   := clients/alchemy
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json | tools
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JS_STAMP)
+
+js-types: $(JS_STAMP)
+	cd $(JS_DIR) && npm run --silent check-types
 
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
@@ -61,4 +91,4 @@ bench-full:
 	$(MAKE) bench FULL=1
 
 clean:
-	rm -rf $(VENV) .evstate .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .evstate .mypy_cache .ruff_cache .pytest_cache $(JS_DIR)/node_modules

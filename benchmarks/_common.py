@@ -38,14 +38,18 @@ from typing import Any, TypeVar
 
 import fastavro
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
 import evstate
 from evstate import ChangeEvent, Scope, State, events, keys
 from evstate.broker import KAFKA_VERSION, LocalBroker
-from evstate.kafka import BATCH_BYTES  # the raw producers batch as evstate does
+from evstate.config import Settings
+from evstate.kafka import (
+    BATCH_BYTES,  # the raw producers batch as evstate does
+    Admin,
+    TopicSpec,
+)
 
 RigT = TypeVar("RigT")
 
@@ -535,18 +539,18 @@ HISTORY_TOPIC_CONFIGS = {"cleanup.policy": "delete", "retention.ms": "-1"}
 async def create_topic_like_evstate(
     bootstrap: str, name: str, partitions: int, configs: dict[str, str] | None = None
 ) -> None:
-    """A topic configured as evstate makes its own: by default its compacted state topic."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    """A topic configured as evstate makes its own: by default its compacted state topic.
+
+    Made by evstate's own admin, which returns once every partition's leader serves it:
+    a raw consumer started at once would otherwise meet NOT_LEADER and log it.
+    """
+    admin = Admin(Settings(bootstrap_servers=bootstrap))
     await admin.start()
     try:
-        brokers = len((await admin.describe_cluster())["brokers"])
-        rf = min(3, brokers)
-        configs = dict(configs or STATE_TOPIC_CONFIGS)
-        if rf >= 3:
-            configs["min.insync.replicas"] = "2"
-        await admin.create_topics([NewTopic(name, partitions, rf, topic_configs=configs)])
+        spec = TopicSpec(name, partitions, None, dict(configs or STATE_TOPIC_CONFIGS))
+        await admin.ensure_topic(spec)
     finally:
-        await admin.close()
+        await admin.stop()
 
 
 def raw_producer(bootstrap: str) -> AIOKafkaProducer:

@@ -163,6 +163,12 @@ class Applier:
         """The view's position in ``partition``: the next offset it will apply."""
         return self._applied.get(partition, 0)
 
+    def positions(self) -> dict[int, tuple[int, int | None]]:
+        """Per partition: the view's position, and the last stable offset as last fetched
+        (None until known). No request is sent: this is for metrics."""
+        ends = self._tail.last_stable() if self._tail is not None else {}
+        return {p: (self.applied(p), ends.get(p)) for p in range(self._partitions)}
+
     async def start(self) -> None:
         """Resume from the view's stored offsets and start applying in the background.
 
@@ -315,11 +321,11 @@ class Applier:
         at = int(self._fetched_at * 1000)
         if at <= 0:
             return
-        times = {}
-        for p in range(self._partitions):
-            stable = tail.last_stable(p)
-            if stable is not None and self._applied.get(p, 0) >= stable:
-                times[p] = at
+        times = {
+            p: at
+            for p, stable in tail.last_stable().items()
+            if stable is not None and self._applied.get(p, 0) >= stable
+        }
         self._view.mark_fresh(times)
 
     async def _forget_stale_partitions(self) -> None:

@@ -27,6 +27,7 @@ ENV_VARS: Mapping[str, str] = {
     "password": "EVSTATE_PASSWORD",
     "actor": "EVSTATE_ACTOR",
     "token": "EVSTATE_TOKEN",
+    "metrics_token": "EVSTATE_METRICS_TOKEN",
 }
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -100,6 +101,9 @@ class Settings:
             vanished (readers of its partitions wait at most this long).
         token: The bearer token ``evstate serve`` requires (env ``EVSTATE_TOKEN``); never
             in repr.
+        metrics_token: The bearer token ``GET /metrics`` of ``evstate serve`` requires
+            (env ``EVSTATE_METRICS_TOKEN``); ``None``: the metrics need no token. Never
+            in repr.
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -127,6 +131,7 @@ class Settings:
     transactional_id: str | None = None
     transaction_timeout: float = 15.0
     token: str | None = field(default=None, repr=False)
+    metrics_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("bootstrap_servers", "view_dir", "topic_prefix", "actor", "client_id"):
@@ -135,6 +140,7 @@ class Settings:
                 raise ConfigError(f"setting {name!r} must be a non-empty str, got {value!r}")
         for name in (
             "token",
+            "metrics_token",
             "password",
             "sasl_mechanism",
             "sasl_plain_username",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from types import TracebackType
 
-from evstate import keys
+from evstate import keys, metrics
 from evstate.applier import Applier, Progress
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
@@ -276,10 +276,19 @@ class Engine:
     ) -> None:
         """Wait until the view may serve a read of ``scope`` at the asked consistency.
 
+        Each wait is counted (``evstate_consistency_waits_total`` by outcome) and timed.
+
         Raises:
             ConsistencyTimeout: the view did not get there within ``read_timeout``.
             ValidationError: unknown consistency.
         """
+        label = consistency if consistency in CONSISTENCIES else "invalid"
+        with metrics.timed_consistency(self.settings.state_topic, label):
+            await self._consistent(scope, consistency, min_position)
+
+    async def _consistent(
+        self, scope: Scope, consistency: Consistency, min_position: Position | None
+    ) -> None:
         await self._open()
         if consistency not in CONSISTENCIES:
             raise ValidationError(

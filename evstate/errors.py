@@ -12,8 +12,8 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     ├── ValidationError (ValueError)           bad input; nothing was written
     │   ├── InvalidKeyError                    empty key, ':', control char, '..' segment,
     │   │                                      key != state.id
-    │   ├── InvalidScopeError                  empty scope name, ':', control char, '..'
-    │   ├── InvalidStateError                  unknown status, wrong field types
+    │   ├── InvalidScopeError                  not a Scope, empty name, ':', control char, '..'
+    │   ├── InvalidStateError                  not a State, unknown status, wrong field types
     │   └── EventTooLargeError                 encoded event over the broker's limit
     ├── SerdeError                             a value could not be (de)serialized
     │   ├── UnserializableError (TypeError)    socket, lock, cycle, ... (names the path)

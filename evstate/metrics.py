@@ -1,12 +1,44 @@
 """Prometheus metrics: what an operator watches (exported by ``evstate serve`` at /metrics).
 
-Counters and histograms are process-wide, labelled by topic, so several clients in one
-process add up per topic.
+Counters, histograms and gauges are process-wide, labelled by topic, so several clients in
+one process add up per topic. The modules that do the work update them through the small
+helpers here; ``evstate serve`` renders them (see :mod:`evstate.serve.metrics`).
+
+============================================  ==============================================
+metric                                        what
+============================================  ==============================================
+``evstate_writes_total{topic,outcome}``       events written: ``ok``, ``failed`` (Kafka did
+                                              not acknowledge), ``refused`` (too large,
+                                              nothing sent)
+``evstate_write_seconds{topic}``              a write's call to its acknowledgement
+``evstate_consistency_waits_total``           reads waiting for the view, by ``consistency``
+``{topic,consistency,outcome}``               and ``outcome`` (``ok``, ``timeout``,
+                                              ``failed``)
+``evstate_consistency_wait_seconds``          how long those waits took
+``evstate_view_records_applied_total{topic}`` state-topic records applied to the view
+``evstate_view_poison_records_total{topic}``  records the view could not read and skipped
+``evstate_view_applied_offset``               the view's position per partition (offsets
+``{topic,partition}``                         below it are applied)
+``evstate_view_lag{topic,partition}``         offsets committed to the partition, not yet
+                                              applied (as of the view's last fetch)
+``evstate_watch_lag{topic,group}``            offsets committed, not yet handled by this
+                                              process's watchers of the group
+``evstate_http_requests_total``               requests ``evstate serve`` answered
+``{method,status}``
+============================================  ==============================================
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from evstate.errors import ConsistencyTimeout, SerdeError, ValidationError
+
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 RECORDS_APPLIED = Counter(
     "evstate_view_records_applied",
@@ -20,12 +52,99 @@ POISON_RECORDS = Counter(
 )
 WRITES = Counter(
     "evstate_writes",
-    "Events written, by outcome (ok, failed).",
+    "Events written, by outcome (ok; failed: not acknowledged; refused: nothing sent).",
     ["topic", "outcome"],
 )
 WRITE_SECONDS = Histogram(
     "evstate_write_seconds",
     "Time from a write's call to Kafka's acknowledgement (commit, with history).",
     ["topic"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    buckets=_SECONDS,
 )
+CONSISTENCY_WAITS = Counter(
+    "evstate_consistency_waits",
+    "Reads that waited for the view to reach a position, by consistency and outcome.",
+    ["topic", "consistency", "outcome"],
+)
+CONSISTENCY_SECONDS = Histogram(
+    "evstate_consistency_wait_seconds",
+    "Time a read waited for the view to reach the position it must see.",
+    ["topic", "consistency"],
+    buckets=_SECONDS,
+)
+VIEW_APPLIED_OFFSET = Gauge(
+    "evstate_view_applied_offset",
+    "The view's position in a partition of the state topic: offsets below it are applied.",
+    ["topic", "partition"],
+)
+VIEW_LAG = Gauge(
+    "evstate_view_lag",
+    "Offsets committed to a partition of the state topic that the view has not applied yet.",
+    ["topic", "partition"],
+)
+WATCH_LAG = Gauge(
+    "evstate_watch_lag",
+    "Offsets committed to the watched topic that this process's watchers of a group have "
+    "not handled yet (as of their last fetch).",
+    ["topic", "group"],
+)
+HTTP_REQUESTS = Counter(
+    "evstate_http_requests",
+    "Requests evstate serve answered, by HTTP method and status.",
+    ["method", "status"],
+)
+
+
+@contextmanager
+def timed_write(topic: str) -> Iterator[None]:
+    """Count the write inside the block by its outcome, and time it."""
+    started = time.perf_counter()
+    try:
+        yield
+    except (ValidationError, SerdeError):  # refused before anything was sent
+        WRITES.labels(topic, "refused").inc()
+        raise
+    except Exception:  # a cancelled write is not counted
+        WRITES.labels(topic, "failed").inc()
+        raise
+    WRITES.labels(topic, "ok").inc()
+    WRITE_SECONDS.labels(topic).observe(time.perf_counter() - started)
+
+
+@contextmanager
+def timed_consistency(topic: str, consistency: str) -> Iterator[None]:
+    """Count the consistency wait inside the block by its outcome, and time it."""
+    started = time.perf_counter()
+    try:
+        yield
+    except ConsistencyTimeout:
+        _waited(topic, consistency, "timeout", started)
+        raise
+    except Exception:  # a cancelled read is not counted
+        _waited(topic, consistency, "failed", started)
+        raise
+    _waited(topic, consistency, "ok", started)
+
+
+def _waited(topic: str, consistency: str, outcome: str, started: float) -> None:
+    CONSISTENCY_WAITS.labels(topic, consistency, outcome).inc()
+    CONSISTENCY_SECONDS.labels(topic, consistency).observe(time.perf_counter() - started)
+
+
+def view_positions(topic: str, positions: Mapping[int, tuple[int, int | None]]) -> None:
+    """Set the view's applied offset and lag per partition.
+
+    Args:
+        topic: the state topic.
+        positions: partition -> (the view's position, the partition's last stable offset
+            as last fetched, or None while unknown).
+    """
+    for partition, (applied, end) in positions.items():
+        VIEW_APPLIED_OFFSET.labels(topic, str(partition)).set(applied)
+        if end is not None:
+            VIEW_LAG.labels(topic, str(partition)).set(max(0, end - applied))
+
+
+def watch_lag(topic: str, group: str, lag: int) -> None:
+    """Set how far a group's watchers in this process are behind."""
+    WATCH_LAG.labels(topic, group).set(lag)

@@ -21,6 +21,7 @@ from evstate.config import Settings
 from evstate.engine import Engine
 from evstate.errors import (
     InvalidKeyError,
+    InvalidScopeError,
     InvalidStateError,
     SecretError,
     SerdeError,
@@ -84,10 +85,10 @@ class KafkaStateStore:
         **settings: :class:`~evstate.config.Settings` fields for an owned engine.
 
         Raises:
-            ValidationError: ``scope`` is not a Scope.
+            InvalidScopeError: ``scope`` is not a :class:`~evstate.model.Scope`.
         """
         if not isinstance(scope, Scope):
-            raise ValidationError(f"scope must be an evstate.Scope, not {type(scope).__name__}")
+            raise InvalidScopeError(f"scope must be an evstate.Scope, not {type(scope).__name__}")
         self.scope = scope
         self._owns = engine is None
         self._engine = engine if engine is not None else Engine(Settings.from_env(**settings))
@@ -323,7 +324,7 @@ class KafkaStateStore:
 
         Raises:
             InvalidKeyError: empty key, ``:`` in it, or ``key != state.id``.
-            InvalidStateError: unknown status or wrong field types.
+            InvalidStateError: ``state`` is not a State, an unknown status, wrong field types.
             UnserializableError: a value has no JSON form (the message names its path).
             EventTooLargeError: the event is over the broker's limit.
             WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.

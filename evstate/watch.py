@@ -38,7 +38,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal
 
-from evstate import keys
+from evstate import keys, metrics
 from evstate.config import Settings
 from evstate.errors import ClosedError, EvstateError, MalformedEventError, ValidationError
 from evstate.history import CLOCK_SLACK, record_event
@@ -391,6 +391,18 @@ class Watcher:
             batches = await tail.fetch(_FETCH_WAIT, _MAX_RECORDS)
             for records in batches.values():
                 self._buffer.extend(records)
+            if self.group is not None:
+                self._report_lag(tail)
+
+    def _report_lag(self, tail: GroupTail) -> None:
+        """``evstate_watch_lag``: what is committed to the partitions but not handled yet."""
+        assert self.group is not None
+        lag = 0
+        for p, end in tail.last_stable().items():
+            done = self._done.get(p, self._committed.get(p))
+            if end is not None and done is not None:
+                lag += max(0, end - done)
+        metrics.watch_lag(self.topic, self.group, lag)
 
     def _event(self, record: Record) -> WatchedEvent | None:
         """The event a record holds if it is wanted; None for skipped and poison records."""

@@ -24,7 +24,7 @@ import os
 import socket
 from collections import deque
 
-from evstate import events, keys
+from evstate import events, keys, metrics
 from evstate.config import Settings
 from evstate.errors import EventTooLargeError
 from evstate.kafka import RECORD_OVERHEAD, OutRecord, Producer, TransactionalProducer
@@ -138,7 +138,13 @@ class Writer:
             EventTooLargeError: before anything is sent.
             WriteFailedError, BrokerUnavailableError: not acknowledged; with history on,
                 nothing of the event is visible.
+
+        Each write is counted (``evstate_writes_total`` by outcome) and timed.
         """
+        with metrics.timed_write(self._settings.state_topic):
+            return await self._write(scope, event)
+
+    async def _write(self, scope: Scope, event: ChangeEvent) -> Position:
         records = self.records(scope, event)
         if self._producer is not None:
             state = records[0]

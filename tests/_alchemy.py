@@ -18,8 +18,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from tests._util import subprocess_env
+
 ALCHEMY_VERSION = "0.94.0"
 NODE_SCRIPTS = Path(__file__).parent / "node"
+CLIENT = Path(__file__).resolve().parents[1] / "clients" / "alchemy"
 
 
 def cache_dir() -> Path:
@@ -63,6 +66,7 @@ def ensure_alchemy() -> Path:
                 check=True,
                 capture_output=True,
                 timeout=600,
+                env=subprocess_env(),
             )
     return prefix
 
@@ -96,8 +100,7 @@ def run_node(
     shutil.copyfile(NODE_SCRIPTS / script, target)
     # CI machines set CI=true, and Alchemy then refuses to run with its default local state
     # store; writing a local .alchemy folder is exactly what these scripts are for.
-    env = dict(
-        os.environ,
+    env = subprocess_env(
         ALCHEMY_TELEMETRY_DISABLED="1",
         DO_NOT_TRACK="1",
         NO_COLOR="1",
@@ -116,3 +119,23 @@ def run_node(
     if proc.returncode != 0:
         raise RuntimeError(f"node {script} failed ({proc.returncode}):\n{proc.stderr}")
     return json.loads(proc.stdout) if proc.stdout.strip() else None
+
+
+def client_project(project: Path) -> Path:
+    """Make ``project`` a Node project that uses the npm client, as an app installs it.
+
+    ``node_modules/alchemy`` links to the cached Alchemy, ``node_modules/@evstate/alchemy``
+    is a copy of ``clients/alchemy`` (as ``npm install --install-links`` makes it, without
+    its own dev install), so the client's ``import "alchemy"`` is the app's own Alchemy.
+    Every script of ``tests/node`` is copied in; run them with ``cwd=project``.
+    """
+    prefix = ensure_alchemy()
+    modules = project / "node_modules"
+    (modules / "@evstate").mkdir(parents=True)
+    (modules / "alchemy").symlink_to(prefix / "node_modules" / "alchemy")
+    shutil.copytree(
+        CLIENT, modules / "@evstate" / "alchemy", ignore=shutil.ignore_patterns("node_modules")
+    )
+    for script in NODE_SCRIPTS.glob("*.mjs"):
+        shutil.copy(script, project / script.name)
+    return project

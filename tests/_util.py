@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from subprocess import CompletedProcess
+from typing import Any
 
+from evstate.config import Settings
 from evstate.kafka import Record
+
+SERVE_TOKEN = "contract-token"
+"""The bearer token of a server started by :func:`running_server` unless told otherwise."""
 
 
 def free_port_block(count: int) -> int:
@@ -98,13 +105,138 @@ async def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> Comp
     )
 
 
-def cli_env(bootstrap_servers: str, topic_prefix: str, view_dir: Path) -> dict[str, str]:
-    """The environment for a CLI subprocess reading this test's topics into ``view_dir``."""
+def subprocess_env(
+    *,
+    bootstrap_servers: str | None = None,
+    topic_prefix: str | None = None,
+    view_dir: str | Path | None = None,
+    **extra: str,
+) -> dict[str, str]:
+    """The environment for a subprocess that runs evstate (or Node, or a test program).
+
+    This process's environment without any ``EVSTATE_*`` variable a developer may have
+    set (a test must not read their broker, topics or token), then the given settings
+    and ``extra`` variables (``EVSTATE_TOKEN="..."``, ``COLUMNS="200"``, ...).
+    """
     import os
 
-    return {
-        **os.environ,
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTATE_")}
+    given = {
         "EVSTATE_BOOTSTRAP_SERVERS": bootstrap_servers,
         "EVSTATE_TOPIC_PREFIX": topic_prefix,
-        "EVSTATE_VIEW_DIR": str(view_dir),
+        "EVSTATE_VIEW_DIR": None if view_dir is None else str(view_dir),
     }
+    env.update({k: v for k, v in given.items() if v is not None})
+    env.update(extra)
+    return env
+
+
+def cli_env(bootstrap_servers: str, topic_prefix: str, view_dir: Path) -> dict[str, str]:
+    """The environment for a CLI subprocess reading this test's topics into ``view_dir``."""
+    return subprocess_env(
+        bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, view_dir=view_dir
+    )
+
+
+@asynccontextmanager
+async def running_server(settings: Settings, **options: Any) -> AsyncIterator[str]:
+    """``evstate serve``'s app in this process, on a free port: yields its URL.
+
+    For tests that reach into the server (monkeypatching, this process's metrics); the
+    command itself runs with :func:`serve_process`. ``options`` go to ``create_app``
+    (``token`` defaults to ``"contract-token"``). Wait with :func:`wait_ready` before use.
+    """
+    from aiohttp import web
+
+    from evstate.serve import create_app
+
+    options.setdefault("token", SERVE_TOKEN)
+    runner = web.AppRunner(create_app(settings, **options))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    finally:
+        await runner.cleanup()
+
+
+async def spawn_serve(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
+    """Start ``evstate serve --port 0 ARGS`` with ``env``; stdout and stderr piped."""
+    import sys
+
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "evstate.cli",
+        "serve",
+        "--port",
+        "0",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@asynccontextmanager
+async def serve_process(
+    env: dict[str, str], *args: str, token: str, ready_timeout: float = 60.0
+) -> AsyncIterator[str]:
+    """``evstate serve`` as a process: yields its URL once ``HEAD /`` answers 200.
+
+    On exit it is stopped with SIGTERM, and must exit 0. Its stderr (the log) is drained
+    in the background, so a chatty server never blocks on a full pipe.
+
+    Args:
+        env: from :func:`subprocess_env`; ``token`` is added as ``EVSTATE_TOKEN``.
+        *args: more ``evstate serve`` options.
+        token: the bearer token (passed in the environment, as users are told to).
+        ready_timeout: seconds to wait for the server to be ready.
+    """
+    import signal
+
+    proc = await spawn_serve({**env, "EVSTATE_TOKEN": token}, *args)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    drain = asyncio.create_task(proc.stderr.read())
+    try:
+        line = (await asyncio.wait_for(proc.stdout.readline(), ready_timeout)).decode()
+        assert line.startswith("listening on http://"), (line, await _early_exit(proc, drain))
+        url = line.split()[-1] + "/"
+        await wait_ready(url, token, ready_timeout)
+        yield url
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
+        await drain
+    assert proc.returncode == 0, proc.returncode
+
+
+async def _early_exit(proc: asyncio.subprocess.Process, drain: asyncio.Task[bytes]) -> str:
+    try:
+        await asyncio.wait_for(proc.wait(), 5)
+    except TimeoutError:
+        return "(still running)"
+    return (await drain).decode(errors="replace")
+
+
+async def wait_ready(url: str, token: str, timeout: float = 30.0) -> None:
+    """Wait until ``HEAD /`` of an ``evstate serve`` answers 200."""
+    import aiohttp
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    status = None
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.head(url, headers={"Authorization": f"Bearer {token}"}) as r:
+                    status = r.status
+                    if status == 200:
+                        return
+            except aiohttp.ClientConnectionError as exc:
+                status = repr(exc)
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{url} not ready within {timeout}s (last {status})")
+            await asyncio.sleep(0.1)

@@ -334,8 +334,9 @@ class LocalBroker:
             *self._java_cmd(java, libs, node),
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            state.cluster_id,
+            # One argument: a base64url id may start with '-', which argparse would
+            # otherwise read as an option ("--cluster-id/-t: expected one argument").
+            f"--cluster-id={state.cluster_id}",
             "-c",
             str(node.properties),
         ]

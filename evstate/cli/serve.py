@@ -54,6 +54,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    metrics_token: Annotated[
+        str | None,
+        typer.Option(
+            "--metrics-token",
+            help="Bearer token GET /metrics requires (default: $EVSTATE_METRICS_TOKEN; "
+            "none: the metrics need no token).",
+            show_default=False,
+        ),
+    ] = None,
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
     ] = DEFAULT_MAX_BODY / _MIB,
@@ -71,7 +80,8 @@ def serve(
     """Serve the store over HTTP with the protocol of Alchemy's remote state store.
 
     POST / with {"method", "params", "context": {"chain": [...]}}; HEAD / answers 200 once
-    connected to Kafka. See clients/alchemy for the JavaScript EvstateStateStore.
+    connected to Kafka; GET /metrics serves Prometheus metrics. See clients/alchemy for the
+    JavaScript EvstateStateStore.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # aiokafka logs transient errors it retries itself; what it cannot recover from
@@ -88,7 +98,12 @@ def serve(
         settings = Settings.from_env(
             **settings_overrides(bootstrap_servers, view_dir, topic_prefix)
         )
-        app = create_app(settings, token=token, max_body=max(1, int(max_body_mib * _MIB)))
+        app = create_app(
+            settings,
+            token=token,
+            metrics_token=metrics_token,
+            max_body=max(1, int(max_body_mib * _MIB)),
+        )
 
         def listening(url: str) -> None:
             out.print(f"listening on {url}", highlight=False, soft_wrap=True)

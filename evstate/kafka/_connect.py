@@ -19,6 +19,7 @@ from aiokafka.helpers import create_ssl_context
 
 from evstate.config import Settings
 from evstate.errors import AuthenticationError, BrokerUnavailableError
+from evstate.kafka._logs import quiet_retries
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -134,6 +135,7 @@ async def start_within(settings: Settings, what: Any) -> None:
         AuthenticationError: the broker refused the SASL credentials.
         BrokerUnavailableError: nothing answered in time.
     """
+    quiet_retries()
     deadline = asyncio.get_running_loop().time() + settings.connect_timeout
     try:
         await asyncio.wait_for(what.start(), settings.connect_timeout)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiokafka.errors as kerr
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.protocol.offset import OffsetRequest
 
 from evstate.config import Settings
-from evstate.errors import KafkaError, TopicMismatchError
+from evstate.errors import BrokerUnavailableError, KafkaError, TopicMismatchError
 from evstate.kafka._connect import client_options, start_within
 from evstate.kafka._errors import translated
 from evstate.kafka.produce import DEFAULT_MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,12 +150,62 @@ class Admin:
         for name, code, message in response.topic_errors:
             if code and code != kerr.TopicAlreadyExistsError.errno:
                 raise KafkaError(f"creating topic {name} failed (error {code}): {message}")
-        # Metadata and leaders reach every broker shortly after creation; wait for both
-        # so the first reads and writes do not meet NotLeaderForPartition.
-        for _ in range(200):
-            with translated(self._settings):
-                topics = await self._admin.describe_topics([spec.name])
-            parts = [p for t in topics if t["error_code"] == 0 for p in t["partitions"]]
-            if len(parts) == spec.partitions and all(p["leader"] >= 0 for p in parts):
+        await self._await_leaders(spec)
+
+    async def _await_leaders(self, spec: TopicSpec) -> None:
+        """Return once every partition of a new topic has a leader that serves it.
+
+        The metadata names a partition's leader a moment before that broker serves the
+        partition: until then it answers NOT_LEADER_OR_FOLLOWER, which aiokafka retries
+        and logs at ERROR (``Failed fetch offsets ...``). So each leader is asked for its
+        partitions' end offsets, the request a fresh reader sends first, until all answer.
+
+        Raises:
+            BrokerUnavailableError: not every partition was served within
+                ``request_timeout`` (retriable: the cluster may still be electing).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.request_timeout
+        waiting: list[int] = list(range(spec.partitions))
+        while True:
+            try:
+                waiting = await self._unserved(spec)
+            except (kerr.KafkaError, OSError) as exc:
+                log.debug("asking the leaders of %s: %s", spec.name, exc)
+            if not waiting:
                 return
+            if loop.time() >= deadline:
+                raise BrokerUnavailableError(
+                    f"topic {spec.name} was created, but partitions {waiting} have no leader "
+                    f"serving them after {self._settings.request_timeout:g}s; are all "
+                    "brokers up? (see each node's server.log)",
+                    bootstrap_servers=self._settings.bootstrap_servers,
+                )
             await asyncio.sleep(0.05)
+
+    async def _unserved(self, spec: TopicSpec) -> list[int]:
+        """The partitions of ``spec`` whose leader is unknown or does not serve them yet."""
+        topics = await self._admin.describe_topics([spec.name])
+        leaders = {
+            p["partition"]: p["leader"]
+            for t in topics
+            if t["error_code"] == 0
+            for p in t["partitions"]
+            if p["leader"] >= 0
+        }
+        unserved = [p for p in range(spec.partitions) if p not in leaders]
+        by_leader: dict[int, list[int]] = {}
+        for partition, leader in leaders.items():
+            by_leader.setdefault(leader, []).append(partition)
+        client = self._admin._client  # aiokafka's admin has no ListOffsets of its own
+        for leader, partitions in by_leader.items():
+            # Latest offset (-1), read_committed (1): what a reader's first request asks.
+            request = OffsetRequest(-1, 1, [(spec.name, [(p, -1) for p in partitions])])
+            response = await client.send(leader, request)
+            unserved += [
+                partition
+                for _, answers in response.topics
+                for partition, error_code, *_ in answers
+                if error_code != 0
+            ]
+        return sorted(unserved)

@@ -91,6 +91,16 @@ class _Reader:
     async def _positions(self, tps: Collection[TopicPartition]) -> dict[int, int]:
         return {tp.partition: int(await self._consumer.position(tp)) for tp in tps}
 
+    def _last_stable(self, tps: Collection[TopicPartition]) -> dict[int, int | None]:
+        ends: dict[int, int | None] = {}
+        for tp in tps:
+            try:
+                end = self._consumer.last_stable_offset(tp)
+            except (kerr.KafkaError, AssertionError, AttributeError):  # not assigned (any more)
+                end = None
+            ends[tp.partition] = None if end is None or end < 0 else int(end)
+        return ends
+
 
 class Tail(_Reader):
     """A ``read_committed`` reader of every partition of one topic, from given offsets.
@@ -147,13 +157,10 @@ class Tail(_Reader):
         """The next offset each partition will be read from."""
         return await self._positions(self._tps)
 
-    def last_stable(self, partition: int) -> int | None:
-        """The partition's last stable offset as the latest fetch answer gave it (no request).
-
-        None before the first answer for that partition.
-        """
-        lso = self._consumer.last_stable_offset(self._tp(partition))
-        return None if lso is None or lso < 0 else int(lso)
+    def last_stable(self) -> dict[int, int | None]:
+        """Each partition's last stable offset as its latest fetch answer gave it (no
+        request is sent); None before the first answer for that partition."""
+        return self._last_stable(self._tps)
 
     def only_fetch(self, partitions: Collection[int]) -> None:
         """Fetch just ``partitions`` until called again; an empty collection fetches all.
@@ -347,6 +354,10 @@ class GroupTail(_Reader):
     async def positions(self) -> dict[int, int]:
         """The next offset each assigned partition will be read from."""
         return await self._positions(self._consumer.assignment())
+
+    def last_stable(self) -> dict[int, int | None]:
+        """Each assigned partition's last stable offset as of its last fetch (None until)."""
+        return self._last_stable(sorted(self._consumer.assignment()))
 
     async def commit(self, offsets: Mapping[int, int]) -> bool:
         """Commit, for each partition, the offset of the next record to handle.

@@ -3,7 +3,8 @@ service.
 
 :mod:`~evstate.serve.protocol` (methods, statuses, the JSON envelope),
 :mod:`~evstate.serve.backend` (the server's client and its readiness),
-:mod:`~evstate.serve.app` (the aiohttp application and its runner).
+:mod:`~evstate.serve.app` (the aiohttp application and its runner),
+:mod:`~evstate.serve.metrics` (``GET /metrics``).
 """
 
 from evstate.serve.app import create_app, make_runner, run_server

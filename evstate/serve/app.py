@@ -25,6 +25,7 @@ from evstate.errors import (
     ConfigError,
     EvstateError,
 )
+from evstate.serve import metrics as serve_metrics
 from evstate.serve.backend import Backend
 from evstate.serve.protocol import (
     DEFAULT_HOST,
@@ -85,7 +86,12 @@ def _text(exc: web.HTTPException) -> str:
 
 @web.middleware
 async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare)."""
+    """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare).
+
+    ``GET /metrics`` checks its own token (see :mod:`evstate.serve.metrics`).
+    """
+    if request.path == serve_metrics.PATH:
+        return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[_TOKEN]
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same
@@ -126,7 +132,11 @@ async def _post(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(
-    settings: Settings, *, token: str | None = None, max_body: int = DEFAULT_MAX_BODY
+    settings: Settings,
+    *,
+    token: str | None = None,
+    metrics_token: str | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
 ) -> web.Application:
     """Build the aiohttp application of ``evstate serve``.
 
@@ -136,6 +146,8 @@ def create_app(
     Args:
         settings: where Kafka and the view are.
         token: the bearer token clients must send; ``settings.token`` when None.
+        metrics_token: the bearer token ``GET /metrics`` needs; ``settings.metrics_token``
+            when None; no token at all when both are None.
         max_body: largest request body in bytes; larger ones get 413.
 
     Returns:
@@ -149,7 +161,10 @@ def create_app(
         raise ConfigError("evstate serve needs a bearer token: set EVSTATE_TOKEN (or pass --token)")
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ConfigError(f"max_body must be an int >= 1, got {max_body!r}")
-    app = web.Application(middlewares=[_errors_as_json, _bearer_token], client_max_size=max_body)
+    app = web.Application(
+        middlewares=[serve_metrics.count_requests, _errors_as_json, _bearer_token],
+        client_max_size=max_body,
+    )
     app[_TOKEN] = token.encode("utf-8")
     app[_MAX_BODY] = max_body
 
@@ -162,6 +177,13 @@ def create_app(
 
     app.cleanup_ctx.append(backend_life)
     app.router.add_route("HEAD", "/", _head)
+    metrics_token = metrics_token if metrics_token is not None else settings.metrics_token
+    app.router.add_get(
+        serve_metrics.PATH,
+        serve_metrics.metrics_handler(
+            lambda: app[_BACKEND].client if _BACKEND in app else None, metrics_token
+        ),
+    )
     app.router.add_post("/", _post)
     return app
 

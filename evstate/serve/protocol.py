@@ -32,9 +32,11 @@ and answered as they are: the server holds no password. ``context`` may also car
 
 ``HEAD /`` answers 200 once the server is connected to Kafka, its topics exist (it
 creates them at start, as ``init`` would) and its view holds everything committed before
-it started; 503 before, saying which. Requests are served once it is connected: each waits
-until the view has caught up with the partition it needs (``session`` consistency). Every
-request needs ``Authorization: Bearer <token>`` (compared in constant time). Statuses:
+it started; 503 before, saying which. ``GET /metrics`` serves the Prometheus metrics
+(:mod:`evstate.serve.metrics`; no token unless a metrics token is set). Requests are
+served once it is connected: each waits until the view has caught up with the partition
+it needs (``session`` consistency). Every other request needs ``Authorization: Bearer
+<token>`` (compared in constant time). Statuses:
 400 bad JSON, method or params (a key or scope name evstate refuses, a marker that would
 not decode, a ``minPosition`` in a partition that does not exist, a request aiohttp cannot
 parse, such as a header over 8 KiB: never echoed); 401 token missing or wrong (a token

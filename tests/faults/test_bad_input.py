@@ -41,6 +41,7 @@ from evstate.errors import (
 from evstate.model import ChangeEvent
 from evstate.serde import serialize_state
 from evstate.store import KafkaStateStore
+from tests._guarantees import Guarantee
 from tests._util import free_port_block, topic_record_count
 from tests.contract import make_state
 
@@ -168,6 +169,16 @@ CASES = [
 ]
 
 
+GUARANTEE = Guarantee(
+    test="tests/faults/test_bad_input.py::test_bad_input_is_refused_and_nothing_written",
+    fault=f"bad input, {len(CASES)} kinds: " + "; ".join(c.name for c in CASES),
+    asserted=(
+        "each is refused with its `EvstateError` subclass, whose message names the problem",
+        "nothing is written to the state topic, and the scope stays empty",
+    ),
+)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_bad_input_is_refused_and_nothing_written(
     case: Case, bootstrap_servers: str, topic_prefix: str, view_dir: Path
@@ -185,6 +196,7 @@ async def test_bad_input_is_refused_and_nothing_written(
         assert re.search(case.says, str(info.value)), str(info.value)
         assert await topic_record_count(bootstrap_servers, f"{topic_prefix}.state") == before
         assert await store.count() == 0
+    GUARANTEE.record(part=case.name, refused=type(info.value).__name__)
 
 
 async def test_unreachable_broker_is_named_within_a_bounded_time(tmp_path: Path) -> None:

@@ -14,11 +14,31 @@ from evstate import ConsistencyTimeout, EvstateClient, Scope
 from evstate.broker import LocalBroker
 from evstate.errors import EvstateError
 from evstate.history import record_event
+from tests._guarantees import Guarantee
 from tests._util import committed_records, free_port_block
 from tests.contract import make_state
 
 APP = Scope("app", "prod")
 REQUEST_TIMEOUT = 5.0
+FAILS_WITHIN = REQUEST_TIMEOUT + 5  # the request timeout, plus the 2 s in-sync check
+ACKED_BEFORE_STOP = 100
+RESUMED = 50
+
+GUARANTEE = Guarantee(
+    test="tests/faults/test_broker_restart.py::test_broker_restart_mid_write_loop",
+    fault=f"the broker stopped (after {ACKED_BEFORE_STOP} acknowledged writes) and started "
+    f"again 2 s after the first failure, under a write loop (request_timeout "
+    f"{REQUEST_TIMEOUT:g} s)",
+    asserted=(
+        "while it is down, writes fail, each with an `EvstateError`",
+        f"every failed write returns within {FAILS_WITHIN:g} s (request_timeout "
+        f"{REQUEST_TIMEOUT:g} s + 5 s)",
+        "a strong read during the outage fails with an `EvstateError` or returns a state "
+        "that was acknowledged",
+        f"once it is back, writing resumes ({RESUMED} more acknowledged within 90 s)",
+        "every acknowledged write is in the history exactly once; nothing is duplicated",
+    ),
+)
 
 
 @pytest.fixture
@@ -61,7 +81,7 @@ async def test_broker_restart_mid_write_loop(own_broker: LocalBroker, tmp_path: 
                     await asyncio.sleep(0.2)
 
         writer = asyncio.create_task(write_loop())
-        while len(acked) < 100:
+        while len(acked) < ACKED_BEFORE_STOP:
             await asyncio.sleep(0.05)
         acked_before_stop = len(acked)
         await asyncio.to_thread(own_broker.stop)
@@ -79,7 +99,7 @@ async def test_broker_restart_mid_write_loop(own_broker: LocalBroker, tmp_path: 
         failed_while_down = len(failures)
         recovered_at = len(acked)
         deadline = time.monotonic() + 90
-        while len(acked) < recovered_at + 50:
+        while len(acked) < recovered_at + RESUMED:
             assert time.monotonic() < deadline, f"writes did not resume: {failures[-1:]}"
             await asyncio.sleep(0.1)
         stop.set()
@@ -88,7 +108,7 @@ async def test_broker_restart_mid_write_loop(own_broker: LocalBroker, tmp_path: 
     assert failures, "no write failed while the broker was down"
     assert all(isinstance(exc, EvstateError) for _, exc in failures)
     # Bounded (request timeout, plus the 2 s in-sync check on the error path), never a hang.
-    assert max(took for took, _ in failures) < REQUEST_TIMEOUT + 5
+    assert max(took for took, _ in failures) < FAILS_WITHIN
     if not isinstance(read_outcome, Exception):
         assert read_outcome is not None
         assert read_outcome.seq in acked  # type: ignore[attr-defined]
@@ -101,4 +121,11 @@ async def test_broker_restart_mid_write_loop(own_broker: LocalBroker, tmp_path: 
         f"FAULTS broker-restart acknowledged={len(acked)} (before stop {acked_before_stop}) "
         f"failed_while_down={failed_while_down} lost=0 duplicated=0 "
         f"slowest_failure={max(t for t, _ in failures):.1f}s"
+    )
+    GUARANTEE.record(
+        acknowledged=len(acked),
+        failed_while_down=failed_while_down,
+        slowest_failure_s=round(max(t for t, _ in failures), 1),
+        lost=0,
+        duplicated=0,
     )

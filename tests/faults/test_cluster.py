@@ -26,6 +26,7 @@ from evstate.errors import EvstateError, KafkaError
 from evstate.history import record_event
 from evstate.kafka import Admin
 from evstate.store import KafkaStateStore
+from tests._guarantees import Guarantee
 from tests._util import committed_records, free_port_block
 from tests.contract import make_state
 
@@ -39,6 +40,28 @@ WRITES = 1000
 KILL_FIRST_AT = 300
 TOO_FEW_REPLICAS = "too few in-sync replicas"
 HANG = REQUEST_TIMEOUT + 20
+FAILS_WITHIN = REQUEST_TIMEOUT + 5
+REFUSALS = 3
+RESUMED = 50
+
+GUARANTEE = Guarantee(
+    test="tests/faults/test_cluster.py::test_cluster_loses_brokers_under_a_writer",
+    fault="3 brokers, replication factor 3, min.insync.replicas 2, under a write loop "
+    f"(request_timeout {REQUEST_TIMEOUT:g} s): broker 2 SIGKILLed after {KILL_FIRST_AT} "
+    "acknowledged writes, broker 3 once "
+    f"{WRITES:,} are acknowledged, then both started again",
+    asserted=(
+        "both topics are created with min.insync.replicas 2",
+        f"with one broker killed, writing carries on to {WRITES:,} acknowledged writes",
+        f"with two killed, no write is acknowledged, and at least {REFUSALS} are refused "
+        f'with an error naming "{TOO_FEW_REPLICAS}"',
+        f"every failed write returns within {FAILS_WITHIN:g} s (request_timeout "
+        f"{REQUEST_TIMEOUT:g} s + 5 s), and no write hangs (each ends within {HANG:g} s)",
+        f"with both back, writing resumes ({RESUMED} more acknowledged within 120 s)",
+        "every acknowledged write is in the history exactly once; a strong read returns "
+        "the last acknowledged write or a later one",
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +174,7 @@ async def test_cluster_loses_brokers_under_a_writer(cluster: LocalBroker, tmp_pa
             def refusals() -> int:
                 return sum(TOO_FEW_REPLICAS in str(e) for _, _, e in seen.failures_since(two_down))
 
-            await _wait(seen, lambda: refusals() >= 3, "writes refused for too few ISR", 90)
+            await _wait(seen, lambda: refusals() >= REFUSALS, "refused for too few ISR", 90)
             failed_two_down = seen.failures_since(two_down)
             acked_two_down = len(seen.acked) - acked_before_second
 
@@ -160,7 +183,7 @@ async def test_cluster_loses_brokers_under_a_writer(cluster: LocalBroker, tmp_pa
             await asyncio.to_thread(cluster.start_node, 3)
             await asyncio.to_thread(cluster.start_node, 2)
             back = len(seen.acked)
-            await _wait(seen, lambda: len(seen.acked) >= back + 50, "writes resuming", 120)
+            await _wait(seen, lambda: len(seen.acked) >= back + RESUMED, "writes resuming", 120)
             failed_recovering = seen.failures_since(recovering)
         finally:
             stop.set()
@@ -175,10 +198,10 @@ async def test_cluster_loses_brokers_under_a_writer(cluster: LocalBroker, tmp_pa
     for seq, took, exc in seen.failed:
         print(f"failure seq={seq} after {took:.1f}s: {type(exc).__name__}: {exc}")
     # Nothing hangs: each failure came within the request timeout and a little.
-    assert max(took for _, took, _ in seen.failed) < REQUEST_TIMEOUT + 5
+    assert max(took for _, took, _ in seen.failed) < FAILS_WITHIN
     # With two brokers gone, writes are refused, and the error names the cause.
     assert acked_two_down == 0
-    assert sum(TOO_FEW_REPLICAS in str(e) for _, _, e in failed_two_down) >= 3
+    assert sum(TOO_FEW_REPLICAS in str(e) for _, _, e in failed_two_down) >= REFUSALS
     # Every acknowledged write is in the history exactly once.
     history = await committed_records(bootstrap, f"{PREFIX}.history")
     seqs = Counter(record_event(r).state["seq"] for r in history)  # type: ignore[index]
@@ -195,4 +218,14 @@ async def test_cluster_loses_brokers_under_a_writer(cluster: LocalBroker, tmp_pa
         f"failed_while_two_down={len(failed_two_down)} acked_while_two_down={acked_two_down} "
         f"failed_while_coming_back={len(failed_recovering)} "
         f"lost=0 duplicated=0 slowest_failure={max(t for _, t, _ in seen.failed):.1f}s"
+    )
+    GUARANTEE.record(
+        acknowledged=len(seen.acked),
+        failed_while_one_down=len(failed_one_down),
+        failed_while_two_down=len(failed_two_down),
+        acknowledged_while_two_down=acked_two_down,
+        failed_while_coming_back=len(failed_recovering),
+        slowest_failure_s=round(max(t for _, t, _ in seen.failed), 1),
+        lost=0,
+        duplicated=0,
     )

@@ -11,7 +11,7 @@ import pytest
 
 from evstate import EvstateClient, Scope
 from evstate.errors import ViewLockedError, ViewUnavailableError
-from tests._util import cli_env, run_cli
+from tests._util import cli_env, run_cli, subprocess_env
 from tests.contract import make_state
 
 APP = Scope("app", "prod")
@@ -35,6 +35,7 @@ async def test_view_dir_held_by_another_process(
         APP.path,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
     )
     assert holder.stdout is not None
     assert holder.stdin is not None
@@ -69,7 +70,14 @@ async def test_read_only_view_dir_is_named(
         f'exec {sys.executable} -c "$0"'
     )
     proc = await asyncio.create_subprocess_exec(
-        "unshare", "-rm", "sh", "-c", shell, script, stderr=asyncio.subprocess.PIPE
+        "unshare",
+        "-rm",
+        "sh",
+        "-c",
+        shell,
+        script,
+        stderr=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
     )
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode != 0

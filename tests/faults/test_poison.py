@@ -10,10 +10,23 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import REGISTRY
 
 from evstate import ChangeEvent, EvstateClient, Position, Scope, events, keys
+from tests._guarantees import Guarantee
 from tests._util import cli_env, run_cli
 from tests.contract import make_state
 
 APP = Scope("app", "prod")
+
+GUARANTEE = Guarantee(
+    test="tests/faults/test_poison.py::test_poison_is_skipped_counted_logged_and_verify_reports_it",
+    fault="four kinds of poison record written straight into the state topic (not Avro, an "
+    "unknown schema fingerprint, a truncated event, a key that is not scope:id) between "
+    "two good writes",
+    asserted=(
+        "the view skips them and keeps serving the writes before and after",
+        "each is counted once in `evstate_view_poison_records` and logged once with its position",
+        "`verify` (API and CLI) reports each by position and finds the view equal to the topic",
+    ),
+)
 
 
 def _poison_records(topic: str) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
@@ -75,3 +88,4 @@ async def test_poison_is_skipped_counted_logged_and_verify_reports_it(
     assert "view matches topic: 2 keys" in proc.stdout
     for pos in sent:
         assert f"unreadable record at {pos}" in proc.stderr
+    GUARANTEE.record(poison_records=len(sent), skipped=len(sent), counted=len(sent))

@@ -10,11 +10,46 @@ from pathlib import Path
 
 from evstate import EvstateClient, Scope
 from evstate.history import record_event
-from tests._util import cli_env, committed_records, run_cli
+from tests._guarantees import Guarantee
+from tests._util import cli_env, committed_records, run_cli, subprocess_env
 from tests.contract import make_state
 
 HERE = Path(__file__).parent
 PROCS = HERE.parent / "integration" / "procs"
+THIS = "tests/faults/test_processes_killed.py"
+
+WRITER_ACKS = 400  # acknowledgements read before the writer is killed
+BULK = 20_000  # events loaded before a rebuild is killed
+BULK_KEYS = 200
+LOAD_ACKS = 300
+
+WRITER_KILLED = Guarantee(
+    test=f"{THIS}::test_writer_killed_right_after_acks_loses_nothing_and_duplicates_nothing",
+    fault=f"a writer process SIGKILLed right after {WRITER_ACKS} acknowledgements, with "
+    "writes in flight; a new client then opens its view dir",
+    asserted=(
+        "every acknowledged write is in the history topic exactly once",
+        "no event appears twice in the history",
+        "after the restart every acknowledged key reads back that write or a later one",
+        "`verify` finds the view equal to the state topic",
+    ),
+)
+VIEW_KILLED_IN_REBUILD = Guarantee(
+    test=f"{THIS}::test_view_killed_during_rebuild_resumes_and_verifies",
+    fault=f"a view SIGKILLed in the middle of rebuilding {BULK:,} events ({BULK_KEYS} keys)",
+    asserted=(
+        "on restart it resumes from the offsets stored with its data (more than 0), "
+        f"applying fewer than {BULK:,} records again",
+        f"`verify` then finds the view equal to the state topic ({BULK_KEYS} keys)",
+    ),
+)
+VIEW_KILLED_UNDER_LOAD = Guarantee(
+    test=f"{THIS}::test_view_killed_under_write_load_comes_back_consistent",
+    fault=f"a writer SIGKILLed after {LOAD_ACKS} acknowledgements while its own view was "
+    "applying them",
+    asserted=("`evstate verify` on that view dir exits 0: the view matches the topic",),
+)
+GUARANTEES = (WRITER_KILLED, VIEW_KILLED_IN_REBUILD, VIEW_KILLED_UNDER_LOAD)
 
 
 def _client(bootstrap: str, prefix: str, view_dir: Path) -> EvstateClient:
@@ -23,7 +58,7 @@ def _client(bootstrap: str, prefix: str, view_dir: Path) -> EvstateClient:
 
 async def _start(*args: str) -> asyncio.subprocess.Process:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *args, stdout=asyncio.subprocess.PIPE
+        sys.executable, *args, stdout=asyncio.subprocess.PIPE, env=subprocess_env()
     )
     assert proc.stdout is not None
     return proc
@@ -63,7 +98,7 @@ async def test_writer_killed_right_after_acks_loses_nothing_and_duplicates_nothi
         str(PROCS / "writer_flood.py"), bootstrap_servers, topic_prefix, str(view)
     )
     assert await _line(writer) == "ready"
-    acked = [await _line(writer) for _ in range(400)]
+    acked = [await _line(writer) for _ in range(WRITER_ACKS)]
     acked += await _kill(writer)
 
     async with _client(bootstrap_servers, topic_prefix, view) as client:  # restart
@@ -83,12 +118,13 @@ async def test_writer_killed_right_after_acks_loses_nothing_and_duplicates_nothi
         report = await client.verify()
         assert report.ok
     print(f"FAULTS writer-killed acknowledged={len(acked)} lost=0 duplicated=0")
+    WRITER_KILLED.record(acknowledged=len(acked), lost=0, duplicated=0)
 
 
 async def test_view_killed_during_rebuild_resumes_and_verifies(
     bootstrap_servers: str, topic_prefix: str, tmp_path: Path
 ) -> None:
-    await _bulk_load(bootstrap_servers, topic_prefix, tmp_path / "loader", 20000)
+    await _bulk_load(bootstrap_servers, topic_prefix, tmp_path / "loader", BULK)
     view = tmp_path / "view"
     proc = await _start(
         str(HERE / "procs_applier.py"), bootstrap_servers, topic_prefix, str(view), "rebuild"
@@ -106,13 +142,16 @@ async def test_view_killed_during_rebuild_resumes_and_verifies(
         applied_after = client.applier.stats.records_applied
         report = await client.verify()
         assert report.ok, report.differences[:5]
-        assert report.keys == 200  # (i % 8, i % 100) takes 200 values
+        assert report.keys == BULK_KEYS  # (i % 8, i % 100) takes 200 values
     # It resumed from the offsets stored with the data, not from zero.
     assert resumed_from > 0
-    assert applied_after < 20000
+    assert applied_after < BULK
     print(
         f"FAULTS view-killed-in-rebuild resumed_at_offsets={resumed_from} "
-        f"applied_after_restart={applied_after} of 20000"
+        f"applied_after_restart={applied_after} of {BULK}"
+    )
+    VIEW_KILLED_IN_REBUILD.record(
+        resumed_at_offsets=resumed_from, applied_after_restart=applied_after, events=BULK
     )
 
 
@@ -124,9 +163,10 @@ async def test_view_killed_under_write_load_comes_back_consistent(
         str(PROCS / "writer_flood.py"), bootstrap_servers, topic_prefix, str(view)
     )
     assert await _line(writer) == "ready"
-    acked = [await _line(writer) for _ in range(300)]
+    acked = [await _line(writer) for _ in range(LOAD_ACKS)]
     acked += await _kill(writer)  # its view was applying as it wrote
     proc = await run_cli("verify", env=cli_env(bootstrap_servers, topic_prefix, view))
     assert proc.returncode == 0, proc.stderr
     assert "view matches topic" in proc.stdout
     print(f"FAULTS view-killed-under-load acknowledged={len(acked)} verify=ok")
+    VIEW_KILLED_UNDER_LOAD.record(acknowledged=len(acked), verify="ok")

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -25,9 +22,8 @@ import pytest
 
 from evstate import EvstateClient, Scope, Secret, Settings
 from evstate.model import ChangeEvent
-from tests._alchemy import ensure_alchemy
-from tests._util import free_port_block
-from tests.integration.test_serve_contract import wait_ready
+from tests._alchemy import client_project
+from tests._util import free_port_block, serve_process, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "node-token"
@@ -39,15 +35,9 @@ APP = "evstate-example"
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Node project holding the example app, the test script and both packages."""
-    prefix = ensure_alchemy()
-    project = tmp_path_factory.mktemp("alchemy-project")
-    modules = project / "node_modules"
-    (modules / "@evstate").mkdir(parents=True)
-    (modules / "alchemy").symlink_to(prefix / "node_modules" / "alchemy")
-    shutil.copytree(ROOT / "clients" / "alchemy", modules / "@evstate" / "alchemy")
+    project = client_project(tmp_path_factory.mktemp("alchemy-project"))
     for name in ("alchemy.run.mjs", "package.json"):
         shutil.copy(ROOT / "examples" / "alchemy-app" / name, project / name)
-    shutil.copy(ROOT / "tests" / "node" / "serve_client.mjs", project / "serve_client.mjs")
     return project
 
 
@@ -67,34 +57,11 @@ async def server(
         view_dir=str(tmp_path / "serve-view"),
         topic_prefix=topic_prefix,
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTATE_")}
-    env.update(
-        EVSTATE_BOOTSTRAP_SERVERS=bootstrap_servers,
-        EVSTATE_VIEW_DIR=settings.view_dir,
-        EVSTATE_TOPIC_PREFIX=topic_prefix,
-        EVSTATE_TOKEN=TOKEN,
+    env = subprocess_env(
+        bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, view_dir=settings.view_dir
     )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "evstate.cli",
-        "serve",
-        "--port",
-        "0",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None
-        line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-        url = line.split()[-1] + "/"
-        await wait_ready(url, TOKEN)
+    async with serve_process(env, token=TOKEN) as url:
         yield Server(url, settings)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-    assert proc.returncode == 0
 
 
 async def node(project: Path, *args: str, stdin: Any = None, env: dict[str, str]) -> Any:
@@ -103,7 +70,7 @@ async def node(project: Path, *args: str, stdin: Any = None, env: dict[str, str]
         "node",
         *args,
         cwd=project,
-        env={**os.environ, "ALCHEMY_TELEMETRY_DISABLED": "1", "DO_NOT_TRACK": "1", **env},
+        env=subprocess_env(ALCHEMY_TELEMETRY_DISABLED="1", DO_NOT_TRACK="1", **env),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from evstate.errors import (
     BrokerUnavailableError,
     PortInUseError,
 )
-from tests._util import free_port_block
+from tests._util import free_port_block, subprocess_env
 
 
 def _java_processes_using(data_dir: Path) -> list[int]:
@@ -142,7 +141,7 @@ def test_start_timeout_shows_log_tail_and_leaves_nothing(tmp_path: Path) -> None
 
 def test_cli_reports_error_with_exit_status_2(tmp_path: Path) -> None:
     port = free_port_block(2)
-    env = {**os.environ, "EVSTATE_BROKER_DIR": str(tmp_path / "cli")}
+    env = subprocess_env(EVSTATE_BROKER_DIR=str(tmp_path / "cli"))
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", port))
         holder.listen()
@@ -189,6 +188,7 @@ def test_cli_start_prints_the_address_without_aiokafka_noise(tmp_path: Path) -> 
             text=True,
             timeout=180,
             check=False,
+            env=subprocess_env(),
         )
 
     started = cli("start", "--detach", "--port", str(port))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from evstate import EvstateClient, Scope, Settings, State, events, keys
 from evstate.model import ChangeEvent
 from evstate.view import View, encode_value
+from tests._util import subprocess_env
 
 APP_DEV = Scope("app", "dev")
 CHILD = APP_DEV.child("child")
@@ -47,11 +47,10 @@ class Cli:
 
 @pytest.fixture
 def cli(bootstrap_servers: str, topic_prefix: str, tmp_path: Path) -> Cli:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTATE_")}
-    env.update(
-        EVSTATE_BOOTSTRAP_SERVERS=bootstrap_servers,
-        EVSTATE_TOPIC_PREFIX=topic_prefix,
-        EVSTATE_VIEW_DIR=str(tmp_path / "cli-view"),
+    env = subprocess_env(
+        bootstrap_servers=bootstrap_servers,
+        topic_prefix=topic_prefix,
+        view_dir=tmp_path / "cli-view",
         COLUMNS="200",  # rich tables: no wrapped keys
     )
     return Cli(env, tmp_path / "cli-view")
@@ -276,7 +275,7 @@ def test_every_command_has_help(command: str) -> None:
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, "COLUMNS": "200"},
+        env=subprocess_env(COLUMNS="200"),
     )
     assert result.returncode == 0, result.stderr
     assert "--view-dir" in result.stdout

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ import pytest
 
 from evstate import EvstateClient, Position, Scope, Secret, State
 from evstate.model import Status
+from tests._util import subprocess_env
 
 PASSWORD = "correct horse"
 APP = Scope("app", "dev", password=PASSWORD)
@@ -53,11 +53,10 @@ class Cli:
 
 @pytest.fixture
 def cli(bootstrap_servers: str, topic_prefix: str, tmp_path: Path) -> Cli:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTATE_")}
-    env.update(
-        EVSTATE_BOOTSTRAP_SERVERS=bootstrap_servers,
-        EVSTATE_TOPIC_PREFIX=topic_prefix,
-        EVSTATE_VIEW_DIR=str(tmp_path / "cli-view"),
+    env = subprocess_env(
+        bootstrap_servers=bootstrap_servers,
+        topic_prefix=topic_prefix,
+        view_dir=tmp_path / "cli-view",
         COLUMNS="250",  # rich tables: no folded cells
         PYTHONIOENCODING="utf-8",
     )

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from evstate import ConsistencyTimeout, EvstateClient, Position, Scope
+from tests._util import subprocess_env
 from tests.contract import make_state
 
 PROCS = Path(__file__).parent / "procs"
@@ -38,6 +39,7 @@ async def test_other_process_reads_with_strong_and_min_position(
             APP.path,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            env=subprocess_env(),
         )
         assert reader.stdin is not None
         assert reader.stdout is not None

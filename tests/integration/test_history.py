@@ -11,10 +11,26 @@ from pathlib import Path
 
 from evstate import EvstateClient, Position, Scope
 from evstate.history import record_event
+from tests._guarantees import Guarantee
 from tests._util import committed_records as _committed
+from tests._util import subprocess_env
 from tests.contract import make_state
 
 PROCS = Path(__file__).parent / "procs"
+KILL_AFTER = 300  # acknowledgements read before the writer is killed
+FENCED_WITHIN = 10.0  # seconds; the transaction timeout is 15 s
+
+GUARANTEE = Guarantee(
+    test="tests/integration/test_history.py::test_writer_killed_mid_transaction_leaves_topics_in_step",
+    fault=f"a writer SIGKILLed with transactions in flight, after {KILL_AFTER} acknowledgements",
+    asserted=(
+        "a restarted writer (same view dir, so same transactional id) fences the dead one: "
+        f"its next write is acknowledged and read back within {FENCED_WITHIN:g} s "
+        "(the transaction timeout is 15 s)",
+        "the state and history topics hold exactly the same events",
+        "every acknowledged write is in the history",
+    ),
+)
 APP = Scope("app", "prod")
 
 
@@ -179,11 +195,12 @@ async def test_writer_killed_mid_transaction_leaves_topics_in_step(
         topic_prefix,
         str(view_dir),
         stdout=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
     )
     assert proc.stdout is not None
     assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"ready"
     acked: list[str] = []
-    while len(acked) < 300:
+    while len(acked) < KILL_AFTER:
         acked.append((await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip())
     proc.send_signal(signal.SIGKILL)  # writes are in flight: some transaction is open
     rest, _ = await proc.communicate()
@@ -198,7 +215,8 @@ async def test_writer_killed_mid_transaction_leaves_topics_in_step(
         store = client.store(scope)
         await store.set("after", make_state(scope, "after"))
         assert await store.get("after") is not None
-        assert time.monotonic() - started < 10  # well under the 15 s transaction timeout
+        restarted_in = time.monotonic() - started
+        assert restarted_in < FENCED_WITHIN  # well under the 15 s transaction timeout
 
     state = await _committed(bootstrap_servers, f"{topic_prefix}.state")
     history = await _committed(bootstrap_servers, f"{topic_prefix}.history")
@@ -212,3 +230,8 @@ async def test_writer_killed_mid_transaction_leaves_topics_in_step(
     for line in acked:
         path, key, seq, _ = line.split()
         assert (path.replace("/", "."), key, int(seq)) in seen
+    GUARANTEE.record(
+        acknowledged=len(acked),
+        events_in_both_topics=len(state_ids),
+        restarted_write_s=round(restarted_in, 1),
+    )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests._util import subprocess_env
 
 README = Path(__file__).parents[2] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTALL)
@@ -29,7 +30,7 @@ def test_readme_fragment_compiles(code: str) -> None:
 
 @pytest.mark.parametrize("code", PROGRAMS, ids=[f"program{i}" for i in range(len(PROGRAMS))])
 def test_readme_example_runs(code: str, bootstrap_servers: str, topic_prefix: str) -> None:
-    env = {**os.environ, "EVSTATE_BOOTSTRAP_SERVERS": bootstrap_servers}
+    env = subprocess_env(bootstrap_servers=bootstrap_servers)
     code = code.replace('topic_prefix="readme"', f'topic_prefix="{topic_prefix}"')
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120

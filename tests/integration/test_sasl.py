@@ -9,7 +9,6 @@ way from :class:`~evstate.config.Settings` to aiokafka.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from evstate import EvstateClient, Scope
 from evstate.broker import LocalBroker
 from evstate.errors import AuthenticationError, BrokerError
-from tests._util import free_port_block
+from tests._util import free_port_block, subprocess_env
 from tests.contract import make_state
 
 APP = Scope("app", "sasl")
@@ -156,7 +155,7 @@ def test_cli_rejects_bad_sasl_user(tmp_path: Path, value: str, message: str) -> 
         ],
         capture_output=True,
         text=True,
-        env={**os.environ},
+        env=subprocess_env(),
         timeout=60,
         check=False,
     )

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,16 +28,21 @@ from evstate.errors import (
 from evstate.serde import serialize_state
 from evstate.serve import create_app, status_of
 from evstate.store import KafkaStateStore
-from tests._util import free_port_block
+from tests._util import (
+    free_port_block,
+    running_server,
+    serve_process,
+    spawn_serve,
+    subprocess_env,
+    wait_ready,
+)
 from tests.contract import make_state
 from tests.integration.test_serve_contract import (
     TOKEN,
     HttpStore,
     InvalidInput,
     ServeError,
-    running_server,
     server_settings,
-    wait_ready,
 )
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -63,7 +65,7 @@ async def settings(bootstrap_servers: str, topic_prefix: str, view_dir: Path) ->
 @pytest.fixture
 async def url(settings: Settings) -> AsyncIterator[str]:
     async with running_server(settings, max_body=64 * 1024) as url:
-        await wait_ready(url)
+        await wait_ready(url, TOKEN)
         yield url
 
 
@@ -128,7 +130,7 @@ async def test_token_from_settings(
         token="from-settings",
     )
     async with running_server(settings, token=None) as url:
-        await wait_ready(url, token="from-settings")
+        await wait_ready(url, "from-settings")
         status, _, _ = await post(session, url, body("count", []))
         assert status == 401
         ok = {"Authorization": "Bearer from-settings"}
@@ -271,7 +273,7 @@ async def test_broker_down_is_503_then_served_once_it_is_back(
 
         proxy = await asyncio.start_server(relay, "127.0.0.1", port)
         try:
-            await wait_ready(url)
+            await wait_ready(url, TOKEN)
             status, answer, _ = await post(session, url, body("count", []))
             assert (status, answer["result"]) == (200, 0)
         finally:
@@ -375,77 +377,30 @@ async def test_write_errors_name_the_problem(url: str, session: aiohttp.ClientSe
 # -- the command ------------------------------------------------------------------------
 
 
-async def _start_cli(env: dict[str, str], *args: str) -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "evstate.cli",
-        "serve",
-        "--port",
-        "0",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+def _cli_env(settings: Settings) -> dict[str, str]:
+    return subprocess_env(
+        bootstrap_servers=settings.bootstrap_servers,
+        topic_prefix=settings.topic_prefix,
+        view_dir=settings.view_dir,
     )
-    assert proc.stdout is not None
-    line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
-    assert line.startswith("listening on http://127.0.0.1:"), line
-    return proc, line.split()[-1] + "/"
-
-
-def _cli_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTATE_")}
-    env.update(
-        EVSTATE_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        EVSTATE_VIEW_DIR=settings.view_dir,
-        EVSTATE_TOPIC_PREFIX=settings.topic_prefix,
-        **extra,
-    )
-    return env
 
 
 async def test_cli_serves_until_sigterm(settings: Settings, session: aiohttp.ClientSession) -> None:
-    proc, url = await _start_cli(_cli_env(settings, EVSTATE_TOKEN=TOKEN))
-    try:
-        await wait_ready(url)
+    # serve_process stops it with SIGTERM and checks that it exits 0
+    async with serve_process(_cli_env(settings), token=TOKEN) as url:
         http = HttpStore(session, url, APP)
         await http.init()
         await http.set("cli", make_state(APP, "cli"))
         assert await http.list() == ["cli"]
         # a second server on the same view dir refuses to start, and says why
-        second = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "evstate.cli",
-            "serve",
-            "--port",
-            "0",
-            env=_cli_env(settings, EVSTATE_TOKEN=TOKEN),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        second = await spawn_serve({**_cli_env(settings), "EVSTATE_TOKEN": TOKEN})
         _, err = await asyncio.wait_for(second.communicate(), 60)
         assert second.returncode == 2
         assert "view" in err.decode().lower()
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-    assert proc.returncode == 0
 
 
 async def test_cli_refuses_to_start_without_a_token(settings: Settings) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "evstate.cli",
-        "serve",
-        "--port",
-        "0",
-        env=_cli_env(settings),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await spawn_serve(_cli_env(settings))
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 2
     assert "EVSTATE_TOKEN" in err.decode()

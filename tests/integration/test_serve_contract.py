@@ -3,28 +3,24 @@
 :class:`HttpStore` speaks the protocol as Alchemy's remote stores do: it serializes states
 on the client side (with evstate's serde, as Alchemy would with its own), posts
 ``{"method", "params", "context": {"chain"}}`` and deserializes what comes back. The
-server runs in this process on a free port (see :func:`running_server`).
+server runs in this process on a free port (see :func:`tests._util.running_server`).
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from evstate import Scope, Settings, State
 from evstate.serde import deserialize_state, serialize_state
-from evstate.serve import create_app
-from tests._util import topic_record_count
+from tests._util import SERVE_TOKEN, running_server, topic_record_count, wait_ready
 from tests.contract import OpenStore, RecordsWritten, StoreContract
 
-TOKEN = "contract-token"
+TOKEN = SERVE_TOKEN
 
 
 class ServeError(Exception):
@@ -99,34 +95,6 @@ class HttpStore:
         return result
 
 
-@asynccontextmanager
-async def running_server(settings: Settings, **options: Any) -> AsyncIterator[str]:
-    """Run ``create_app(settings, **options)`` on a free port; yield its URL once ready."""
-    options.setdefault("token", TOKEN)
-    runner = web.AppRunner(create_app(settings, **options))
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
-        yield url
-    finally:
-        await runner.cleanup()
-
-
-async def wait_ready(url: str, token: str = TOKEN, timeout: float = 30.0) -> None:
-    """Wait until ``HEAD /`` answers 200."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    async with aiohttp.ClientSession() as session:
-        while True:
-            async with session.head(url, headers={"Authorization": f"Bearer {token}"}) as r:
-                if r.status == 200:
-                    return
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{url} not ready within {timeout}s (last {r.status})")
-            await asyncio.sleep(0.1)
-
-
 def server_settings(bootstrap_servers: str, topic_prefix: str, view_dir: Path) -> Settings:
     return Settings(
         bootstrap_servers=bootstrap_servers, view_dir=str(view_dir), topic_prefix=topic_prefix
@@ -145,7 +113,7 @@ class TestServeContract(StoreContract):
     @pytest.fixture
     async def url(self, settings: Settings) -> AsyncIterator[str]:
         async with running_server(settings) as url:
-            await wait_ready(url)
+            await wait_ready(url, TOKEN)
             yield url
 
     @pytest.fixture

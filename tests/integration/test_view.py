@@ -21,6 +21,7 @@ from evstate.errors import (
     ViewUnavailableError,
 )
 from evstate.view import View
+from tests._util import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ def view(view_dir: Path) -> Iterator[View]:
 
 def _child(code: str) -> subprocess.Popen[str]:
     """A Python process running ``code`` with this checkout importable."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = subprocess_env(PYTHONPATH=str(REPO))
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code)],
         stdin=subprocess.PIPE,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from aiohttp import web
 from evstate import ChangeEvent, EvstateClient, Position, Scope, Secret, State
 from evstate.errors import ClosedError, ValidationError
 from evstate.watch import WatchedEvent, Watcher
+from tests._util import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PROCS = Path(__file__).parent / "procs"
@@ -192,6 +192,7 @@ async def _run_crashing(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
+        env=subprocess_env(),
     )
     _, err = await asyncio.wait_for(proc.communicate(), 120)
     assert proc.returncode is not None
@@ -349,13 +350,9 @@ async def test_watch_refuses_bad_arguments_and_a_closed_client(client: EvstateCl
 
 
 def _cli_env(bootstrap_servers: str, topic_prefix: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTATE_")}
-    env.update(
-        EVSTATE_BOOTSTRAP_SERVERS=bootstrap_servers,
-        EVSTATE_TOPIC_PREFIX=topic_prefix,
-        PYTHONIOENCODING="utf-8",
+    return subprocess_env(
+        bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, PYTHONIOENCODING="utf-8"
     )
-    return env
 
 
 async def _wait_for_line(stream: asyncio.StreamReader, needle: str, timeout: float = 60) -> str:

@@ -1,0 +1,40 @@
+"""Building evstate's wheel, as ``pip install`` does, prints no deprecation warning."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from tests._util import subprocess_env
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_building_the_wheel_prints_no_deprecation_warning(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--wheel-dir",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=subprocess_env(),
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output
+    assert "deprecat" not in output.lower(), output
+    wheel = next(tmp_path.glob("evstate-*.whl"))
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        text = archive.read(metadata).decode()
+    assert "License-Expression: Apache-2.0" in text
