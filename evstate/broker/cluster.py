@@ -228,6 +228,37 @@ class LocalBroker:
                 ``sasl_users`` names other users than the formatted data dir holds.
         """
         state = self.load()
+        formatted = self._check_restart(state)
+        java = runtime.find_java(self.java)
+        libs = runtime.kafka_jars(self.version, cache_dir=self.cache_dir, mvn=self.mvn)
+        if state is None:
+            state = ClusterState(version=self.version, cluster_id=new_cluster_id())
+        state.version = self.version
+        if not formatted:
+            state.sasl_users = sorted(self.sasl_users)
+        state.nodes = self._plan_nodes(bool(state.sasl_users))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # One salt per user and mechanism, the same on every node's bootstrap metadata.
+        scram = [
+            f"{mechanism}=[name={name},{scram_credential(mechanism, password)}]"
+            for name, password in sorted(self.sasl_users.items())
+            for mechanism in SCRAM_MECHANISMS
+        ]
+        for node in state.nodes:
+            self._prepare(node, state, java.executable, libs, scram)
+        self._save(state)
+        try:
+            for node in state.nodes:
+                self._launch(node, java.executable, libs)
+                self._save(state)
+            self._wait_ready(state.nodes, state.bootstrap_servers, len(state.nodes), timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return state.bootstrap_servers
+
+    def _check_restart(self, state: ClusterState | None) -> bool:
+        """Refuse to start over a running or different cluster; True if already formatted."""
         if state is not None:
             running = [n for n in state.nodes if self._alive(n)]
             if running:
@@ -260,15 +291,11 @@ class LocalBroker:
                 f"{', '.join(sorted(self.sasl_users))}; users are created when a data dir "
                 "is formatted: pick a new --data-dir"
             )
-        java = runtime.find_java(self.java)
-        libs = runtime.kafka_jars(self.version, cache_dir=self.cache_dir, mvn=self.mvn)
-        if state is None:
-            state = ClusterState(version=self.version, cluster_id=new_cluster_id())
-        state.version = self.version
-        if not formatted:
-            state.sasl_users = sorted(self.sasl_users)
-        sasl = bool(state.sasl_users)
-        state.nodes = [
+        return formatted
+
+    def _plan_nodes(self, sasl: bool) -> list[Node]:
+        """Every node's ports and dir; refuses a port that is taken."""
+        nodes = [
             Node(
                 node_id=i + 1,
                 port=self.port + i,
@@ -278,7 +305,7 @@ class LocalBroker:
             )
             for i in range(self.nodes)
         ]
-        for node in state.nodes:
+        for node in nodes:
             controller_port = node.controller_port if node.is_controller else None
             for port in (node.port, controller_port, node.sasl_port):
                 if port is not None and not _port_free(port):
@@ -287,25 +314,7 @@ class LocalBroker:
                         f"{node.node_id}); stop what holds it or pick another --port",
                         port=port,
                     )
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        # One salt per user and mechanism, the same on every node's bootstrap metadata.
-        scram = [
-            f"{mechanism}=[name={name},{scram_credential(mechanism, password)}]"
-            for name, password in sorted(self.sasl_users.items())
-            for mechanism in SCRAM_MECHANISMS
-        ]
-        for node in state.nodes:
-            self._prepare(node, state, java.executable, libs, scram)
-        self._save(state)
-        try:
-            for node in state.nodes:
-                self._launch(node, java.executable, libs)
-                self._save(state)
-            self._wait_ready(state.nodes, state.bootstrap_servers, len(state.nodes), timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return state.bootstrap_servers
+        return nodes
 
     def _java_cmd(self, java: str, libs: Path, node: Node) -> list[str]:
         return [
