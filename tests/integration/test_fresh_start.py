@@ -21,8 +21,8 @@ import pytest
 
 from evstate import EvstateClient, Scope, keys
 from evstate.config import Settings
+from tests._util import spawn_serve, subprocess_env
 from tests.contract import make_state
-from tests.integration.test_serve import TOKEN, _cli_env, _start_cli, body
 
 PROCS = Path(__file__).parent / "procs"
 BIG = Scope("app", "big")
@@ -116,8 +116,26 @@ async def test_a_read_of_one_scope_waits_only_for_its_partition(
         assert applier.behind() == {}
 
 
+TOKEN = "fresh-start-token"
+
+
+def body(method: str, params: list[object], chain: list[str], **ctx: object) -> object:
+    return {"method": method, "params": params, "context": {"chain": chain, **ctx}}
+
+
 async def _serve(settings: Settings) -> tuple[asyncio.subprocess.Process, str]:
-    return await _start_cli(_cli_env(settings, EVSTATE_TOKEN=TOKEN))
+    """``evstate serve`` as a process, returned as soon as it listens (not when ready)."""
+    env = subprocess_env(
+        bootstrap_servers=settings.bootstrap_servers,
+        topic_prefix=settings.topic_prefix,
+        view_dir=settings.view_dir,
+        EVSTATE_TOKEN=TOKEN,
+    )
+    proc = await spawn_serve(env)
+    assert proc.stdout is not None
+    line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode()
+    assert line.startswith("listening on http://127.0.0.1:"), line
+    return proc, line.split()[-1] + "/"
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -167,7 +185,7 @@ async def test_serve_answers_only_from_a_caught_up_view_also_after_a_restart(
         )
         proc, url = await _serve(fresh)
         try:
-            statuses = []
+            statuses: list[int] = []
             while not statuses or statuses[-1] != 200:
                 async with session.head(url, headers=AUTH) as r:
                     statuses.append(r.status)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaClient
 from aiokafka.protocol.offset import OffsetRequest
-from evstate.alchemy_fs import write_state
 
 from evstate import Settings, State
+from evstate.alchemy.fs import write_state
 from evstate.kafka import Admin, TopicSpec
 from tests._util import run_cli, subprocess_env
 
