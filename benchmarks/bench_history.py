@@ -86,7 +86,7 @@ QUICK_COMPACTION = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """How much to measure."""
 
@@ -103,8 +103,32 @@ class Plan:
     compaction_wait: float  # seconds to wait for the cleaner at most
 
 
-QUICK = Plan("quick", 5, 25, 3, 8, 20_000, 2, 20_000, 1_000, 5, 120)
-FULL = Plan("full", 12, 60, 5, 30, 100_000, 3, 100_000, 1_000, 9, 300)
+QUICK = Plan(
+    label="quick",
+    rounds=5,
+    writes=25,
+    tp_rounds=3,
+    per_writer=8,
+    replay_events=20_000,
+    replay_rounds=2,
+    updates=20_000,
+    live_keys=1_000,
+    rebuild_rounds=5,
+    compaction_wait=120,
+)
+FULL = Plan(
+    label="full",
+    rounds=12,
+    writes=60,
+    tp_rounds=5,
+    per_writer=30,
+    replay_events=100_000,
+    replay_rounds=3,
+    updates=100_000,
+    live_keys=1_000,
+    rebuild_rounds=9,
+    compaction_wait=300,
+)
 
 
 @dataclass

@@ -76,7 +76,7 @@ KEYS_PER_SCOPE = 1_000
 FAST_FETCH = {"fetch_max_wait_ms": 10, "poll_timeout_ms": 20}  # ktables README's advice
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """How much to measure."""
 
@@ -88,8 +88,22 @@ class Plan:
     big: int  # the second memory size (the first is ``keys``)
 
 
-QUICK = Plan("quick", 6, 15, 20_000, 2, 100_000)
-FULL = Plan("full", 12, 50, 100_000, 3, 1_000_000)
+QUICK = Plan(
+    label="quick",
+    rounds=6,
+    writes=15,
+    keys=20_000,
+    cold_rounds=2,
+    big=100_000,
+)
+FULL = Plan(
+    label="full",
+    rounds=12,
+    writes=50,
+    keys=100_000,
+    cold_rounds=3,
+    big=1_000_000,
+)
 
 
 # Where evstate loses a comparison, what it would take to win; the report and

@@ -55,7 +55,7 @@ MS = 1e3
 SCOPE = Scope("billing-api", "prod")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """How much to measure."""
 
@@ -64,8 +64,8 @@ class Plan:
     calls: int  # calls per side per round
 
 
-QUICK = Plan("quick", rounds=6, calls=40)
-FULL = Plan("full", rounds=12, calls=150)
+QUICK = Plan(label="quick", rounds=6, calls=40)
+FULL = Plan(label="full", rounds=12, calls=150)
 
 
 @dataclass

@@ -83,7 +83,7 @@ SCOPE = Scope("billing-api", "prod")
 KEYS_PER_SCOPE = 1_000  # the scale views spread their keys over scopes of this size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     """How much to measure."""
 
@@ -98,8 +98,28 @@ class Plan:
     scale_gets: int  # gets per view per round
 
 
-QUICK = Plan("quick", 6, 15, 1_000, 20_000, 2, 1_000, 200_000, 1_000)
-FULL = Plan("full", 12, 50, 3_000, 200_000, 3, 1_000, 1_000_000, 3_000)
+QUICK = Plan(
+    label="quick",
+    rounds=6,
+    writes=15,
+    gets=1_000,
+    rebuild_events=20_000,
+    rebuild_rounds=2,
+    small=1_000,
+    large=200_000,
+    scale_gets=1_000,
+)
+FULL = Plan(
+    label="full",
+    rounds=12,
+    writes=50,
+    gets=3_000,
+    rebuild_events=200_000,
+    rebuild_rounds=3,
+    small=1_000,
+    large=1_000_000,
+    scale_gets=3_000,
+)
 
 
 # -- the data --------------------------------------------------------------------------

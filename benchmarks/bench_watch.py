@@ -69,7 +69,7 @@ PLAIN_SCOPE = Scope("billing-api", "staging")
 PARTITIONS = 12
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Plan:
     label: str
     rounds: int  # interleaved rounds of the latency comparison
@@ -78,8 +78,8 @@ class Plan:
     throughput_rounds: int
 
 
-QUICK = Plan("quick", rounds=4, per_round=50, events=20_000, throughput_rounds=2)
-FULL = Plan("full", rounds=10, per_round=100, events=100_000, throughput_rounds=3)
+QUICK = Plan(label="quick", rounds=4, per_round=50, events=20_000, throughput_rounds=2)
+FULL = Plan(label="full", rounds=10, per_round=100, events=100_000, throughput_rounds=3)
 
 
 def load_avro_schema() -> Any:
