@@ -50,7 +50,12 @@ MARKERS = ("@secret", "@date", "@scope", "@buffer")
 # SerdeError naming the path rather than a RecursionError from deep inside.
 _MAX_DEPTH = 200
 
-_SCALARS = (str, int, bool, type(None))
+# Exact types a serialized tree holds as they are. Sets, so the fast paths below can test a
+# whole container's types in C: frozenset.issuperset(map(type, values)).
+_PLAIN = frozenset((str, int, bool, type(None)))  # serialize: passed through (floats are checked)
+_LEAVES = _PLAIN | {float}  # deserialize: every JSON leaf json.loads makes
+_STR_ONLY = frozenset((str,))
+_MARKER_KEYS = frozenset(MARKERS)
 
 
 class Secret:
@@ -123,9 +128,15 @@ def _format_date(value: datetime, path: _Path) -> str:
             "(e.g. datetime.now(UTC))",
             path=_render(path),
         )
-    utc = value.astimezone(UTC)
-    # JavaScript's Date.toISOString() shape: milliseconds and "Z".
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        raise UnserializableError(
+            f"datetime at {_where(path)} is before year 1 once in UTC", path=_render(path)
+        ) from None
+    # JavaScript's Date.toISOString() shape: a four-digit year, milliseconds and "Z"
+    # (isoformat ends "+00:00" here; strftime's %Y would drop the zeros of years < 1000).
+    return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
 
 
 def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
@@ -150,8 +161,11 @@ def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
 
 
 def _serialize(scope: Scope, value: object, path: _Path, active: set[int], depth: int) -> Any:
-    if type(value) in _SCALARS:
+    kind = type(value)
+    if kind in _PLAIN:
         return value
+    if kind is dict or kind is list or kind is tuple:
+        return _serialize_container(scope, value, path, active, depth)  # type: ignore[arg-type]
     if isinstance(value, float):
         if not math.isfinite(value):
             raise UnserializableError(
@@ -197,29 +211,55 @@ def _serialize_container(
         raise UnserializableError(
             f"value at {_where(path)} is nested deeper than {_MAX_DEPTH} levels", path=_render(path)
         )
+    if type(value) is dict:
+        # The common case in one C-speed look: str keys, none a marker. Then the items need
+        # no per-key checks, and when every value is plain too the copy is the result.
+        if _STR_ONLY.issuperset(map(type, value)) and _MARKER_KEYS.isdisjoint(value):
+            if _PLAIN.issuperset(map(type, value.values())):
+                return value.copy()
+            active.add(ident)
+            try:
+                return {
+                    key: item
+                    if type(item) in _PLAIN
+                    else _serialize(scope, item, (path, key), active, depth + 1)
+                    for key, item in value.items()
+                }
+            finally:
+                active.discard(ident)
+    elif not isinstance(value, dict):
+        if _PLAIN.issuperset(map(type, value)):
+            return list(value)
+        active.add(ident)
+        try:
+            return [
+                item
+                if type(item) in _PLAIN
+                else _serialize(scope, item, (path, index), active, depth + 1)
+                for index, item in enumerate(value)
+            ]
+        finally:
+            active.discard(ident)
+    # A dict with a non-str key, a reserved key, or of a dict subclass: key by key, so the
+    # first bad key or value (in order) is the one reported.
     active.add(ident)
     try:
-        if isinstance(value, dict):
-            out: dict[str, Any] = {}
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    raise UnserializableError(
-                        f"dict key {key!r} at {_where(path)} is not a str", path=_render(path)
-                    )
-                sub = _key_path(path, key)
-                if key in MARKERS:
-                    # On read the dict would turn into a marker value; refuse rather
-                    # than return something else than was stored.
-                    raise UnserializableError(
-                        f"dict key {key!r} at {_where(path)} is reserved for serde markers",
-                        path=_render(sub),
-                    )
-                out[str.__str__(key)] = _serialize(scope, item, sub, active, depth + 1)
-            return out
-        return [
-            _serialize(scope, item, (path, index), active, depth + 1)
-            for index, item in enumerate(value)
-        ]
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UnserializableError(
+                    f"dict key {key!r} at {_where(path)} is not a str", path=_render(path)
+                )
+            sub = _key_path(path, key)
+            if key in _MARKER_KEYS:
+                # On read the dict would turn into a marker value; refuse rather
+                # than return something else than was stored.
+                raise UnserializableError(
+                    f"dict key {key!r} at {_where(path)} is reserved for serde markers",
+                    path=_render(sub),
+                )
+            out[str.__str__(key)] = _serialize(scope, item, sub, active, depth + 1)
+        return out
     finally:
         active.discard(ident)
 
@@ -260,12 +300,21 @@ def _decrypt(scope: Scope, payload: object, path: _Path) -> Secret:
         SerdeError: The marker is malformed.
     """
     if isinstance(payload, dict) and "data" in payload:
-        text = secrets.decrypt(payload["data"], scope.password, path=_render(path))
+        text = _decrypt_text(scope, payload["data"], path)
         try:
             return Secret(json.loads(text))
         except ValueError:
             raise SerdeError(f"secret at {_where(path)} holds data that is not JSON text") from None
-    return Secret(secrets.decrypt(payload, scope.password, path=_render(path)))
+    return Secret(_decrypt_text(scope, payload, path))
+
+
+def _decrypt_text(scope: Scope, payload: object, path: _Path) -> str:
+    try:
+        return secrets.decrypt(payload, scope.password)
+    except SerdeError:
+        # Rendered only now: decrypting again fails the same way, with the path in the
+        # message (SecretError is a SerdeError; the key is cached, so no second scrypt).
+        return secrets.decrypt(payload, scope.password, path=_render(path))
 
 
 def _parse_date(text: object, path: _Path) -> datetime:
@@ -278,7 +327,7 @@ def _parse_date(text: object, path: _Path) -> datetime:
             # Alchemy always writes UTC with "Z"; a tz-less text can only mean UTC.
             if parsed.tzinfo is None:
                 return parsed.replace(tzinfo=UTC)
-            return parsed.astimezone(UTC)
+            return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
     raise SerdeError(f"malformed @date marker at {_where(path)}: {text!r}")
 
 
@@ -315,30 +364,51 @@ def deserialize(scope: Scope, tree: object, *, path: str = "") -> Any:
 
 
 def _deserialize(scope: Scope, tree: object, path: _Path, depth: int) -> Any:
-    if type(tree) in _SCALARS or type(tree) is float:
+    kind = type(tree)
+    if kind in _LEAVES:
         return tree
     if depth >= _MAX_DEPTH:
         raise SerdeError(f"tree at {_where(path)} is nested deeper than {_MAX_DEPTH} levels")
-    if type(tree) is dict:
-        if "@secret" in tree:
-            return _decrypt(scope, tree["@secret"], path)
-        if "@date" in tree:
-            return _parse_date(tree["@date"], path)
-        if "@scope" in tree:
-            return scope
-        if "@buffer" in tree:
-            return _parse_buffer(tree["@buffer"], path)
+    if kind is dict:
+        node: dict[Any, Any] = tree  # type: ignore[assignment]
+        if not _MARKER_KEYS.isdisjoint(node):
+            return _from_marker(scope, node, path)
+        if _STR_ONLY.issuperset(map(type, node)):
+            # The common case, each test in C: only leaves below, so the copy is the result.
+            if _LEAVES.issuperset(map(type, node.values())):
+                return node.copy()
+            return {
+                key: item
+                if type(item) in _LEAVES
+                else _deserialize(scope, item, (path, key), depth + 1)
+                for key, item in node.items()
+            }
         out: dict[str, Any] = {}
-        for key, item in tree.items():
+        for key, item in node.items():
             if not isinstance(key, str):
                 raise SerdeError(f"dict key {key!r} at {_where(path)} is not a str")
-            out[key] = _deserialize(scope, item, _key_path(path, key), depth + 1)
+            out[key] = _deserialize(scope, item, (path, key), depth + 1)
         return out
-    if type(tree) is list:
+    if kind is list:
+        items: list[Any] = tree  # type: ignore[assignment]
+        if _LEAVES.issuperset(map(type, items)):
+            return items.copy()
         return [
-            _deserialize(scope, item, (path, index), depth + 1) for index, item in enumerate(tree)
+            item if type(item) in _LEAVES else _deserialize(scope, item, (path, index), depth + 1)
+            for index, item in enumerate(items)
         ]
-    raise SerdeError(f"{type(tree).__name__} at {_where(path)} is not part of a JSON tree")
+    raise SerdeError(f"{kind.__name__} at {_where(path)} is not part of a JSON tree")
+
+
+def _from_marker(scope: Scope, tree: dict[str, Any], path: _Path) -> Any:
+    """The live value of a dict holding a marker key; the first of :data:`MARKERS` wins."""
+    if "@secret" in tree:
+        return _decrypt(scope, tree["@secret"], path)
+    if "@date" in tree:
+        return _parse_date(tree["@date"], path)
+    if "@scope" in tree:
+        return scope
+    return _parse_buffer(tree["@buffer"], path)
 
 
 # (State attribute, its name in paths): paths use Python names, as callers see them.
