@@ -28,11 +28,18 @@ import base64
 import binascii
 import json
 import math
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 from evstate import secrets
-from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
+from evstate.errors import (
+    EvstateError,
+    InvalidStateError,
+    SecretError,
+    SerdeError,
+    UnserializableError,
+)
 from evstate.model import Scope, State
 
 __all__ = [
@@ -40,6 +47,7 @@ __all__ = [
     "Secret",
     "deserialize",
     "deserialize_state",
+    "loads_state",
     "serialize",
     "serialize_state",
 ]
@@ -476,3 +484,57 @@ def deserialize_state(scope: Scope, tree: object, *, markers: bool = True) -> St
     if isinstance(state.output, dict):
         state.output["Scope"] = scope
     return state
+
+
+# The scope a loads_state call reads for, seen by the parser's hook (which is handed only
+# the dict); a context variable keeps concurrent reads in threads and tasks apart.
+_reading: ContextVar[Scope] = ContextVar("evstate.serde.reading")
+
+
+def _revive(node: dict[str, Any]) -> Any:
+    """The parser's object hook: a marker dict becomes its live value as the text is parsed."""
+    if _MARKER_KEYS.isdisjoint(node):
+        return node
+    return _from_marker(_reading.get(), node, "")
+
+
+# One decoder for every call: building one (and its C scanner) costs more than a parse.
+_DECODER = json.JSONDecoder(object_hook=_revive)
+
+
+def loads_state(scope: Scope, text: str) -> State:
+    """Parse a stored state's JSON text into a live :class:`State`, in one pass.
+
+    The same as ``deserialize_state(scope, json.loads(text))``, result and errors alike,
+    but markers become values while the text is parsed, so no walk over the tree follows.
+
+    Args:
+        scope: The scope of the store reading the state.
+        text: The state's JSON text, as stored.
+
+    Returns:
+        The state, with ``output["Scope"]`` set to ``scope`` when output is a dict.
+
+    Raises:
+        ValueError: ``text`` is not JSON (``json.JSONDecodeError``, as ``json.loads``).
+        InvalidStateError, SerdeError, SecretError: as :func:`deserialize_state`.
+    """
+    if '"@' not in text:  # no key can start with "@": json.loads is the whole decoding
+        return deserialize_state(scope, json.loads(text), markers=False)
+    # The hook knows neither where it is nor how deep; below _MAX_DEPTH brackets no depth
+    # limit can be hit, and on any error the two-step path runs again to raise its own
+    # error, with the path. Both give the same result whenever this one succeeds: a
+    # marker dict the walk would not visit (inside another marker) is malformed anyway.
+    if text.count("{") + text.count("[") < _MAX_DEPTH:
+        token = _reading.set(scope)
+        try:
+            state = State.from_json(_DECODER.decode(text))
+        except (EvstateError, ValueError, RecursionError):
+            pass
+        else:
+            if isinstance(state.output, dict):
+                state.output["Scope"] = scope
+            return state
+        finally:
+            _reading.reset(token)
+    return deserialize_state(scope, json.loads(text))

@@ -20,7 +20,7 @@ from evstate.config import Settings
 from evstate.engine import Engine
 from evstate.errors import InvalidKeyError, InvalidStateError, ValidationError
 from evstate.model import ChangeEvent, Consistency, Op, Position, Scope, State, Tree
-from evstate.serde import deserialize_state, serialize_state
+from evstate.serde import deserialize_state, loads_state, serialize_state
 from evstate.view import decode_value
 
 __all__ = ["KafkaStateStore"]
@@ -89,14 +89,16 @@ class KafkaStateStore:
 
     async def _states(self, raws: builtins.list[bytes]) -> builtins.list[State]:
         """Decode view values; the scrypt for any secret runs off the event loop first."""
-        trees = [_tree(raw) for raw in raws]
         if self.scope.password is not None and any(_SECRET in raw for raw in raws):
+            trees = [_tree(raw) for raw in raws]
             await secrets.warm(self.scope.password, trees)
-        # Every marker is a key starting with "@": without one, json.loads was the decoding.
-        return [
-            deserialize_state(self.scope, tree, markers=_MARKER in raw)
-            for raw, tree in zip(raws, trees, strict=True)
-        ]
+            # Every marker is a key starting with "@": without one, json.loads was the decoding.
+            return [
+                deserialize_state(self.scope, tree, markers=_MARKER in raw)
+                for raw, tree in zip(raws, trees, strict=True)
+            ]
+        # No key to derive: parse and deserialize in one pass.
+        return [loads_state(self.scope, decode_value(raw)[1].decode("utf-8")) for raw in raws]
 
     async def _read_one(
         self, key: str, consistency: Consistency, min_position: Position | None

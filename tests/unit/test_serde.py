@@ -14,7 +14,14 @@ import pytest
 from evstate import events
 from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
 from evstate.model import ChangeEvent, Scope, State
-from evstate.serde import Secret, deserialize, deserialize_state, serialize, serialize_state
+from evstate.serde import (
+    Secret,
+    deserialize,
+    deserialize_state,
+    loads_state,
+    serialize,
+    serialize_state,
+)
 
 SCOPE = Scope("app", "dev", password="pw")
 
@@ -402,3 +409,59 @@ class TestState:
         state = make_state()
         serialize_state(SCOPE, state)
         assert state.props == {"key": b"\x01\x02", "tags": ("a", "b")}
+
+
+class TestLoadsState:
+    """``loads_state`` is ``deserialize_state(scope, json.loads(text))`` in one pass."""
+
+    def test_same_state_as_two_steps(self) -> None:
+        reader = Scope("app", "dev", password="pw")
+        text = json.dumps(serialize_state(SCOPE, make_state(props={"p": Secret("s")})))
+        state = loads_state(reader, text)
+        assert state == deserialize_state(reader, json.loads(text))
+        assert state.output is not None
+        assert state.output["Scope"] is reader
+        assert state.props == {"p": Secret("s")}
+
+    def test_plain_text_without_markers(self) -> None:
+        tree = serialize_state(SCOPE, make_state(data={}, props=None, old_props=None, output={}))
+        state = loads_state(SCOPE, json.dumps(tree))
+        assert (state.data, state.props, state.output) == ({}, None, {"Scope": SCOPE})
+
+    def test_malformed_marker_names_the_path(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["props"]["key"] = {"@buffer": 3}
+        with pytest.raises(SerdeError, match=r"props\.key"):
+            loads_state(SCOPE, json.dumps(tree))
+
+    def test_wrong_password_names_the_path(self) -> None:
+        text = json.dumps(serialize_state(SCOPE, make_state(output={"t": [Secret("x")]})))
+        with pytest.raises(SecretError, match=r"output\.t\[0\].*wrong password"):
+            loads_state(Scope("app", password="wrong"), text)
+
+    def test_marker_as_a_field_is_refused(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["data"] = {"@date": "2024-01-01T00:00:00.000Z"}
+        with pytest.raises(InvalidStateError, match="'data'"):
+            loads_state(SCOPE, json.dumps(tree))
+
+    def test_marker_key_beside_the_fields_is_ignored(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["@scope"] = None  # an unknown top-level field, as deserialize_state ignores it
+        assert loads_state(SCOPE, json.dumps(tree)) == deserialize_state(SCOPE, tree)
+
+    def test_too_deep_is_an_error(self) -> None:
+        deep: list[Any] = []
+        cursor = deep
+        for _ in range(300):
+            cursor.append([])
+            cursor = cursor[0]
+        cursor.append({"@date": "2024-01-01T00:00:00.000Z"})
+        tree = serialize_state(SCOPE, make_state())
+        tree["props"] = {"deep": deep}
+        with pytest.raises(SerdeError, match="deeper"):
+            loads_state(SCOPE, json.dumps(tree))
+
+    def test_not_json(self) -> None:
+        with pytest.raises(ValueError, match="Expecting"):
+            loads_state(SCOPE, '{"@date": ')
