@@ -129,22 +129,32 @@ def _where(path: _Path) -> str:
 
 
 def _format_date(value: datetime, path: _Path) -> str:
-    if value.tzinfo is None or value.utcoffset() is None:
-        # A naive datetime could be local time or UTC; guessing would shift it silently.
-        raise UnserializableError(
-            f"naive datetime at {_where(path)} is ambiguous; give it a tzinfo "
-            "(e.g. datetime.now(UTC))",
-            path=_render(path),
-        )
-    try:
-        utc = value.astimezone(UTC)
-    except OverflowError:
-        raise UnserializableError(
-            f"datetime at {_where(path)} is before year 1 once in UTC", path=_render(path)
-        ) from None
-    # JavaScript's Date.toISOString() shape: a four-digit year, milliseconds and "Z"
-    # (isoformat ends "+00:00" here; strftime's %Y would drop the zeros of years < 1000).
-    return utc.isoformat(timespec="milliseconds")[:-6] + "Z"
+    if value.tzinfo is not UTC:
+        if value.tzinfo is None or value.utcoffset() is None:
+            # A naive datetime could be local time or UTC; guessing would shift it silently.
+            raise UnserializableError(
+                f"naive datetime at {_where(path)} is ambiguous; give it a tzinfo "
+                "(e.g. datetime.now(UTC))",
+                path=_render(path),
+            )
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError:
+            raise UnserializableError(
+                f"datetime at {_where(path)} is out of range once in UTC (years 1 to 9999)",
+                path=_render(path),
+            ) from None
+    # JavaScript's Date.toISOString() shape: a four-digit year, milliseconds and "Z". A
+    # %-format is the fastest spelling by far (strftime's %Y drops the zeros of years < 1000).
+    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond // 1000,
+    )
 
 
 def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
@@ -165,7 +175,68 @@ def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
         SecretError: A :class:`Secret` is met and ``scope`` has no password; the message
             names where.
     """
-    return _serialize(scope, value, path, set(), 0)
+    try:
+        return _tree_of(scope, value, 0)
+    except _Unusual:
+        return _serialize(scope, value, path, set(), 0)
+
+
+class _Unusual(Exception):  # a signal inside this module, never raised out of it
+    """Raised by :func:`_tree_of` for anything off its fast path."""
+
+
+def _tree_of(scope: Scope, value: object, depth: int) -> Any:
+    """The fast path of :func:`serialize`: exact types only, no path, no cycle tracking.
+
+    Anything else (a subclass, a bad value, a refusal, a secret without a password, a
+    bound reached) raises :class:`_Unusual`, and :func:`_serialize` does the whole value
+    again: it normalises what is odd and raises the error naming the path. A cycle always
+    ends at :data:`_MAX_DEPTH`, where the slow walk tells it from plain depth.
+    """
+    kind = type(value)
+    if kind is dict:
+        if (
+            depth >= _MAX_DEPTH
+            or not _STR_ONLY.issuperset(map(type, value))  # type: ignore[call-overload]
+            or not _MARKER_KEYS.isdisjoint(value)  # type: ignore[arg-type]
+        ):
+            raise _Unusual
+        items: dict[str, Any] = value  # type: ignore[assignment]
+        if _PLAIN.issuperset(map(type, items.values())):
+            return items.copy()
+        depth += 1
+        return {
+            key: item if type(item) in _PLAIN else _tree_of(scope, item, depth)
+            for key, item in items.items()
+        }
+    if kind is list or kind is tuple:
+        if depth >= _MAX_DEPTH:
+            raise _Unusual
+        seq: list[Any] = value  # type: ignore[assignment]
+        if _PLAIN.issuperset(map(type, seq)):
+            return list(seq)
+        depth += 1
+        return [item if type(item) in _PLAIN else _tree_of(scope, item, depth) for item in seq]
+    if kind in _PLAIN:
+        return value
+    if kind is float:
+        if math.isfinite(value):  # type: ignore[arg-type]
+            return value
+    elif kind is datetime:
+        try:
+            return {"@date": _format_date(value, "")}  # type: ignore[arg-type]
+        except SerdeError:
+            pass
+    elif kind is bytes:
+        return {"@buffer": base64.b64encode(value).decode("ascii")}  # type: ignore[arg-type]
+    elif kind is Scope:
+        return {"@scope": None}
+    elif kind is Secret:
+        try:
+            return {"@secret": _encrypt(scope, value, "")}  # type: ignore[arg-type]
+        except SerdeError:
+            pass  # again on the slow walk, for the path in the message
+    raise _Unusual
 
 
 def _serialize(scope: Scope, value: object, path: _Path, active: set[int], depth: int) -> Any:
@@ -444,7 +515,10 @@ def serialize_state(scope: Scope, state: State) -> dict[str, Any]:
         value = getattr(state, name)
         if value is not None:
             json_name = "oldProps" if name == "old_props" else name
-            tree[json_name] = serialize(scope, value, path=name)
+            try:
+                tree[json_name] = _tree_of(scope, value, 0)
+            except _Unusual:
+                tree[json_name] = _serialize(scope, value, name, set(), 0)
     return tree
 
 
