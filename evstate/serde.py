@@ -25,21 +25,26 @@ ordinary strings here and pass through.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import math
 from contextvars import ContextVar
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from evstate import secrets
 from evstate.errors import (
     EvstateError,
     InvalidStateError,
-    SecretError,
     SerdeError,
     UnserializableError,
 )
+from evstate.markers import Secret
+from evstate.markers import TreePath as _Path
+from evstate.markers import encrypt_secret as _encrypt
+from evstate.markers import format_date as _format_date
+from evstate.markers import from_marker as _from_marker
+from evstate.markers import key_path as _key_path
+from evstate.markers import render_path as _render
+from evstate.markers import where as _where
 from evstate.model import Scope, State
 
 __all__ = [
@@ -64,97 +69,6 @@ _PLAIN = frozenset((str, int, bool, type(None)))  # serialize: passed through (f
 _LEAVES = _PLAIN | {float}  # deserialize: every JSON leaf json.loads makes
 _STR_ONLY = frozenset((str,))
 _MARKER_KEYS = frozenset(MARKERS)
-
-
-class Secret:
-    """A value stored encrypted: ``{"@secret": ...}`` in every tree, never plaintext.
-
-    As Alchemy's ``Secret``: the value is ``unencrypted``; ``repr``, ``str`` and f-strings
-    show ``Secret(****)``. Two secrets are equal when their values are.
-
-    Args:
-        unencrypted: The value: a str, or anything JSON can hold (dict, list, number,
-            bool, None), which is stored as its JSON text.
-    """
-
-    # Defining __eq__ leaves Secret unhashable, as it should be: the value may be a dict.
-    __slots__ = ("_unencrypted",)
-
-    def __init__(self, unencrypted: Any) -> None:
-        self._unencrypted = unencrypted
-
-    @property
-    def unencrypted(self) -> Any:
-        """The plaintext value."""
-        return self._unencrypted
-
-    def __repr__(self) -> str:
-        return "Secret(****)"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Secret):
-            return NotImplemented
-        return bool(self._unencrypted == other._unencrypted)
-
-
-# Paths are built on every step of a walk but read only when something fails, so a step
-# is a cheap (parent, key) pair, rendered to "props.db['a b'][3]" only for a message.
-_Path = str | tuple[Any, str | int]
-
-
-def _key_path(path: _Path, key: str | int) -> _Path:
-    return (path, key)
-
-
-def _render(path: _Path) -> str:
-    keys: list[str | int] = []
-    while isinstance(path, tuple):
-        path, key = path
-        keys.append(key)
-    out = path
-    for key in reversed(keys):
-        if isinstance(key, int):
-            out = f"{out}[{key}]"
-        elif key.isidentifier():
-            out = f"{out}.{key}" if out else key
-        else:
-            out = f"{out}[{key!r}]"
-    return out
-
-
-def _where(path: _Path) -> str:
-    return _render(path) or "the top level"
-
-
-def _format_date(value: datetime, path: _Path) -> str:
-    if value.tzinfo is not UTC:
-        if value.tzinfo is None or value.utcoffset() is None:
-            # A naive datetime could be local time or UTC; guessing would shift it silently.
-            raise UnserializableError(
-                f"naive datetime at {_where(path)} is ambiguous; give it a tzinfo "
-                "(e.g. datetime.now(UTC))",
-                path=_render(path),
-            )
-        try:
-            value = value.astimezone(UTC)
-        except OverflowError:
-            raise UnserializableError(
-                f"datetime at {_where(path)} is out of range once in UTC (years 1 to 9999)",
-                path=_render(path),
-            ) from None
-    # JavaScript's Date.toISOString() shape: a four-digit year, milliseconds and "Z". A
-    # %-format is the fastest spelling by far (strftime's %Y drops the zeros of years < 1000).
-    return "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (  # noqa: UP031
-        value.year,
-        value.month,
-        value.day,
-        value.hour,
-        value.minute,
-        value.second,
-        value.microsecond // 1000,
-    )
 
 
 def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
@@ -343,82 +257,6 @@ def _serialize_container(
         active.discard(ident)
 
 
-def _encrypt(scope: Scope, secret: Secret, path: _Path) -> dict[str, Any]:
-    """The ``@secret`` payload of ``secret``, as Alchemy's ``serialize`` writes it."""
-    if scope.password is None:
-        raise SecretError(
-            f"secret at {_where(path)} cannot be stored without a password: give the "
-            "scope one (Scope(..., password=...))"
-        )
-    value = secret.unencrypted
-    if isinstance(value, str):
-        return secrets.encrypt(str.__str__(value), scope.password)
-    try:
-        # Alchemy stores JSON.stringify(value); compact separators are its spelling.
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise UnserializableError(
-            f"secret at {_where(path)} holds a value with no JSON form: {exc}", path=_render(path)
-        ) from None
-    return {"data": secrets.encrypt(text, scope.password)}
-
-
-def _decrypt(scope: Scope, payload: object, path: _Path) -> Secret:
-    """Turn an ``{"@secret": payload}`` marker back into its :class:`Secret`.
-
-    Args:
-        scope: The scope whose password decrypts the secret.
-        payload: The marker's value.
-        path: Where the marker sits, for error messages.
-
-    Returns:
-        The secret.
-
-    Raises:
-        SecretError: No password, a wrong one, or Alchemy's legacy libsodium format.
-        SerdeError: The marker is malformed.
-    """
-    if isinstance(payload, dict) and "data" in payload:
-        text = _decrypt_text(scope, payload["data"], path)
-        try:
-            return Secret(json.loads(text))
-        except ValueError:
-            raise SerdeError(f"secret at {_where(path)} holds data that is not JSON text") from None
-    return Secret(_decrypt_text(scope, payload, path))
-
-
-def _decrypt_text(scope: Scope, payload: object, path: _Path) -> str:
-    try:
-        return secrets.decrypt(payload, scope.password)
-    except SerdeError:
-        # Rendered only now: decrypting again fails the same way, with the path in the
-        # message (SecretError is a SerdeError; the key is cached, so no second scrypt).
-        return secrets.decrypt(payload, scope.password, path=_render(path))
-
-
-def _parse_date(text: object, path: _Path) -> datetime:
-    if isinstance(text, str):
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            pass
-        else:
-            # Alchemy always writes UTC with "Z"; a tz-less text can only mean UTC.
-            if parsed.tzinfo is None:
-                return parsed.replace(tzinfo=UTC)
-            return parsed if parsed.tzinfo is UTC else parsed.astimezone(UTC)
-    raise SerdeError(f"malformed @date marker at {_where(path)}: {text!r}")
-
-
-def _parse_buffer(text: object, path: _Path) -> bytes:
-    if isinstance(text, str):
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            pass
-    raise SerdeError(f"malformed @buffer marker at {_where(path)}: expected base64 text")
-
-
 def deserialize(scope: Scope, tree: object, *, path: str = "") -> Any:
     """Turn a JSON-safe tree back into live values; the reverse of :func:`serialize`.
 
@@ -477,17 +315,6 @@ def _deserialize(scope: Scope, tree: object, path: _Path, depth: int) -> Any:
             for index, item in enumerate(items)
         ]
     raise SerdeError(f"{kind.__name__} at {_where(path)} is not part of a JSON tree")
-
-
-def _from_marker(scope: Scope, tree: dict[str, Any], path: _Path) -> Any:
-    """The live value of a dict holding a marker key; the first of :data:`MARKERS` wins."""
-    if "@secret" in tree:
-        return _decrypt(scope, tree["@secret"], path)
-    if "@date" in tree:
-        return _parse_date(tree["@date"], path)
-    if "@scope" in tree:
-        return scope
-    return _parse_buffer(tree["@buffer"], path)
 
 
 # (State attribute, its name in paths): paths use Python names, as callers see them.
