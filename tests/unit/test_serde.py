@@ -465,3 +465,24 @@ class TestLoadsState:
     def test_not_json(self) -> None:
         with pytest.raises(ValueError, match="Expecting"):
             loads_state(SCOPE, '{"@date": ')
+
+
+class TestDateRange:
+    def test_years_before_1000_have_four_digits(self) -> None:
+        # As JavaScript's toISOString writes them, and as fromisoformat reads them back.
+        when = datetime(999, 12, 31, 23, 59, 59, 1000, tzinfo=UTC)
+        tree = serialize(SCOPE, {"at": when})
+        assert tree == {"at": {"@date": "0999-12-31T23:59:59.001Z"}}
+        assert deserialize(SCOPE, tree) == {"at": when}
+
+    @pytest.mark.parametrize(
+        "when",
+        [
+            datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+            datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))),
+        ],
+    )
+    def test_out_of_range_in_utc_names_the_path(self, when: datetime) -> None:
+        with pytest.raises(UnserializableError, match="out of range") as info:
+            serialize(SCOPE, {"at": [when]}, path="data")
+        assert info.value.path == "data.at[0]"
