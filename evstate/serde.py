@@ -24,7 +24,6 @@ ordinary strings here and pass through.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from contextvars import ContextVar
@@ -37,7 +36,7 @@ from evstate.errors import (
     SerdeError,
     UnserializableError,
 )
-from evstate.markers import Secret
+from evstate.markers import Secret, encode_buffer
 from evstate.markers import TreePath as _Path
 from evstate.markers import encrypt_secret as _encrypt
 from evstate.markers import format_date as _format_date
@@ -142,7 +141,7 @@ def _tree_of(scope: Scope, value: object, depth: int) -> Any:
         except SerdeError:
             pass
     elif kind is bytes:
-        return {"@buffer": base64.b64encode(value).decode("ascii")}  # type: ignore[arg-type]
+        return {"@buffer": encode_buffer(value)}  # type: ignore[arg-type]
     elif kind is Scope:
         return {"@scope": None}
     elif kind is Secret:
@@ -173,7 +172,7 @@ def _serialize(scope: Scope, value: object, path: _Path, active: set[int], depth
     if isinstance(value, datetime):
         return {"@date": _format_date(value, path)}
     if isinstance(value, bytes | bytearray | memoryview):
-        return {"@buffer": base64.b64encode(bytes(value)).decode("ascii")}
+        return {"@buffer": encode_buffer(bytes(value))}
     if isinstance(value, Scope):
         return {"@scope": None}
     if isinstance(value, Secret):

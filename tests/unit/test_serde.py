@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import socket
 import threading
@@ -486,3 +488,19 @@ class TestDateRange:
         with pytest.raises(UnserializableError, match="out of range") as info:
             serialize(SCOPE, {"at": [when]}, path="data")
         assert info.value.path == "data.at[0]"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "AQ==", "AQI=", "AQID", "AB=", "A===", "AQ==AQ==", " AQ==", "AQ==\n", "A-_=", "é"]
+)
+def test_buffer_text_accepted_exactly_as_b64decode_validate(text: str) -> None:
+    try:
+        expected: bytes | None = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        expected = None
+    if expected is None:
+        with pytest.raises(SerdeError, match="malformed @buffer"):
+            deserialize(SCOPE, {"@buffer": text})
+    else:
+        assert deserialize(SCOPE, {"@buffer": text}) == expected
+        assert serialize(SCOPE, expected) == {"@buffer": base64.b64encode(expected).decode()}
