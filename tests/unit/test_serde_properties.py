@@ -233,3 +233,50 @@ def _put(tree: Any, steps: list[str | int], value: Any) -> None:
     for step in steps[:-1]:
         node = node[step]
     node[steps[-1]] = value
+
+
+# Stored trees as they may come from anywhere (set_tree, an Alchemy folder, a bug):
+# markers valid or not, in fields, inside other markers' payloads, beside the fields.
+_VALID_SECRET = serialize(SCOPE, Secret("s"))
+_VALID_DATA_SECRET = serialize(SCOPE, Secret({"n": 1}))
+marker_like = st.one_of(
+    st.just(_VALID_SECRET),
+    st.just(_VALID_DATA_SECRET),
+    st.just({"@secret": "legacy"}),
+    st.builds(
+        lambda d: {"@date": d}, st.sampled_from(["2024-01-02T03:04:05.678Z", "0999-01-01", "x"])
+    ),
+    st.builds(lambda b: {"@buffer": b}, st.sampled_from(["", "AQI=", "AQ", "*"])),
+    st.just({"@scope": None}),
+)
+stored_trees = st.recursive(
+    st.one_of(plain_leaves, marker_like),
+    lambda children: (
+        st.lists(children, max_size=3)
+        | st.dictionaries(st.sampled_from([*MARKERS, "a", "b c"]), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+def _outcome(read: Any) -> tuple[str, Any]:
+    try:
+        return "ok", read()
+    except (SerdeError, ValueError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+@QUICK
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["data", "props", "oldProps", "output", "@date", "@scope", "extra"]),
+        stored_trees,
+        max_size=4,
+    )
+)
+def test_loads_state_is_json_loads_then_deserialize_state(fields: dict[str, Any]) -> None:
+    tree = {"status": "created", "kind": "k", "id": "i", "fqn": "f", "seq": 1, "data": {}}
+    text = json.dumps({**tree, **fields})
+    one_pass = _outcome(lambda: loads_state(SCOPE, text))
+    two_steps = _outcome(lambda: deserialize_state(SCOPE, json.loads(text)))
+    assert one_pass == two_steps
