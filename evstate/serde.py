@@ -28,6 +28,8 @@ import json
 import math
 from contextvars import ContextVar
 from datetime import datetime
+from itertools import compress, count
+from operator import not_
 from typing import Any
 
 from evstate.errors import (
@@ -68,6 +70,7 @@ _PLAIN = frozenset((str, int, bool, type(None)))  # serialize: passed through (f
 _LEAVES = _PLAIN | {float}  # deserialize: every JSON leaf json.loads makes
 _STR_ONLY = frozenset((str,))
 _MARKER_KEYS = frozenset(MARKERS)
+_IS_PLAIN = _PLAIN.__contains__
 
 
 def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
@@ -115,21 +118,22 @@ def _tree_of(scope: Scope, value: object, depth: int) -> Any:
         ):
             raise _Unusual
         items: dict[str, Any] = value  # type: ignore[assignment]
-        if _PLAIN.issuperset(map(type, items.values())):
-            return items.copy()
-        depth += 1
-        return {
-            key: item if type(item) in _PLAIN else _tree_of(scope, item, depth)
-            for key, item in items.items()
-        }
+        out = items.copy()
+        if not _PLAIN.issuperset(map(type, items.values())):
+            # Redo only the values that are not plain, found by C iterators alone: the
+            # Python loop runs once per nested container or special value, not per item.
+            for key in compress(items, map(not_, map(_IS_PLAIN, map(type, items.values())))):
+                out[key] = _tree_of(scope, items[key], depth + 1)
+        return out
     if kind is list or kind is tuple:
         if depth >= _MAX_DEPTH:
             raise _Unusual
         seq: list[Any] = value  # type: ignore[assignment]
-        if _PLAIN.issuperset(map(type, seq)):
-            return list(seq)
-        depth += 1
-        return [item if type(item) in _PLAIN else _tree_of(scope, item, depth) for item in seq]
+        copy = list(seq)
+        if not _PLAIN.issuperset(map(type, seq)):
+            for index in compress(count(), map(not_, map(_IS_PLAIN, map(type, seq)))):
+                copy[index] = _tree_of(scope, seq[index], depth + 1)
+        return copy
     if kind in _PLAIN:
         return value
     if kind is float:
