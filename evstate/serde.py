@@ -71,6 +71,7 @@ _LEAVES = _PLAIN | {float}  # deserialize: every JSON leaf json.loads makes
 _STR_ONLY = frozenset((str,))
 _MARKER_KEYS = frozenset(MARKERS)
 _IS_PLAIN = _PLAIN.__contains__
+_IS_LEAF = _LEAVES.__contains__
 
 
 def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
@@ -294,15 +295,12 @@ def _deserialize(scope: Scope, tree: object, path: _Path, depth: int) -> Any:
         if not _MARKER_KEYS.isdisjoint(node):
             return _from_marker(scope, node, path)
         if _STR_ONLY.issuperset(map(type, node)):
-            # The common case, each test in C: only leaves below, so the copy is the result.
-            if _LEAVES.issuperset(map(type, node.values())):
-                return node.copy()
-            return {
-                key: item
-                if type(item) in _LEAVES
-                else _deserialize(scope, item, (path, key), depth + 1)
-                for key, item in node.items()
-            }
+            # The common case, each test in C: copy, then redo only what is not a leaf.
+            live = node.copy()
+            if not _LEAVES.issuperset(map(type, node.values())):
+                for key in compress(node, map(not_, map(_IS_LEAF, map(type, node.values())))):
+                    live[key] = _deserialize(scope, node[key], (path, key), depth + 1)
+            return live
         out: dict[str, Any] = {}
         for key, item in node.items():
             if not isinstance(key, str):
@@ -311,12 +309,11 @@ def _deserialize(scope: Scope, tree: object, path: _Path, depth: int) -> Any:
         return out
     if kind is list:
         items: list[Any] = tree  # type: ignore[assignment]
-        if _LEAVES.issuperset(map(type, items)):
-            return items.copy()
-        return [
-            item if type(item) in _LEAVES else _deserialize(scope, item, (path, index), depth + 1)
-            for index, item in enumerate(items)
-        ]
+        copy = items.copy()
+        if not _LEAVES.issuperset(map(type, items)):
+            for index in compress(count(), map(not_, map(_IS_LEAF, map(type, items)))):
+                copy[index] = _deserialize(scope, items[index], (path, index), depth + 1)
+        return copy
     raise SerdeError(f"{kind.__name__} at {_where(path)} is not part of a JSON tree")
 
 
