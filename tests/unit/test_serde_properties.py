@@ -36,7 +36,7 @@ SCOPE = Scope("app", "prop", password="property tests")
 
 # Quick enough for every run of the unit suite; deadline off since the first secret of a
 # run pays the scrypt.
-QUICK = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+QUICK = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 keys = st.text(max_size=6).filter(lambda key: key not in MARKERS)
 integers = st.one_of(
