@@ -420,7 +420,8 @@ def loads_state(scope: Scope, text: str) -> State:
         ValueError: ``text`` is not JSON (``json.JSONDecodeError``, as ``json.loads``).
         InvalidStateError, SerdeError, SecretError: as :func:`deserialize_state`.
     """
-    if '"@' not in text:  # no key can start with "@": json.loads is the whole decoding
+    if '"@' not in text and "\\u0040" not in text:
+        # No key can start with "@" (literally or escaped): json.loads is the whole decoding.
         return deserialize_state(scope, json.loads(text), markers=False)
     # The hook knows neither where it is nor how deep; below _MAX_DEPTH brackets no depth
     # limit can be hit, and on any error the two-step path runs again to raise its own

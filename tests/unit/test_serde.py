@@ -504,3 +504,16 @@ def test_buffer_text_accepted_exactly_as_b64decode_validate(text: str) -> None:
     else:
         assert deserialize(SCOPE, {"@buffer": text}) == expected
         assert serialize(SCOPE, expected) == {"@buffer": base64.b64encode(expected).decode()}
+
+
+def test_loads_state_sees_an_escaped_marker_key() -> None:
+    tree = serialize_state(
+        SCOPE, make_state(data={}, props={"when": "x"}, old_props=None, output=None)
+    )
+    text = json.dumps(tree).replace(
+        '"when": "x"', '"when": {"\\u0040date": "2024-01-02T03:04:05.678Z"}'
+    )
+    assert '"@' not in text
+    state = loads_state(SCOPE, text)
+    assert state.props == {"when": datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)}
+    assert state == deserialize_state(SCOPE, json.loads(text))
