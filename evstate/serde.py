@@ -425,8 +425,10 @@ def loads_state(scope: Scope, text: str) -> State:
         return deserialize_state(scope, json.loads(text), markers=False)
     # The hook knows neither where it is nor how deep; below _MAX_DEPTH brackets no depth
     # limit can be hit, and on any error the two-step path runs again to raise its own
-    # error, with the path. Both give the same result whenever this one succeeds: a
-    # marker dict the walk would not visit (inside another marker) is malformed anyway.
+    # error, with the path. Both give the same result whenever this one succeeds: the
+    # hook also revives markers the walk never visits (inside another marker's payload,
+    # beside the state's fields), but a payload holding a revived value is refused, and
+    # the rest is dropped by both (property-tested).
     if text.count("{") + text.count("[") < _MAX_DEPTH:
         token = _reading.set(scope)
         try:
