@@ -226,12 +226,19 @@ class State:
         Returns:
             A dict ready for ``json.dumps`` if the values are serialized trees.
         """
-        tree: dict[str, Any] = {}
-        for name, json_name, _kind, _nullable in _STATE_FIELDS:
-            value = getattr(self, name)
-            if name == "old_props" and value is None:
-                continue
-            tree[json_name] = value
+        # Spelled out (every write calls it), in _STATE_FIELDS' order: the order of the JSON.
+        tree: dict[str, Any] = {
+            "status": self.status,
+            "kind": self.kind,
+            "id": self.id,
+            "fqn": self.fqn,
+            "seq": self.seq,
+            "data": self.data,
+            "props": self.props,
+        }
+        if self.old_props is not None:
+            tree["oldProps"] = self.old_props
+        tree["output"] = self.output
         return tree
 
     @classmethod

@@ -309,3 +309,11 @@ class TestStateFastPaths:
             make_state(seq=True).validate()
         with pytest.raises(InvalidStateError, match="'status'"):
             make_state(status="bogus").validate()
+
+
+@pytest.mark.parametrize("old_props", [None, {"o": 1}])
+def test_to_json_has_every_field_in_alchemy_order(old_props: dict[str, Any] | None) -> None:
+    order = ["status", "kind", "id", "fqn", "seq", "data", "props", "oldProps", "output"]
+    tree = make_state(old_props=old_props).to_json()
+    assert list(tree) == [name for name in order if name != "oldProps" or old_props]
+    assert State.from_json(tree) == make_state(old_props=old_props)
