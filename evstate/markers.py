@@ -72,10 +72,12 @@ TreePath = str | tuple[Any, str | int]
 
 
 def key_path(path: TreePath, key: str | int) -> TreePath:
+    """The path one step below ``path``: a dict key (str) or a list index (int)."""
     return (path, key)
 
 
 def render_path(path: TreePath) -> str:
+    """``path`` as callers write it: ``props.db['a b'][3]``; ``""`` for the top level."""
     keys: list[str | int] = []
     while isinstance(path, tuple):
         path, key = path
@@ -92,10 +94,23 @@ def render_path(path: TreePath) -> str:
 
 
 def where(path: TreePath) -> str:
+    """``path`` for a message: rendered, or ``"the top level"``."""
     return render_path(path) or "the top level"
 
 
 def format_date(value: datetime, path: TreePath) -> str:
+    """The ``@date`` text of ``value``, as JavaScript's ``toISOString`` writes it.
+
+    Args:
+        value: A tz-aware datetime; it is written in UTC, to the millisecond.
+        path: Where it sits, for error messages.
+
+    Returns:
+        ``"YYYY-MM-DDTHH:MM:SS.mmmZ"``.
+
+    Raises:
+        UnserializableError: ``value`` is naive, or out of range once in UTC.
+    """
     if value.tzinfo is not UTC:
         if value.tzinfo is None or value.utcoffset() is None:
             # A naive datetime could be local time or UTC; guessing would shift it silently.
@@ -125,7 +140,12 @@ def format_date(value: datetime, path: TreePath) -> str:
 
 
 def encrypt_secret(scope: Scope, secret: Secret, path: TreePath) -> dict[str, Any]:
-    """The ``@secret`` payload of ``secret``, as Alchemy's ``serialize`` writes it."""
+    """The ``@secret`` payload of ``secret``, as Alchemy's ``serialize`` writes it.
+
+    Raises:
+        SecretError: ``scope`` has no password.
+        UnserializableError: a non-str value has no JSON form.
+    """
     if scope.password is None:
         raise SecretError(
             f"secret at {where(path)} cannot be stored without a password: give the "
@@ -179,6 +199,11 @@ def _decrypt_text(scope: Scope, payload: object, path: TreePath) -> str:
 
 
 def parse_date(text: object, path: TreePath) -> datetime:
+    """The datetime of an ``@date`` marker's text, in UTC.
+
+    Raises:
+        SerdeError: ``text`` is not an ISO-8601 date text.
+    """
     if isinstance(text, str):
         try:
             parsed = datetime.fromisoformat(text)
@@ -198,6 +223,11 @@ def encode_buffer(data: bytes) -> str:
 
 
 def parse_buffer(text: object, path: TreePath) -> bytes:
+    """The bytes of a ``@buffer`` marker's text.
+
+    Raises:
+        SerdeError: ``text`` is not standard base64 (strict: alphabet and padding).
+    """
     if isinstance(text, str):
         try:
             # What base64.b64decode(validate=True) accepts, without its regex per call.
@@ -208,7 +238,15 @@ def parse_buffer(text: object, path: TreePath) -> bytes:
 
 
 def from_marker(scope: Scope, tree: dict[str, Any], path: TreePath) -> Any:
-    """The live value of a dict holding a marker key; the first of :data:`MARKERS` wins."""
+    """The live value of a dict holding a marker key.
+
+    The first present of ``@secret``, ``@date``, ``@scope``, ``@buffer`` decides; other
+    keys are ignored.
+
+    Raises:
+        SerdeError, SecretError: as :func:`decrypt_secret`, :func:`parse_date`,
+            :func:`parse_buffer`.
+    """
     if "@secret" in tree:
         return decrypt_secret(scope, tree["@secret"], path)
     if "@date" in tree:
