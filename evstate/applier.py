@@ -89,17 +89,20 @@ def to_changes(
     """
     changes: list[tuple[bytes, bytes | None]] = []
     for r in records:
-        pos = Position(r.partition, r.offset)
+        # A record's Position is made only for poison: it is most of the cost of a
+        # tombstone, and a good part of a SET's outside fastavro.
         if r.key is None or b":" not in r.key:
+            pos = Position(r.partition, r.offset)
             _poison(stats, pos, f"record key {r.key!r} is not 'scope:id'", report)
             continue
         if r.value is None:  # a DELETE: tombstone
             changes.append((r.key, None))
             continue
         try:
-            head = events.summarize(r.value, r.headers, pos)
+            head = events.summarize(r.value, r.headers)
         except MalformedEventError as exc:
-            _poison(stats, pos, str(exc), report)
+            pos = Position(r.partition, r.offset)
+            _poison(stats, pos, _reason_at(r.value, r, pos, exc), report)
             continue
         if head.op == "SET" and head.state_text is not None:
             changes.append((r.key, encode_value(head.version, head.state_text)))
@@ -110,6 +113,15 @@ def to_changes(
     if report:
         metrics.RECORDS_APPLIED.labels(stats.topic).inc(len(changes))
     return changes
+
+
+def _reason_at(value: bytes, r: Record, pos: Position, exc: MalformedEventError) -> str:
+    """Why ``r`` is poison, naming ``pos``: decoding is pure, so it fails the same way again."""
+    try:
+        events.summarize(value, r.headers, pos)
+    except MalformedEventError as again:
+        return str(again)
+    return str(exc)
 
 
 def _poison(stats: ApplierStats, pos: Position, reason: str, report: bool) -> None:

@@ -118,6 +118,11 @@ CURRENT_FINGERPRINT, _CURRENT_SCHEMA = _load_shipped()
 _HEADERS: list[tuple[str, bytes]] = [(SCHEMA_HEADER, CURRENT_FINGERPRINT)]
 
 
+# Compact JSON, as Alchemy writes it. One encoder for every event: json.dumps with options
+# builds a new one per call, which costs more than encoding a small state.
+_STATE_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def encode(event: ChangeEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
     """Encode an event as schemaless binary Avro with the current schema.
 
@@ -134,9 +139,7 @@ def encode(event: ChangeEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
     state_text: str | None = None
     if event.state is not None:
         try:
-            state_text = json.dumps(
-                event.state, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            )
+            state_text = _STATE_JSON.encode(event.state)
         except (TypeError, ValueError, RecursionError) as exc:
             raise UnserializableError(
                 f"event state for key {event.key!r} is not a JSON tree: {exc}", path="state"

@@ -153,6 +153,8 @@ _STATE_FIELDS: tuple[tuple[str, str, type, bool], ...] = (
 )
 # Alchemy omits undefined fields when it writes JSON, so these may be absent on read.
 _OPTIONAL_JSON_FIELDS = frozenset({"props", "oldProps", "output"})
+_STATUS_SET = frozenset(STATUSES)
+_DICT_OR_NONE = frozenset((dict, type(None)))
 
 
 def _check_field(name: str, value: object, kind: type, nullable: bool) -> None:
@@ -199,6 +201,21 @@ class State:
             InvalidStateError: A field has the wrong type or the status is unknown;
                 the message names the field.
         """
+        # Every read and write validates: the common case is one expression of exact types,
+        # and anything else (a subclass included) takes the loop, which names the field.
+        if (
+            type(self.status) is str
+            and self.status in _STATUS_SET
+            and type(self.kind) is str
+            and type(self.id) is str
+            and type(self.fqn) is str
+            and type(self.seq) is int
+            and type(self.data) is dict
+            and type(self.props) in _DICT_OR_NONE
+            and type(self.old_props) in _DICT_OR_NONE
+            and type(self.output) in _DICT_OR_NONE
+        ):
+            return
         for name, _json_name, kind, nullable in _STATE_FIELDS:
             _check_field(name, getattr(self, name), kind, nullable)
         if self.status not in STATUSES:
@@ -214,12 +231,19 @@ class State:
         Returns:
             A dict ready for ``json.dumps`` if the values are serialized trees.
         """
-        tree: dict[str, Any] = {}
-        for name, json_name, _kind, _nullable in _STATE_FIELDS:
-            value = getattr(self, name)
-            if name == "old_props" and value is None:
-                continue
-            tree[json_name] = value
+        # Spelled out (every write calls it), in _STATE_FIELDS' order: the order of the JSON.
+        tree: dict[str, Any] = {
+            "status": self.status,
+            "kind": self.kind,
+            "id": self.id,
+            "fqn": self.fqn,
+            "seq": self.seq,
+            "data": self.data,
+            "props": self.props,
+        }
+        if self.old_props is not None:
+            tree["oldProps"] = self.old_props
+        tree["output"] = self.output
         return tree
 
     @classmethod
@@ -242,6 +266,25 @@ class State:
         """
         if not isinstance(tree, dict):
             raise InvalidStateError(f"a state must be a JSON object, got {type(tree).__name__}")
+        if type(tree) is dict:
+            # The read path's common case; a missing field takes the loop, which names it.
+            try:
+                state = cls(
+                    status=tree["status"],
+                    kind=tree["kind"],
+                    id=tree["id"],
+                    fqn=tree["fqn"],
+                    seq=tree["seq"],
+                    data=tree["data"],
+                    props=tree.get("props"),
+                    old_props=tree.get("oldProps"),
+                    output=tree.get("output"),
+                )
+            except KeyError:
+                pass
+            else:
+                state.validate()
+                return state
         values: dict[str, Any] = {}
         for name, json_name, _kind, _nullable in _STATE_FIELDS:
             if json_name in tree:

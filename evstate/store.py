@@ -26,10 +26,9 @@ from evstate.errors import (
     SecretError,
     SerdeError,
     UnreadableStateError,
-    ValidationError,
 )
 from evstate.model import ChangeEvent, Consistency, Op, Position, Scope, State, Tree
-from evstate.serde import check_tree, deserialize_state, serialize_state
+from evstate.serde import check_tree, deserialize_state, loads_state, serialize_state
 from evstate.view import decode_value
 
 log = logging.getLogger(__name__)
@@ -129,33 +128,43 @@ class KafkaStateStore:
     async def _states(self, rows: builtins.list[tuple[str, bytes]]) -> States:
         """Decode view values; the scrypt for any secret runs off the event loop first.
 
-        A value that is broken in itself goes to ``unreadable``; a secret that the
-        scope's password does not open raises (the password is wrong, not the state).
+        Without a key to derive, each value is parsed and revived in one pass
+        (:func:`~evstate.serde.loads_state`). A value that is broken in itself goes to
+        ``unreadable``; a secret that the scope's password does not open raises (the
+        password is wrong, not the state).
         """
         result = States()
-        trees: builtins.list[tuple[str, bytes, Tree]] = []
+        warm = self.scope.password is not None and any(_SECRET in raw for _, raw in rows)
+        trees: dict[str, Tree] = {}
+        if warm:
+            for key, raw in rows:
+                try:
+                    trees[key] = _tree(raw)
+                except ValueError as exc:  # not JSON (UnicodeDecodeError included)
+                    result.unreadable[key] = self._unreadable(key, exc)
+            assert self.scope.password is not None
+            await secrets.warm(self.scope.password, list(trees.values()))
         for key, raw in rows:
+            if key in result.unreadable:
+                continue
             try:
-                trees.append((key, raw, _tree(raw)))
-            except ValueError as exc:  # not JSON (UnicodeDecodeError included)
-                result.unreadable[key] = self._unreadable(key, exc)
-        if self.scope.password is not None and any(_SECRET in raw for _, raw, _ in trees):
-            await secrets.warm(self.scope.password, [tree for _, _, tree in trees])
-        for key, raw, tree in trees:
-            try:
-                # Every marker is a key starting with "@": without one, json.loads was
-                # the decoding.
-                result[key] = deserialize_state(self.scope, tree, markers=_MARKER in raw)
+                if warm:
+                    # Every marker is a key starting with "@": without one, json.loads
+                    # was the decoding.
+                    tree = trees[key]
+                    result[key] = deserialize_state(self.scope, tree, markers=_MARKER in raw)
+                else:
+                    result[key] = loads_state(self.scope, decode_value(raw)[1].decode("utf-8"))
             except SecretError as exc:
                 # Broken in itself (check_tree says so without a password), or a
                 # password that does not open it: only the first is the state's fault.
                 try:
-                    check_tree(tree)
-                except SerdeError as broken:
+                    check_tree(trees[key] if key in trees else _tree(raw))
+                except (SerdeError, ValueError) as broken:
                     result.unreadable[key] = self._unreadable(key, broken)
                 else:
                     raise exc from None
-            except (SerdeError, ValidationError) as exc:
+            except (SerdeError, ValueError) as exc:  # ValidationError is a ValueError
                 result.unreadable[key] = self._unreadable(key, exc)
         return result
 

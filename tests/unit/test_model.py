@@ -279,3 +279,41 @@ class TestChangeEvent:
                 reason=None,
                 correlation_id=None,
             )
+
+
+class _Tree(dict[str, Any]):
+    """A dict subclass: State.from_json takes its checked loop for it."""
+
+
+class TestStateFastPaths:
+    @pytest.mark.parametrize("drop", [(), ("props",), ("oldProps",), ("props", "output")])
+    def test_from_json_same_as_the_checked_loop(self, drop: tuple[str, ...]) -> None:
+        tree = make_state(old_props={"o": 1}).to_json()
+        for name in drop:
+            del tree[name]
+        assert State.from_json(tree) == State.from_json(_Tree(tree))
+
+    @pytest.mark.parametrize("missing", ["status", "kind", "id", "fqn", "seq", "data"])
+    def test_missing_field_named(self, missing: str) -> None:
+        tree = make_state().to_json()
+        del tree[missing]
+        with pytest.raises(InvalidStateError, match=f"'{missing}' is missing"):
+            State.from_json(tree)
+
+    def test_subclasses_still_pass_and_bad_types_still_fail(self) -> None:
+        class Text(str):
+            pass
+
+        make_state(kind=Text("k"), data=_Tree()).validate()
+        with pytest.raises(InvalidStateError, match="'seq'"):
+            make_state(seq=True).validate()
+        with pytest.raises(InvalidStateError, match="'status'"):
+            make_state(status="bogus").validate()
+
+
+@pytest.mark.parametrize("old_props", [None, {"o": 1}])
+def test_to_json_has_every_field_in_alchemy_order(old_props: dict[str, Any] | None) -> None:
+    order = ["status", "kind", "id", "fqn", "seq", "data", "props", "oldProps", "output"]
+    tree = make_state(old_props=old_props).to_json()
+    assert list(tree) == [name for name in order if name != "oldProps" or old_props]
+    assert State.from_json(tree) == make_state(old_props=old_props)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import socket
 import threading
@@ -19,6 +21,7 @@ from evstate.serde import (
     check_tree,
     deserialize,
     deserialize_state,
+    loads_state,
     serialize,
     serialize_state,
 )
@@ -455,3 +458,109 @@ class TestCheckTree:
             "me": scope,
         }
         check_tree(self._tree(**serialize(scope, value)))
+
+
+class TestLoadsState:
+    """``loads_state`` is ``deserialize_state(scope, json.loads(text))`` in one pass."""
+
+    def test_same_state_as_two_steps(self) -> None:
+        reader = Scope("app", "dev", password="pw")
+        text = json.dumps(serialize_state(SCOPE, make_state(props={"p": Secret("s")})))
+        state = loads_state(reader, text)
+        assert state == deserialize_state(reader, json.loads(text))
+        assert state.output is not None
+        assert state.output["Scope"] is reader
+        assert state.props == {"p": Secret("s")}
+
+    def test_plain_text_without_markers(self) -> None:
+        tree = serialize_state(SCOPE, make_state(data={}, props=None, old_props=None, output={}))
+        state = loads_state(SCOPE, json.dumps(tree))
+        assert (state.data, state.props, state.output) == ({}, None, {"Scope": SCOPE})
+
+    def test_malformed_marker_names_the_path(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["props"]["key"] = {"@buffer": 3}
+        with pytest.raises(SerdeError, match=r"props\.key"):
+            loads_state(SCOPE, json.dumps(tree))
+
+    def test_wrong_password_names_the_path(self) -> None:
+        text = json.dumps(serialize_state(SCOPE, make_state(output={"t": [Secret("x")]})))
+        with pytest.raises(SecretError, match=r"output\.t\[0\].*wrong password"):
+            loads_state(Scope("app", password="wrong"), text)
+
+    def test_marker_as_a_field_is_refused(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["data"] = {"@date": "2024-01-01T00:00:00.000Z"}
+        with pytest.raises(InvalidStateError, match="'data'"):
+            loads_state(SCOPE, json.dumps(tree))
+
+    def test_marker_key_beside_the_fields_is_ignored(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["@scope"] = None  # an unknown top-level field, as deserialize_state ignores it
+        assert loads_state(SCOPE, json.dumps(tree)) == deserialize_state(SCOPE, tree)
+
+    def test_too_deep_is_an_error(self) -> None:
+        deep: list[Any] = []
+        cursor = deep
+        for _ in range(300):
+            cursor.append([])
+            cursor = cursor[0]
+        cursor.append({"@date": "2024-01-01T00:00:00.000Z"})
+        tree = serialize_state(SCOPE, make_state())
+        tree["props"] = {"deep": deep}
+        with pytest.raises(SerdeError, match="deeper"):
+            loads_state(SCOPE, json.dumps(tree))
+
+    def test_not_json(self) -> None:
+        with pytest.raises(ValueError, match="Expecting"):
+            loads_state(SCOPE, '{"@date": ')
+
+
+class TestDateRange:
+    def test_years_before_1000_have_four_digits(self) -> None:
+        # As JavaScript's toISOString writes them, and as fromisoformat reads them back.
+        when = datetime(999, 12, 31, 23, 59, 59, 1000, tzinfo=UTC)
+        tree = serialize(SCOPE, {"at": when})
+        assert tree == {"at": {"@date": "0999-12-31T23:59:59.001Z"}}
+        assert deserialize(SCOPE, tree) == {"at": when}
+
+    @pytest.mark.parametrize(
+        "when",
+        [
+            datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5))),
+            datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5))),
+        ],
+    )
+    def test_out_of_range_in_utc_names_the_path(self, when: datetime) -> None:
+        with pytest.raises(UnserializableError, match="out of range") as info:
+            serialize(SCOPE, {"at": [when]}, path="data")
+        assert info.value.path == "data.at[0]"
+
+
+@pytest.mark.parametrize(
+    "text", ["", "AQ==", "AQI=", "AQID", "AB=", "A===", "AQ==AQ==", " AQ==", "AQ==\n", "A-_=", "é"]
+)
+def test_buffer_text_accepted_exactly_as_b64decode_validate(text: str) -> None:
+    try:
+        expected: bytes | None = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        expected = None
+    if expected is None:
+        with pytest.raises(SerdeError, match="malformed @buffer"):
+            deserialize(SCOPE, {"@buffer": text})
+    else:
+        assert deserialize(SCOPE, {"@buffer": text}) == expected
+        assert serialize(SCOPE, expected) == {"@buffer": base64.b64encode(expected).decode()}
+
+
+def test_loads_state_sees_an_escaped_marker_key() -> None:
+    tree = serialize_state(
+        SCOPE, make_state(data={}, props={"when": "x"}, old_props=None, output=None)
+    )
+    text = json.dumps(tree).replace(
+        '"when": "x"', '"when": {"\\u0040date": "2024-01-02T03:04:05.678Z"}'
+    )
+    assert '"@' not in text
+    state = loads_state(SCOPE, text)
+    assert state.props == {"when": datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)}
+    assert state == deserialize_state(SCOPE, json.loads(text))
