@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import aiokafka.errors as kerr
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.protocol.offset import OffsetRequest
 
 from evstate.config import Settings
 from evstate.errors import KafkaError
@@ -121,7 +122,6 @@ class Tail(_Reader):
         """
         super().__init__(settings, topic, None)
         self._tps = [self._tp(p) for p in (only or range(partitions))]
-        self._probe: AIOKafkaConsumer | None = None  # read_uncommitted, for high watermarks
 
     async def start(self, offsets: Mapping[int, int]) -> None:
         """Connect, assign every partition, and seek each to ``offsets`` (or the start)."""
@@ -132,15 +132,6 @@ class Tail(_Reader):
                 self._consumer.seek(tp, offsets[tp.partition])
             else:
                 await self._consumer.seek_to_beginning(tp)
-
-    async def stop(self) -> None:
-        """Disconnect; idempotent."""
-        probe, self._probe = self._probe, None
-        try:
-            await super().stop()
-        finally:
-            if probe is not None:
-                await stop_consumer(probe)
 
     async def fetch(
         self, timeout: float, max_records: int | None = None
@@ -188,20 +179,32 @@ class Tail(_Reader):
         Every write acknowledged before this call lies below it: a commit is acknowledged
         before its markers are written, so the last stable offset may not include it yet.
         Once a ``read_committed`` position reaches this mark, every transaction in it was
-        decided and the committed ones were read.
+        decided and the committed ones were read. Asked over the consumer's own
+        connections (a ``read_uncommitted`` ListOffsets to each leader), so no second
+        client has to start.
         """
-        if self._probe is None:
-            probe = AIOKafkaConsumer(
-                **client_options(self._settings),
-                group_id=None,
-                enable_auto_commit=False,
-                isolation_level="read_uncommitted",
-            )
-            await start_within(self._settings, probe)
-            self._probe = probe
+        client = self._consumer._client  # aiokafka's consumer has no uncommitted ends
         with translated(self._settings):
-            ends = await self._probe.end_offsets(self._tps)
-        return {tp.partition: off for tp, off in ends.items()}
+            by_leader: dict[int, list[int]] = {}
+            for tp in self._tps:
+                leader = client.cluster.leader_for_partition(tp)
+                if leader is None or leader < 0:
+                    await client.force_metadata_update()
+                    leader = client.cluster.leader_for_partition(tp)
+                if leader is None or leader < 0:
+                    raise kerr.LeaderNotAvailableError(f"no leader for {tp}")
+                by_leader.setdefault(leader, []).append(tp.partition)
+            ends: dict[int, int] = {}
+            for leader, partitions in by_leader.items():
+                # Latest offset (-1), read_uncommitted (0).
+                request = OffsetRequest(-1, 0, [(self._topic, [(p, -1) for p in partitions])])
+                response = await client.send(leader, request)
+                for _, answers in response.topics:
+                    for partition, error_code, *rest in answers:
+                        if error_code:
+                            raise kerr.for_code(error_code)(f"ListOffsets of {partition}")
+                        ends[partition] = int(rest[-1])
+        return ends
 
 
 class Assignments(Protocol):
