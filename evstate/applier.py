@@ -466,10 +466,15 @@ class Applier:
             if progress is not None:
                 progress(0, total)
             while any(self._applied.get(p, starts[p]) < ends[p] for p in ends):
+                self._fetched_at = time.time()
                 read += await self._apply(tail, await tail.fetch(0.5, max_records=5_000))
                 if progress is not None:
                     progress(min(read, total), total)
             self._view.mark_fresh(dict.fromkeys(ends, asked_at))
+            # The partitions at their end as of the last fetch are fresh as of then: the
+            # applier resumes at once, so a short delete.retention.ms does not make the
+            # view it just rebuilt look stale.
+            self._mark_fresh(tail)
         finally:
             await tail.stop()
         await self.start()
