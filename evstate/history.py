@@ -98,7 +98,9 @@ async def _scope_records(
     tail = Tail(settings, topic, partitions, only=[partition])
     await tail.start({})
     try:
-        end = (await tail.end_offsets())[partition]
+        # The high watermark, not the last stable offset: a write acknowledged just now
+        # may not have its commit marker yet, and it must be read back.
+        end = (await tail.high_watermarks())[partition]
         start = (await tail.positions())[partition]
         if isinstance(since, Position):
             start = max(start, since.offset)
