@@ -2,8 +2,8 @@
 
 A record key is ``scope.path + ":" + id``; it is unambiguous because ``:`` is forbidden in
 scope names and ids. The partition is the one Kafka's Java default partitioner picks for
-a record whose key is the scope path, so every event of a scope lands in one partition
-(totally ordered) and a client in any language can find it.
+a record whose key is the scope's stage (its first two names), so every event of a stage
+lands in one partition (totally ordered) and a client in any language can find it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from evstate.model import Scope
 from evstate.names import name_problem
 
 __all__ = [
+    "legacy_partition_for",
     "murmur2",
+    "stage_of",
     "partition_for",
     "record_key",
     "scope_prefix",
@@ -75,23 +77,45 @@ def to_positive(n: int) -> int:
     return n & 0x7FFFFFFF
 
 
-def partition_for(scope: Scope | str, partitions: int) -> int:
-    """Return the partition every event of ``scope`` goes to.
+def stage_of(scope: Scope | str) -> str:
+    """Return the stage a scope belongs to: the first two names of its path.
 
-    The scope path (not the record key) is hashed, so one scope is one partition.
+    ``app/prod/db`` → ``app/prod``; a one-name scope is its own stage. The path's
+    ``/``-separated segments count as names, so a client that knows only the path finds
+    the same stage.
+    """
+    path = scope.path if isinstance(scope, Scope) else scope
+    first = path.find("/")
+    if first < 0:
+        return path
+    second = path.find("/", first + 1)
+    return path if second < 0 else path[:second]
+
+
+def partition_for(scope: Scope | str, partitions: int) -> int:
+    """Return the partition every event of ``scope``'s stage goes to.
+
+    The stage (:func:`stage_of`: the first two names of the scope path) is hashed, not
+    the record key or the full path, so a stage's whole tree (its states, nested scopes
+    and locks) is one totally ordered log.
 
     Args:
         scope: The scope, or its path.
         partitions: The state topic's partition count.
 
     Returns:
-        ``to_positive(murmur2(path.encode("utf-8"))) % partitions``.
+        ``to_positive(murmur2(stage.encode("utf-8"))) % partitions``.
 
     Raises:
         ValidationError: ``partitions`` is below 1.
     """
     if isinstance(partitions, bool) or not isinstance(partitions, int) or partitions < 1:
         raise ValidationError(f"partitions must be an int >= 1, got {partitions!r}")
+    return to_positive(murmur2(stage_of(scope).encode("utf-8"))) % partitions
+
+
+def legacy_partition_for(scope: Scope | str, partitions: int) -> int:
+    """The partition of ``scope`` under the old rule (the full path hashed); for migration."""
     path = scope.path if isinstance(scope, Scope) else scope
     return to_positive(murmur2(path.encode("utf-8"))) % partitions
 

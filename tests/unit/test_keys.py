@@ -9,7 +9,9 @@ import pytest
 from evstate.errors import InvalidKeyError, ValidationError
 from evstate.keys import (
     murmur2,
+    legacy_partition_for,
     partition_for,
+    stage_of,
     record_key,
     scope_prefix,
     split_record_key,
@@ -92,10 +94,12 @@ def _reference_murmur2(data: bytes) -> int:
 @pytest.mark.parametrize(("text", "java_hash", "p3", "p12", "p50"), JAVA_VECTORS)
 def test_murmur2_matches_java(text: str, java_hash: int, p3: int, p12: int, p50: int) -> None:
     assert murmur2(text.encode("utf-8")) == java_hash
-    assert partition_for(text, 1) == 0
-    assert partition_for(text, 3) == p3
-    assert partition_for(text, 12) == p12
-    assert partition_for(text, 50) == p50
+    assert legacy_partition_for(text, 1) == 0
+    assert legacy_partition_for(text, 3) == p3
+    assert legacy_partition_for(text, 12) == p12
+    assert legacy_partition_for(text, 50) == p50
+    if text.count("/") < 2:  # a stage's own path: both rules agree
+        assert partition_for(text, 12) == p12
 
 
 def test_murmur2_matches_reference_on_random_bytes() -> None:
@@ -118,12 +122,17 @@ def test_to_positive() -> None:
     assert to_positive(5) == 5
 
 
-def test_partition_for_hashes_the_scope_path() -> None:
+def test_partition_for_hashes_the_stage() -> None:
     scope = Scope("app", "prod", "child")
-    assert partition_for(scope, 12) == 10  # "app/prod/child" from JAVA_VECTORS
-    assert partition_for(scope, 12) == partition_for("app/prod/child", 12)
-    # The record key is not what is hashed: every key of a scope shares its partition.
-    assert partition_for(record_key(scope, "x"), 12) != partition_for(scope, 12)
+    assert stage_of(scope) == "app/prod"
+    assert stage_of("app") == "app"
+    assert stage_of("app/prod") == "app/prod"
+    assert stage_of("a/b/c/d") == "a/b"
+    assert partition_for(scope, 12) == 1  # "app/prod" from JAVA_VECTORS
+    assert legacy_partition_for(scope, 12) == 10  # "app/prod/child": the old rule
+    assert partition_for(scope, 12) == partition_for("app/prod/child/deeper", 12)
+    # The record key is not what is hashed: every key of a one-name scope shares its partition.
+    assert partition_for(record_key(Scope("app"), "y"), 12) != partition_for(Scope("app"), 12)
 
 
 def test_partition_for_ignores_password() -> None:
