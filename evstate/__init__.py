@@ -7,8 +7,16 @@ docs/design.md.
 
 from evstate.client import ClientState, EvstateClient, StoreFactory, store_factory
 from evstate.config import Settings
-from evstate.errors import ConsistencyTimeout, EvstateError
-from evstate.model import ChangeEvent, Consistency, Position, Scope, State
+from evstate.errors import (
+    ConflictError,
+    ConsistencyTimeout,
+    EvstateError,
+    FencedError,
+    LockHeldError,
+    NoSuchLeaseError,
+)
+from evstate.locks import HeldLease
+from evstate.model import ChangeEvent, Consistency, Lease, Position, Scope, State
 from evstate.serde import Secret
 from evstate.store import KafkaStateStore, States
 from evstate.watch import WatchedEvent, Watcher
@@ -16,11 +24,17 @@ from evstate.watch import WatchedEvent, Watcher
 __all__ = [
     "ChangeEvent",
     "ClientState",
+    "ConflictError",
     "Consistency",
     "ConsistencyTimeout",
     "EvstateClient",
     "EvstateError",
+    "FencedError",
+    "HeldLease",
     "KafkaStateStore",
+    "Lease",
+    "LockHeldError",
+    "NoSuchLeaseError",
     "Position",
     "Scope",
     "Secret",

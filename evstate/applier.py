@@ -30,7 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -95,6 +97,11 @@ def to_changes(
             pos = Position(r.partition, r.offset)
             _poison(stats, pos, f"record key {r.key!r} is not 'scope:id'", report)
             continue
+        if len(r.headers) > 1:  # the schema header is alone on a plain SET
+            _index_idempotency(r, changes)
+        if r.key[-1] == _COLON:  # a lock event
+            _lease_change(r, changes, stats, report)
+            continue
         if r.value is None:  # a DELETE: tombstone
             changes.append((r.key, None))
             continue
@@ -108,11 +115,45 @@ def to_changes(
             changes.append((r.key, encode_value(head.version, head.state_text)))
         elif head.op == "DELETE":
             changes.append((r.key, None))
-        # LOCK/UNLOCK do not change state.
     stats.records_applied += len(changes)
     if report:
         metrics.RECORDS_APPLIED.labels(stats.topic).inc(len(changes))
     return changes
+
+
+_COLON = ord(":")
+_STAMP = struct.Struct(">qq")
+
+
+def _index_idempotency(r: Record, changes: list[tuple[bytes, bytes | None]]) -> None:
+    """Index a write's idempotency key (its position and time) for the write rules."""
+    for name, value in r.headers:
+        if name == events.IDEMPOTENCY_HEADER:
+            key = keys.idempotency_key(r.partition, bytes(value).decode("utf-8", "replace"))
+            changes.append((key, _STAMP.pack(r.offset, r.timestamp_ms)))
+
+
+def _lease_change(
+    r: Record, changes: list[tuple[bytes, bytes | None]], stats: ApplierStats, report: bool
+) -> None:
+    """A lock event's change to its scope's lease: LOCK/RENEW set it, UNLOCK/BREAK drop it."""
+    assert r.key is not None
+    lease = keys.lease_key(r.key[:-1].decode("utf-8", "replace"))
+    if r.value is None:
+        changes.append((lease, None))
+        return
+    try:
+        head = events.summarize(r.value, r.headers)
+        data = json.loads(head.state_text or "null")
+        if head.op not in ("LOCK", "RENEW") or not isinstance(data, dict):
+            raise MalformedEventError(f"a {head.op} event cannot carry a lease")
+    except (MalformedEventError, ValueError) as exc:
+        pos = Position(r.partition, r.offset)
+        _poison(stats, pos, f"unreadable lock event: {exc}", report)
+        return
+    # A lease's token is its LOCK event's offset; a RENEW names the lease it extends.
+    data["token"] = r.offset if head.op == "LOCK" else head.lock_token
+    changes.append((lease, json.dumps(data, separators=(",", ":")).encode("utf-8")))
 
 
 def _reason_at(value: bytes, r: Record, pos: Position, exc: MalformedEventError) -> str:
@@ -365,6 +406,8 @@ class Applier:
         count = self._partitions
 
         def partition_of(record_key: bytes) -> int:
+            if record_key[:1] == b"\x00":
+                return keys.meta_partition(record_key, count)
             path, sep, _ = record_key.partition(b":")
             if not sep:
                 return -1

@@ -21,10 +21,12 @@ from evstate.config import Settings
 from evstate.engine import Engine
 from evstate.errors import ClosedError
 from evstate.history import Diff, Point, diff_trees, read_events, replay_trees
+from evstate.locks import HeldLease, LockAttempt, Locks
 from evstate.model import (
     CONSISTENCIES,
     ChangeEvent,
     Consistency,
+    Lease,
     Lifecycle,
     Position,
     Scope,
@@ -42,6 +44,7 @@ __all__ = [
     "ClientState",
     "Consistency",
     "EvstateClient",
+    "HeldLease",
     "StoreFactory",
     "store_factory",
 ]
@@ -69,6 +72,7 @@ class EvstateClient:
         """
         self.settings = settings if settings is not None else Settings.from_env(**overrides)
         self.engine = Engine(self.settings)
+        self._locks = Locks(self.engine)
         self._watchers: weakref.WeakSet[Watcher] = weakref.WeakSet()
 
     # -- lifecycle ----------------------------------------------------------------
@@ -109,9 +113,55 @@ class EvstateClient:
         watchers = list(self._watchers)
         self._watchers.clear()
         try:
+            if self.engine.state is Lifecycle.OPEN:
+                await self._locks.release_all()
             await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
         finally:
             await self.engine.close()
+
+    # -- locks --------------------------------------------------------------------
+
+    def lock(
+        self,
+        scope: Scope | str,
+        *,
+        ttl: float = 30.0,
+        wait: float = 0.0,
+        info: dict[str, Any] | None = None,
+    ) -> LockAttempt:
+        """Take a lease on ``scope`` and every scope nested in it.
+
+        ``async with client.lock(scope) as lease:``, or ``lease = await client.lock(...)``
+        then ``await lease.release()``. While held, the lease is renewed every ``ttl / 3``
+        seconds and its token is attached to this client's writes under the scope; any
+        other write there is refused (``LockHeldError``). A killed holder's lease lapses
+        ``ttl`` seconds after its last renewal.
+
+        Args:
+            scope: a stage (``app/stage``) or a scope nested in one, as a Scope or a path.
+            ttl: seconds the lease lasts without renewal (0.5 to 86400).
+            wait: seconds to keep asking while someone else holds it.
+            info: what the holder wants others to see (command, CI job URL, pid...).
+
+        Raises:
+            LockHeldError: held by someone else (after ``wait``); names the holder.
+            ValidationError: a one-name scope (it spans stages), a bad ttl or wait.
+        """
+        return self._locks.lock(scope, ttl=ttl, wait=wait, info=info)
+
+    async def break_lock(self, scope: Scope | str, token: int) -> None:
+        """End the lease ``token`` on ``scope``, whoever holds it (a BREAK in the history).
+
+        The holder's later writes, renewals and release raise ``FencedError``.
+
+        Raises:
+            NoSuchLeaseError: no lease with that token is on the scope.
+        """
+        await self._locks.break_lock(scope, token)
+
+    async def locks(self, scope: Scope | str | None = None) -> list[Lease]:
+        """Live leases: every one, or those on ``scope``, covering it or nested in it."""
+        return await self._locks.live(scope)
 
     # -- stores -------------------------------------------------------------------
 

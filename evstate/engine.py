@@ -14,6 +14,9 @@ Writes wait for the first part too, since a key's next version comes from the vi
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+from collections.abc import Iterator
 from types import TracebackType
 
 from evstate import keys, metrics
@@ -25,12 +28,13 @@ from evstate.model import (
     CONSISTENCIES,
     ChangeEvent,
     Consistency,
+    Lease,
     Lifecycle,
     Position,
     Scope,
 )
 from evstate.view import View, decode_value
-from evstate.writer import Writer
+from evstate.writer import Intent, Outcome, Writer
 
 __all__ = ["Engine"]
 
@@ -55,7 +59,7 @@ class Engine:
         self._applier: Applier | None = None
         self._topics_ready = False
         self._written: dict[int, int] = {}
-        self._versions: dict[bytes, int] = {}
+        self._held: dict[str, int] = {}  # scope path -> token of a lease this client holds
         self._partitions: dict[str, tuple[int, int]] = {}  # scope path -> (count, partition)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -201,7 +205,12 @@ class Engine:
             if self._applier is None:
                 await self._start_applier(self.settings.partitions)
             writer = Writer(
-                self.settings, partitions=self.settings.partitions, max_bytes=min(limits)
+                self.settings,
+                partitions=self.settings.partitions,
+                max_bytes=min(limits),
+                ledger=ViewLedger(self.view),
+                catch_up=self._catch_up_partition,
+                applied=self._applied,
             )
             await writer.start()
             self._writer = writer
@@ -227,16 +236,6 @@ class Engine:
             raise ClosedError("this EvstateClient is not open")
         return self._view
 
-    def next_version(self, record_key: bytes) -> int:
-        """The version a new event of ``record_key`` gets: one above the newest known.
-
-        The newest known is the larger of what the view holds and what this process
-        wrote; writers in other processes are seen once the view has applied them.
-        """
-        raw = self.view.get(record_key)
-        in_view = decode_value(raw)[0] if raw is not None else 0
-        return max(in_view, self._versions.get(record_key, 0)) + 1
-
     async def check_write(self, scope: Scope, event: ChangeEvent) -> None:
         """Refuse ``event`` as :meth:`write` would before sending anything; send nothing.
 
@@ -250,23 +249,67 @@ class Engine:
         assert self._writer is not None
         self._writer.records(scope, event)
 
-    async def write(self, scope: Scope, event: ChangeEvent) -> Position:
-        """Append ``event`` (state and history topics) and wait for Kafka's acknowledgement.
+    async def write(self, intent: Intent) -> Outcome:
+        """Decide ``intent`` in log order and append it; wait for Kafka's acknowledgement.
 
-        Returns:
-            The event's position in the state topic.
+        A write into a scope covered by a lease this client holds carries its token.
 
         Raises:
+            LockHeldError, FencedError, NoSuchLeaseError, ConflictError: refused by the
+                write rules; nothing was written.
             EventTooLargeError: the encoded event is over the topic's limit; nothing sent.
             WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
         """
         await self.ensure_topics()
         assert self._writer is not None
-        pos = await self._writer.write(scope, event)
-        if pos.offset > self._written.get(pos.partition, -1):
+        await self.ready(intent.scope)
+        if intent.lock_token is None and intent.op in ("SET", "DELETE") and self._held:
+            token = self.held_token(intent.scope.path)
+            if token is not None:
+                intent = dataclasses.replace(intent, lock_token=token)
+        outcome = await self._writer.write(intent)
+        pos = outcome.position
+        if pos is not None and pos.offset > self._written.get(pos.partition, -1):
             self._written[pos.partition] = pos.offset
-        self._versions[keys.record_key(scope, event.key).encode("utf-8")] = event.version
-        return pos
+        return outcome
+
+    def held_token(self, path: str) -> int | None:
+        """The token of a lease this client holds that covers ``path``, if any."""
+        at = len(path)
+        while at > 0:
+            token = self._held.get(path[:at])
+            if token is not None:
+                return token
+            at = path.rfind("/", 0, at)
+        return None
+
+    def hold(self, lease: Lease) -> None:
+        """Attach ``lease``'s token to this client's writes under its scope from now on."""
+        self._held[lease.scope] = lease.token
+
+    def unhold(self, lease: Lease) -> None:
+        """Stop attaching ``lease``'s token (released, broken or lost)."""
+        if self._held.get(lease.scope) == lease.token:
+            del self._held[lease.scope]
+
+    def leases(self, path: str | None = None) -> list[Lease]:
+        """Leases recorded in the view: all, or those on ``path`` or nested in it."""
+        found = []
+        prefix = keys.lease_key(keys.stage_of(path)) if path else keys.LEASE_PREFIX
+        for _, raw in self.view.meta_items(prefix):
+            lease = Lease.from_json(json.loads(raw))
+            if path is None or lease.covers(path) or lease.scope.startswith(path + "/"):
+                found.append(lease)
+        return found
+
+    async def _catch_up_partition(self, partition: int) -> None:
+        """Wait until the view holds everything committed to ``partition`` so far."""
+        assert self._applier is not None
+        await self._applier.ready(partition)
+        await self._applier.wait_until(partition, await self._applier.end_offset(partition))
+
+    def _applied(self, partition: int) -> int | None:
+        return self._applier.applied(partition) if self._applier is not None else None
 
     async def consistent(
         self,
@@ -369,3 +412,26 @@ class Engine:
     def topic_partitions(self) -> int | None:
         """How many partitions the topics have; None while the state topic does not exist."""
         return self._applier.partitions if self._applier is not None else None
+
+
+class ViewLedger:
+    """The write rules' view of a partition (:class:`evstate.rules.Ledger`), read from the view."""
+
+    def __init__(self, view: View) -> None:
+        self._view = view
+
+    def version(self, record_key: bytes) -> int:
+        raw = self._view.get(record_key)
+        return decode_value(raw)[0] if raw is not None else 0
+
+    def leases(self, stage: str) -> Iterator[Lease]:
+        for _, raw in self._view.meta_items(keys.lease_key(stage)):
+            lease = Lease.from_json(json.loads(raw))
+            if keys.stage_of(lease.scope) == stage:
+                yield lease
+
+    def written(self, partition: int, idempotency_key: str) -> Position | None:
+        found = self._view.meta_items(keys.idempotency_key(partition, idempotency_key))
+        if not found:
+            return None
+        return Position(partition, int.from_bytes(found[0][1][:8], "big"))

@@ -33,9 +33,15 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     │   ├── AuthenticationError (PermissionError)       SASL credentials refused
     │   ├── TopicMismatchError                 topic exists with other policy/partitions
     │   └── WriteFailedError                   the broker did not acknowledge a write
+    │       └── WriterFencedError              another process took this partition's writer ids
     ├── ViewError                              the local RocksDB view
     │   ├── ViewLockedError                    another process holds the view dir
     │   └── ViewUnavailableError               dir missing, read-only or deleted under us
+    ├── ConflictError                          compare-and-set: the key is at another version
+    ├── LockError                              a lock refused a write, lock, renew or release
+    │   ├── LockHeldError                      someone else's lease covers the scope
+    │   ├── FencedError                        the caller's lease was broken or taken over
+    │   └── NoSuchLeaseError                   no lease with that token to break
     ├── ConsistencyTimeout (TimeoutError)      the view did not reach a position in time
     └── ClosedError (RuntimeError)             a client or store used after close
 
@@ -43,6 +49,8 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 
 class EvstateError(Exception):
@@ -188,6 +196,78 @@ class WriteFailedError(KafkaError):
     """The broker did not acknowledge a write; it may be retried."""
 
     retriable = True
+
+
+class WriterFencedError(WriteFailedError):
+    """Another process registered this partition's transactional ids since the last write.
+
+    The writer takes them back, catches its view up and decides again; a caller sees this
+    only when that keeps failing.
+    """
+
+
+class ConflictError(EvstateError):
+    """A compare-and-set write found the key at another version; nothing was written."""
+
+    def __init__(self, *, scope: str, key: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"{scope}:{key} is at version {actual}, not {expected} as expected; nothing was "
+            "written: read it again and retry"
+        )
+        self.scope = scope
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class LockError(EvstateError):
+    """A lock refused a write, a lock, a renewal or a release; nothing was written."""
+
+
+class LockHeldError(LockError):
+    """Someone else holds a lease that covers the scope."""
+
+    def __init__(
+        self,
+        *,
+        scope: str,
+        holder: str,
+        info: dict[str, object],
+        token: int,
+        expires_at: datetime,
+        wanted: str,
+        action: str,
+    ) -> None:
+        extra = f" ({', '.join(f'{k}={v}' for k, v in info.items())})" if info else ""
+        where = "" if wanted == scope else f" (it covers {wanted})"
+        super().__init__(
+            f"{scope} is locked by {holder}{extra}, token {token}, until "
+            f"{expires_at.isoformat(timespec='seconds')}{where}; {action} refused, nothing "
+            "was written"
+        )
+        self.scope = scope
+        self.holder = holder
+        self.info = info
+        self.token = token
+        self.expires_at = expires_at
+
+
+class FencedError(LockError):
+    """The caller's lease is no longer the scope's: it was broken, released or taken over."""
+
+    def __init__(self, message: str, *, scope: str, token: int) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.token = token
+
+
+class NoSuchLeaseError(LockError):
+    """``break_lock`` named a lease that is not (or no longer) held."""
+
+    def __init__(self, message: str, *, scope: str, token: int) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.token = token
 
 
 class ViewError(EvstateError):

@@ -27,6 +27,7 @@ from evstate.model import ChangeEvent, Position
 __all__ = [
     "CURRENT_FINGERPRINT",
     "DELETE_HEADER",
+    "IDEMPOTENCY_HEADER",
     "SCHEMA_HEADER",
     "EventSummary",
     "decode",
@@ -156,6 +157,8 @@ def encode(event: ChangeEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
         "actor": event.actor,
         "reason": event.reason,
         "correlation_id": event.correlation_id,
+        "lock_token": event.lock_token,
+        "idempotency_key": event.idempotency_key,
     }
     out = io.BytesIO()
     try:
@@ -268,6 +271,8 @@ def _to_event(record: dict[str, Any], position: Position | None) -> ChangeEvent:
             reason=record["reason"],
             correlation_id=record["correlation_id"],
             position=position,
+            lock_token=record["lock_token"],
+            idempotency_key=record["idempotency_key"],
         )
     except ValidationError as exc:
         raise MalformedEventError(f"event{_where(position)} is invalid: {exc}") from exc
@@ -282,6 +287,8 @@ class EventSummary:
     version: int
     state_text: str | None
     timestamp: datetime
+    actor: str = ""
+    lock_token: int | None = None
 
 
 def summarize(
@@ -300,12 +307,20 @@ def summarize(
             f"event{_where(position)} has an op this evstate does not know; upgrade evstate"
         )
     return EventSummary(
-        record["op"], record["key"], record["version"], record["state"], record["timestamp"]
+        record["op"],
+        record["key"],
+        record["version"],
+        record["state"],
+        record["timestamp"],
+        record["actor"],
+        record["lock_token"],
     )
 
 
 DELETE_HEADER = "evstate.delete"
 """Header of a state-topic tombstone that carries the DELETE event itself."""
+IDEMPOTENCY_HEADER = "evstate.idem"
+"""Header with the event's idempotency key (UTF-8), on state-topic records that have one."""
 
 
 def state_record(
@@ -313,9 +328,11 @@ def state_record(
 ) -> tuple[bytes | None, list[tuple[str, bytes]]]:
     """The value and headers of ``event``'s record in the compacted state topic.
 
-    A SET is the encoded event. A DELETE is a tombstone (null value), so compaction can
-    drop the key for good, with the encoded event in the ``evstate.delete`` header, so the
-    record still says who deleted what and why until it is compacted away.
+    A SET (or LOCK, RENEW) is the encoded event. A DELETE (or UNLOCK, BREAK) is a
+    tombstone (null value), so compaction can drop the key for good, with the encoded
+    event in the ``evstate.delete`` header, so the record still says who deleted what and
+    why until it is compacted away. An event with an idempotency key also carries it in
+    the ``evstate.idem`` header, so the view indexes it without decoding a tombstone.
 
     Args:
         event: the event.
@@ -325,6 +342,11 @@ def state_record(
         UnserializableError, SerdeError: as :func:`encode`.
     """
     value, headers = encoded if encoded is not None else encode(event)
-    if event.op == "DELETE":
+    if event.idempotency_key is not None:
+        headers = [*headers, (IDEMPOTENCY_HEADER, event.idempotency_key.encode("utf-8"))]
+    if event.op in _TOMBSTONE_OPS:
         return None, [*headers, (DELETE_HEADER, value)]
     return value, headers
+
+
+_TOMBSTONE_OPS = frozenset({"DELETE", "UNLOCK", "BREAK"})

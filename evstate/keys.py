@@ -15,14 +15,21 @@ from evstate.model import Scope
 from evstate.names import name_problem
 
 __all__ = [
+    "IDEMPOTENCY_PREFIX",
+    "LEASE_PREFIX",
+    "idempotency_key",
+    "lease_key",
     "legacy_partition_for",
+    "lock_record_key",
+    "meta_partition",
     "murmur2",
-    "stage_of",
     "partition_for",
     "record_key",
     "scope_prefix",
     "split_record_key",
+    "stage_of",
     "to_positive",
+    "validate_idempotency_key",
     "validate_key",
 ]
 
@@ -118,6 +125,49 @@ def legacy_partition_for(scope: Scope | str, partitions: int) -> int:
     """The partition of ``scope`` under the old rule (the full path hashed); for migration."""
     path = scope.path if isinstance(scope, Scope) else scope
     return to_positive(murmur2(path.encode("utf-8"))) % partitions
+
+
+# Meta keys of the view (``evstate.meta``): they start with NUL, which no record key does.
+LEASE_PREFIX = b"\x00L"
+IDEMPOTENCY_PREFIX = b"\x00I"
+_PARTITION = struct.Struct(">I")
+
+
+def lock_record_key(path: str) -> bytes:
+    """The state-topic key of a scope's lock events: ``path + ":"`` (ids are never empty)."""
+    return (path + ":").encode("utf-8")
+
+
+def lease_key(path: str) -> bytes:
+    """The view's key for the lease on ``path``."""
+    return LEASE_PREFIX + path.encode("utf-8")
+
+
+def idempotency_key(partition: int, key: str) -> bytes:
+    """The view's key for a write's idempotency key, NUL-terminated (keys have no NUL)."""
+    return IDEMPOTENCY_PREFIX + _PARTITION.pack(partition) + key.encode("utf-8") + b"\x00"
+
+
+def meta_partition(meta_key: bytes, partitions: int) -> int:
+    """The partition a meta key belongs to (-1 for an unknown kind)."""
+    if meta_key.startswith(LEASE_PREFIX):
+        return partition_for(meta_key[len(LEASE_PREFIX) :].decode("utf-8", "replace"), partitions)
+    if meta_key.startswith(IDEMPOTENCY_PREFIX):
+        return int(_PARTITION.unpack_from(meta_key, len(IDEMPOTENCY_PREFIX))[0])
+    return -1
+
+
+def validate_idempotency_key(key: object) -> str:
+    """Refuse an idempotency key that is not 1-200 printable characters.
+
+    Raises:
+        ValidationError: what is wrong with it.
+    """
+    if not isinstance(key, str) or not 0 < len(key) <= 200 or not key.isprintable():
+        raise ValidationError(
+            f"invalid idempotency key {key!r}: give 1 to 200 printable characters, e.g. a uuid"
+        )
+    return key
 
 
 def validate_key(key: object) -> None:

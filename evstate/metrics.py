@@ -36,7 +36,13 @@ from contextlib import contextmanager
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from evstate.errors import ConsistencyTimeout, SerdeError, ValidationError
+from evstate.errors import (
+    ConflictError,
+    ConsistencyTimeout,
+    LockError,
+    SerdeError,
+    ValidationError,
+)
 
 _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -101,7 +107,7 @@ def timed_write(topic: str) -> Iterator[None]:
     started = time.perf_counter()
     try:
         yield
-    except (ValidationError, SerdeError):  # refused before anything was sent
+    except (ValidationError, SerdeError, LockError, ConflictError):  # nothing was sent
         WRITES.labels(topic, "refused").inc()
         raise
     except Exception:  # a cancelled write is not counted

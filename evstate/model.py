@@ -17,10 +17,12 @@ from evstate.names import name_problem
 
 __all__ = [
     "CONSISTENCIES",
+    "LOCK_OPS",
     "OPS",
     "STATUSES",
     "ChangeEvent",
     "Consistency",
+    "Lease",
     "Lifecycle",
     "Op",
     "Position",
@@ -33,7 +35,8 @@ __all__ = [
 Status = Literal["creating", "created", "updating", "updated", "deleting", "deleted"]
 STATUSES: tuple[Status, ...] = get_args(Status)
 
-Op = Literal["SET", "DELETE", "LOCK", "UNLOCK"]
+Op = Literal["SET", "DELETE", "LOCK", "UNLOCK", "RENEW", "BREAK"]
+LOCK_OPS: frozenset[str] = frozenset({"LOCK", "UNLOCK", "RENEW", "BREAK"})
 OPS: tuple[Op, ...] = get_args(Op)
 
 Tree = dict[str, Any]
@@ -375,6 +378,12 @@ class ChangeEvent:
         reason: Why, if the caller said.
         correlation_id: Ties events of one operation together, if the caller gave one.
         position: Where the event was read from; ``None`` until read from Kafka.
+        lock_token: The lease the write was made under (a holder's write), or the lease a
+            RENEW, UNLOCK or BREAK is about.
+        idempotency_key: The caller's key for retrying this write safely, if given.
+
+    A lock event (LOCK, RENEW, UNLOCK, BREAK) has ``key == ""``; a LOCK or RENEW's
+    ``state`` is the lease (:meth:`Lease.to_json` without the token).
     """
 
     event_id: str
@@ -389,6 +398,8 @@ class ChangeEvent:
     reason: str | None
     correlation_id: str | None
     position: Position | None = None
+    lock_token: int | None = None
+    idempotency_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -411,6 +422,8 @@ class ChangeEvent:
         reason: str | None = None,
         correlation_id: str | None = None,
         expected_version: int | None = None,
+        lock_token: int | None = None,
+        idempotency_key: str | None = None,
     ) -> ChangeEvent:
         """Make an event with a fresh ``event_id`` and the current time.
 
@@ -444,4 +457,84 @@ class ChangeEvent:
             actor=actor,
             reason=reason,
             correlation_id=correlation_id,
+            lock_token=lock_token,
+            idempotency_key=idempotency_key,
         )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lease:
+    """A lock held on a scope and every scope nested in it.
+
+    Attributes:
+        scope: The locked scope's path (a stage, or a scope nested in one).
+        token: The fencing token: the offset of the LOCK event in the stage's partition,
+            so it strictly increases with every lease granted on the stage.
+        holder: The actor that took it.
+        info: What the holder wants others to see (command, CI job, pid, ...).
+        acquired_at: When it was taken.
+        expires_at: When it lapses unless renewed.
+    """
+
+    scope: str
+    token: int
+    holder: str
+    info: dict[str, Any]
+    acquired_at: datetime
+    expires_at: datetime
+
+    def live(self, now: datetime) -> bool:
+        """Whether the lease still holds at ``now``."""
+        return now < self.expires_at
+
+    def covers(self, path: str) -> bool:
+        """Whether a write into ``path`` falls under this lease."""
+        return path == self.scope or path.startswith(self.scope + "/")
+
+    def overlaps(self, path: str) -> bool:
+        """Whether a lease on ``path`` would cover this one's scope or be covered by it."""
+        return self.covers(path) or self.scope.startswith(path + "/")
+
+    def to_json(self, *, with_token: bool = True) -> dict[str, Any]:
+        """The lease as JSON (Alchemy-style camelCase, times in epoch milliseconds)."""
+        out: dict[str, Any] = {
+            "scope": self.scope,
+            "holder": self.holder,
+            "info": self.info,
+            "acquiredAt": _to_ms(self.acquired_at),
+            "expiresAt": _to_ms(self.expires_at),
+        }
+        if with_token:
+            out["token"] = self.token
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, token: int | None = None) -> Lease:
+        """The inverse of :meth:`to_json`; ``token`` fills in one the JSON lacks.
+
+        Raises:
+            ValidationError: a field is missing or of the wrong type.
+        """
+        try:
+            found = data["token"] if token is None else token
+            info = data.get("info") or {}
+            if not isinstance(info, dict) or not isinstance(found, int):
+                raise TypeError("info must be an object and token an int")
+            return cls(
+                scope=str(data["scope"]),
+                token=found,
+                holder=str(data["holder"]),
+                info=info,
+                acquired_at=_from_ms(int(data["acquiredAt"])),
+                expires_at=_from_ms(int(data["expiresAt"])),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError(f"not a lease: {exc}") from exc
+
+
+def _to_ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)

@@ -26,10 +26,12 @@ from evstate.errors import (
     SecretError,
     SerdeError,
     UnreadableStateError,
+    ValidationError,
 )
 from evstate.model import ChangeEvent, Consistency, Op, Position, Scope, State, Tree
 from evstate.serde import check_tree, deserialize_state, loads_state, serialize_state
 from evstate.view import decode_value
+from evstate.writer import Intent
 
 log = logging.getLogger(__name__)
 
@@ -313,10 +315,13 @@ class KafkaStateStore:
         """:meth:`all`, as stored trees."""
         return {k: _tree(raw) for k, raw in await self._read_all(consistency, min_position)}
 
-    async def version(self, key: str, *, consistency: Consistency = "session") -> int | None:
-        """The version of ``key``'s state (1 after its first SET), or None if it has none."""
+    async def version(self, key: str, *, consistency: Consistency = "session") -> int:
+        """The version of ``key``'s state (1 after its first SET), 0 if it has none.
+
+        Hand it to ``set(..., expected_version=...)`` for a compare-and-set.
+        """
         raw = await self._read_one(key, consistency, None)
-        return None if raw is None else decode_value(raw)[0]
+        return 0 if raw is None else decode_value(raw)[0]
 
     async def set(
         self,
@@ -325,8 +330,16 @@ class KafkaStateStore:
         *,
         reason: str | None = None,
         correlation_id: str | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Position:
         """Upsert ``state`` under ``key`` (which must equal ``state.id``).
+
+        Args:
+            expected_version: compare-and-set: write only if the key is at this version
+                now (``0``: only if it has no state). Decided in log order.
+            idempotency_key: a retry with the same key (after a timeout or a 503) returns
+                the first attempt's position if it was committed, and writes nothing.
 
         Returns:
             Where the event landed; hand it to another reader as ``min_position``.
@@ -336,6 +349,9 @@ class KafkaStateStore:
             InvalidStateError: ``state`` is not a State, an unknown status, wrong field types.
             UnserializableError: a value has no JSON form (the message names its path).
             EventTooLargeError: the event is over the broker's limit.
+            ConflictError: the key is not at ``expected_version``; nothing was written.
+            LockHeldError: another's lease covers the scope; nothing was written.
+            FencedError: this client's lease there was broken or taken over.
             WriteFailedError, BrokerUnavailableError: Kafka did not acknowledge.
         """
         self._record_key(key)  # validates the key
@@ -345,7 +361,15 @@ class KafkaStateStore:
             raise InvalidKeyError(f"key {key!r} differs from state.id {state.id!r}")
         await secrets.warm(self.scope.password)  # scrypt off the event loop, once
         tree = serialize_state(self.scope, state)
-        return await self._write("SET", key, tree, reason=reason, correlation_id=correlation_id)
+        return await self._write(
+            "SET",
+            key,
+            tree,
+            reason=reason,
+            correlation_id=correlation_id,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )
 
     async def set_tree(
         self,
@@ -354,6 +378,8 @@ class KafkaStateStore:
         *,
         reason: str | None = None,
         correlation_id: str | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Position:
         """Upsert a state that is already serialized (Alchemy's JSON, secrets encrypted).
 
@@ -368,7 +394,15 @@ class KafkaStateStore:
             UnserializableError, EventTooLargeError, WriteFailedError: as :meth:`set`.
         """
         self._check_tree(key, tree)
-        return await self._write("SET", key, tree, reason=reason, correlation_id=correlation_id)
+        return await self._write(
+            "SET",
+            key,
+            tree,
+            reason=reason,
+            correlation_id=correlation_id,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )
 
     def _check_tree(self, key: str, tree: Tree) -> None:
         self._record_key(key)
@@ -403,31 +437,68 @@ class KafkaStateStore:
         *,
         reason: str | None,
         correlation_id: str | None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Position:
-        await self._engine.ensure_topics()
-        await self._engine.ready(self.scope)  # the version comes from a caught-up view
-        event = ChangeEvent.new(
-            op=op,
-            scope=self.scope,
-            key=key,
-            state=tree,
-            version=self._engine.next_version(self._record_key(key)),
-            actor=self._engine.settings.actor,
-            reason=reason,
-            correlation_id=correlation_id,
+        self._record_key(key)
+        if expected_version is not None and (
+            isinstance(expected_version, bool)
+            or not isinstance(expected_version, int)
+            or expected_version < 0
+        ):
+            raise ValidationError(
+                f"expected_version must be an int >= 0 (0: the key must have no state), "
+                f"not {expected_version!r}"
+            )
+        if idempotency_key is not None:
+            keys.validate_idempotency_key(idempotency_key)
+        outcome = await self._engine.write(
+            Intent(
+                op=op,
+                scope=self.scope,
+                key=key,
+                state=tree,
+                actor=self._engine.settings.actor,
+                reason=reason,
+                correlation_id=correlation_id,
+                expected_version=expected_version,
+                idempotency_key=idempotency_key,
+            )
         )
-        return await self._engine.write(self.scope, event)
+        if outcome.position is None:  # a delete of a key with no state
+            return self._engine.applied_position(self.scope)
+        return outcome.position
 
     async def delete(
-        self, key: str, *, reason: str | None = None, correlation_id: str | None = None
+        self,
+        key: str,
+        *,
+        reason: str | None = None,
+        correlation_id: str | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
     ) -> Position:
         """Delete ``key``'s state; a key with no state is a no-op.
 
+        Args:
+            expected_version: compare-and-set: delete only if the key is at this version
+                (``0``: only if it has no state).
+            idempotency_key: a retry with the same key returns the first attempt's
+                position and writes nothing.
+
         Returns:
             Where the DELETE landed, or, for a no-op, the view's current position.
+
+        Raises:
+            ConflictError: the key is not at ``expected_version``; nothing was written.
+            LockHeldError, FencedError: a lease on the scope forbids it.
         """
-        record_key = self._record_key(key)
-        await self._engine.consistent(self.scope, "session")
-        if self._engine.view.get(record_key) is None:
-            return self._engine.applied_position(self.scope)
-        return await self._write("DELETE", key, None, reason=reason, correlation_id=correlation_id)
+        return await self._write(
+            "DELETE",
+            key,
+            None,
+            reason=reason,
+            correlation_id=correlation_id,
+            expected_version=expected_version,
+            idempotency_key=idempotency_key,
+        )

@@ -1,100 +1,349 @@
-"""Getting events acknowledged: the records of an event, their size check, group commit.
+"""Getting events decided and acknowledged: one sequencer per partition, fenced by Kafka.
 
-With history on (the default), an event becomes two records — one in the compacted state
-topic, one in the append-only history topic — written in one Kafka transaction, so
-neither topic ever holds an event the other lacks. Writers that call at the same time
-share a transaction (group commit): while the transactions are in flight, new events
-queue, and the next transaction takes them all. A lone write pays one transaction; 64
-concurrent writers pay a few.
+Every write goes through its partition's *sequencer*. A sequencer owns two transactional
+ids shared by every evstate process writing to the topics (``{base}-p{N}`` and
+``{base}-p{N}-b``): registering them fences whichever process used them before, so at
+any moment at most one process can commit to the partition. Having registered them, the
+sequencer waits until the view holds everything committed to the partition (its high
+watermark), then decides each queued event against it with :mod:`evstate.rules` —
+locks, compare-and-set, idempotency, the key's next version — and writes the accepted
+ones in one transaction (group commit: up to 500 events per transaction, state and
+history records together). Its own commits since are kept in an overlay, so the next
+batch needs no wait. If another process took the ids meanwhile, the commit fails as
+fenced, nothing of it is visible, and the sequencer registers again, catches up and
+decides the batch again. Every record in the log was thus decided against every record
+before it: the log's order is the decision's order.
 
-Two transactional producers take turns, the one idle longest first. After a commit the
-broker answers CONCURRENT_TRANSACTIONS to the same transactional id until the commit's
-markers are written (KAFKA-5477), and aiokafka then backs off 20 ms: a lone writer's
-next transaction goes to the other producer, whose markers were written long ago. Both
-transactional ids are stable per host and view dir, so a restarted writer fences both.
-
-With history off, an event is one record sent by the idempotent producer.
+Two ids per partition take turns, so a lone writer's next transaction does not wait for
+the previous one's commit markers (CONCURRENT_TRANSACTIONS, KAFKA-5477). One transaction
+is in flight per partition at a time (a batch is decided on the previous one's effects).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import socket
+import contextlib
+import random
+import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from evstate import events, keys, metrics
+from evstate import events, keys, metrics, rules
 from evstate.config import Settings
-from evstate.errors import EventTooLargeError
-from evstate.kafka import RECORD_OVERHEAD, OutRecord, Producer, TransactionalProducer
-from evstate.model import ChangeEvent, Position, Scope
+from evstate.errors import EventTooLargeError, EvstateError, WriteFailedError, WriterFencedError
+from evstate.kafka import RECORD_OVERHEAD, OutRecord, TransactionalProducer
+from evstate.model import LOCK_OPS, ChangeEvent, Lease, Op, Position, Scope, Tree
+
+__all__ = ["Intent", "Outcome", "Writer", "transactional_base"]
 
 # Events per transaction at most; more wait for the next one.
 MAX_GROUP = 500
-# Transactional producers taking turns (see the module docstring).
-LANES = 2
+# Times a batch is decided again after another process fenced this one, before failing.
+MAX_FENCED = 8
 
 
-def transactional_id(settings: Settings) -> str:
-    """The writer's transactional id: the setting, or one stable per host and view dir.
+def transactional_base(settings: Settings) -> str:
+    """The prefix of the sequencers' transactional ids: the setting, or ``evstate-{prefix}``.
 
-    Stable across restarts, so a restarted writer fences its dead predecessor and the
-    broker aborts the predecessor's open transaction at once instead of after
-    ``transaction_timeout``; distinct per view dir, which one process owns at a time.
+    Every process writing to the same topics must use the same base: the shared ids are
+    what lets Kafka fence all but one writer of a partition.
     """
-    if settings.transactional_id:
-        return settings.transactional_id
-    where = f"{socket.gethostname()}:{os.path.realpath(settings.view_dir)}"
-    digest = hashlib.sha256(where.encode()).hexdigest()[:16]
-    return f"evstate-{settings.topic_prefix}-{digest}"
+    return settings.transactional_id or f"evstate-{settings.topic_prefix}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Intent:
+    """A write as asked for, before it is decided (version, lock checks, token)."""
+
+    op: Op
+    scope: Scope
+    key: str  # "" for a lock event
+    state: Tree | None = None
+    actor: str
+    reason: str | None = None
+    correlation_id: str | None = None
+    expected_version: int | None = None
+    lock_token: int | None = None
+    idempotency_key: str | None = None
+    ttl: float | None = None  # LOCK, RENEW: seconds
+    info: dict[str, Any] | None = None  # LOCK
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of an intent.
+
+    ``position`` is None for a no-op (a DELETE of a key with no state); ``duplicate`` is
+    True when an earlier write with the same idempotency key answered it (``event`` is
+    then None and nothing was written).
+    """
+
+    position: Position | None
+    version: int
+    event: ChangeEvent | None
+    lease: Lease | None = None
+    duplicate: bool = False
+
+
+Ledger = rules.Ledger
+
+
+@dataclass
+class _Overlay:
+    """This sequencer's commits not yet known to be in the view, over the view's ledger.
+
+    Entries carry the offset they were committed at, so those the view has applied can
+    be dropped; a tentative layer (a batch being decided) is merged only once committed.
+    """
+
+    base: Ledger
+    partition: int
+    versions: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    leases: dict[str, tuple[Lease | None, int]] = field(default_factory=dict)
+    written: dict[str, tuple[Position, int]] = field(default_factory=dict)
+
+    def version(self, record_key: bytes) -> int:
+        mine = self.versions.get(record_key)
+        return mine[0] if mine is not None else self.base.version(record_key)
+
+    def leases_in(self, stage: str) -> list[Lease]:
+        found = {lease.scope: lease for lease in self.base.leases(stage)}
+        for path, (lease, _) in self.leases.items():
+            if keys.stage_of(path) == stage:
+                if lease is None:
+                    found.pop(path, None)
+                else:
+                    found[path] = lease
+        return list(found.values())
+
+    def idempotent(self, key: str) -> Position | None:
+        mine = self.written.get(key)
+        return mine[0] if mine is not None else self.base.written(self.partition, key)
+
+    def forget_applied(self, applied: int) -> None:
+        """Drop entries the view has applied (their offset is below ``applied``)."""
+        _forget(self.versions, applied)
+        _forget(self.leases, applied)
+        _forget(self.written, applied)
+
+
+def _forget(table: dict[Any, tuple[Any, int]], applied: int) -> None:
+    for key in [k for k, v in table.items() if v[1] < applied]:
+        del table[key]
+
+
+class _Tentative:
+    """The ledger while a batch is decided: the overlay plus the batch's earlier events."""
+
+    def __init__(self, overlay: _Overlay) -> None:
+        self.overlay = overlay
+        self.versions: dict[bytes, int] = {}
+        self.leases: dict[str, Lease | None] = {}
+        self.written: dict[str, int] = {}  # idempotency key -> index in the batch
+
+    def version(self, record_key: bytes) -> int:
+        mine = self.versions.get(record_key)
+        return mine if mine is not None else self.overlay.version(record_key)
+
+    def leases_in(self, stage: str) -> list[Lease]:
+        found = {lease.scope: lease for lease in self.overlay.leases_in(stage)}
+        for path, lease in self.leases.items():
+            if keys.stage_of(path) == stage:
+                if lease is None:
+                    found.pop(path, None)
+                else:
+                    found[path] = lease
+        return list(found.values())
+
+
+@dataclass
+class _Pending:
+    intent: Intent
+    done: asyncio.Future[Outcome]
+    fenced: int = 0
+
+
+class _Sequencer:
+    """One partition's writer: owns its transactional ids, decides, commits."""
+
+    def __init__(self, writer: Writer, partition: int) -> None:
+        self._writer = writer
+        self.partition = partition
+        base = f"{transactional_base(writer.settings)}-p{partition}"
+        self._lanes = [
+            TransactionalProducer(writer.settings, tid, max_request_size=writer.max_bytes)
+            for tid in (base, f"{base}-b")
+        ]
+        self._turn = 0
+        self._owned = False
+        self.queue: deque[_Pending] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.overlay = _Overlay(writer.ledger, partition)
+
+    async def stop(self) -> None:
+        for lane in self._lanes:
+            await lane.stop()
+
+    def kick(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name=f"evstate-write-p{self.partition}")
+
+    async def _run(self) -> None:
+        while self.queue:
+            group = [self.queue.popleft() for _ in range(min(MAX_GROUP, len(self.queue)))]
+            group = [p for p in group if not p.done.done()]  # callers may have given up
+            if not group:
+                continue
+            try:
+                if not self._owned:
+                    await self._own()
+                await self._commit(group)
+            except WriterFencedError as exc:
+                self._lost()
+                again = [p for p in group if not p.done.done()]
+                for p in again:
+                    p.fenced += 1
+                    if p.fenced > MAX_FENCED:
+                        p.done.set_exception(
+                            WriteFailedError(
+                                f"{exc}; other writers took partition {self.partition} "
+                                f"{MAX_FENCED} times in a row: retry later"
+                            )
+                        )
+                self.queue.extendleft(reversed([p for p in again if not p.done.done()]))
+                # Writers that fence each other back off at random, so one gets through.
+                await asyncio.sleep(random.uniform(0.005, 0.05) * min(8, group[0].fenced))
+            except BaseException as exc:
+                # Not acknowledged (or unknown): the overlay may hold what was not written.
+                self._lost()
+                failure = exc if isinstance(exc, Exception) else WriteFailedError(repr(exc))
+                for p in group:
+                    if not p.done.done():
+                        p.done.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+
+    def _lost(self) -> None:
+        self._owned = False
+        self.overlay = _Overlay(self._writer.ledger, self.partition)
+
+    async def _own(self) -> None:
+        """Register both ids (fencing every other writer), then catch the view up."""
+        await asyncio.gather(*(lane.restart() for lane in self._lanes))
+        await self._writer.catch_up(self.partition)
+        self.overlay = _Overlay(self._writer.ledger, self.partition)
+        self._owned = True
+
+    async def _commit(self, group: list[_Pending]) -> None:
+        tentative = _Tentative(self.overlay)
+        now = datetime.now(UTC)
+        planned: list[tuple[_Pending, ChangeEvent, int]] = []  # (pending, event, records)
+        records: list[OutRecord] = []
+        answered: list[tuple[_Pending, Outcome | int]] = []  # duplicates, no-ops, in-batch
+        for p in group:
+            try:
+                decided = self._writer.decide(p.intent, tentative, now, len(planned))
+            except EvstateError as exc:
+                p.done.set_exception(exc)
+                continue
+            if isinstance(decided, Outcome | int):
+                answered.append((p, decided))
+                continue
+            out = self._writer.records(p.intent.scope, decided)
+            planned.append((p, decided, len(out)))
+            records.extend(out)
+        positions: list[tuple[int, int]] = []
+        if records:
+            lane = self._lanes[self._turn]
+            self._turn = 1 - self._turn
+            positions = await lane.commit(records)
+        outcomes: list[Outcome] = []
+        i = 0
+        for p, event, count in planned:
+            position = Position(*positions[i])
+            i += count
+            outcome = self._merge(event, position, tentative)
+            outcomes.append(outcome)
+            if not p.done.done():
+                p.done.set_result(outcome)
+        for p, answer in answered:
+            if p.done.done():
+                continue
+            if isinstance(answer, int):  # a retry of an event earlier in this batch
+                first = outcomes[answer]
+                answer = Outcome(first.position, first.version, None, first.lease, True)
+            p.done.set_result(answer)
+        applied = self._writer.applied(self.partition)
+        if applied is not None:
+            self.overlay.forget_applied(applied)
+
+    def _merge(self, event: ChangeEvent, position: Position, tentative: _Tentative) -> Outcome:
+        """Record a committed event in the overlay; its outcome."""
+        offset = position.offset
+        path = "/".join(event.scope)
+        if event.idempotency_key is not None:
+            self.overlay.written[event.idempotency_key] = (position, offset)
+        if event.op in LOCK_OPS:
+            lease: Lease | None = None
+            if event.op in ("LOCK", "RENEW"):
+                token = offset if event.op == "LOCK" else event.lock_token
+                assert event.state is not None
+                assert token is not None
+                lease = Lease.from_json(event.state, token=token)
+            self.overlay.leases[path] = (lease, offset)
+            return Outcome(position, 0, event, lease)
+        rk = keys.record_key(Scope(*event.scope), event.key).encode("utf-8")
+        version = event.version if event.op == "SET" else 0
+        self.overlay.versions[rk] = (version, offset)
+        return Outcome(position, event.version, event)
 
 
 class Writer:
-    """Turns events into acknowledged records; see the module docstring."""
+    """Turns intents into decided, acknowledged records; see the module docstring."""
 
-    def __init__(self, settings: Settings, *, partitions: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        partitions: int,
+        max_bytes: int,
+        ledger: Ledger,
+        catch_up: Callable[[int], Awaitable[None]],
+        applied: Callable[[int], int | None],
+    ) -> None:
         """Args:
         settings: the client's settings.
         partitions: partitions of the state (and history) topic.
         max_bytes: the topics' ``max.message.bytes``.
+        ledger: the view's side of the write rules.
+        catch_up: waits until the view holds everything committed to a partition.
+        applied: the view's position in a partition (its next offset), if known.
         """
-        self._settings = settings
+        self.settings = settings
+        self.max_bytes = max_bytes
+        self.ledger = ledger
+        self.catch_up = catch_up
+        self.applied = applied
         self._partitions = partitions
-        self._max_bytes = max_bytes
-        # Only the producer the settings call for is made: an unstarted one would linger.
-        self._producer: Producer | None = None
-        self._txns: list[TransactionalProducer] = []
-        self._idle: deque[TransactionalProducer] = deque()  # longest idle first
-        self._queue: list[tuple[list[OutRecord], asyncio.Future[Position]]] = []
-        self._committing: set[asyncio.Task[None]] = set()
+        self._sequencers: dict[int, _Sequencer] = {}
+        self._closing = False
 
     async def start(self) -> None:
-        """Connect the producer(s) the settings call for."""
-        if self._settings.history:
-            base = transactional_id(self._settings)
-            self._txns = [
-                TransactionalProducer(
-                    self._settings,
-                    base if lane == 0 else f"{base}-{lane}",
-                    max_request_size=self._max_bytes,
-                )
-                for lane in range(LANES)
-            ]
-            await asyncio.gather(*(txn.start() for txn in self._txns))
-            self._idle.extend(self._txns)
-        else:
-            self._producer = Producer(self._settings, max_request_size=self._max_bytes)
-            await self._producer.start()
+        """Nothing to connect up front: a partition's ids are registered at its first write."""
 
     async def stop(self) -> None:
         """Let queued writes finish, then disconnect. Idempotent."""
-        while self._committing:
-            await asyncio.gather(*self._committing, return_exceptions=True)
-        for txn in self._txns:
-            await txn.stop()
-        if self._producer is not None:
-            await self._producer.stop()
+        self._closing = True
+        sequencers = list(self._sequencers.values())
+        tasks = [s.task for s in sequencers if s.task is not None]
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for s in sequencers:
+            await s.stop()
+        self._sequencers.clear()
 
     def records(self, scope: Scope, event: ChangeEvent) -> list[OutRecord]:
         """The records of ``event``: state topic first, then history (if on).
@@ -103,15 +352,18 @@ class Writer:
             EventTooLargeError: a record would be over the topics' limit; nothing is sent.
             UnserializableError, SerdeError: the event does not encode.
         """
-        key = keys.record_key(scope, event.key).encode("utf-8")
+        if event.op in LOCK_OPS:
+            key = keys.lock_record_key(scope.path)
+        else:
+            key = keys.record_key(scope, event.key).encode("utf-8")
         partition = keys.partition_for(scope, self._partitions)
         encoded = events.encode(event)  # once: the history record is the same bytes
         value, headers = events.state_record(event, encoded)
-        out = [OutRecord(self._settings.state_topic, partition, key, value, headers)]
-        if self._settings.history:
+        out = [OutRecord(self.settings.state_topic, partition, key, value, headers)]
+        if self.settings.history:
             full, full_headers = encoded
-            out.append(OutRecord(self._settings.history_topic, partition, key, full, full_headers))
-        limit = self._max_bytes - RECORD_OVERHEAD
+            out.append(OutRecord(self.settings.history_topic, partition, key, full, full_headers))
+        limit = self.max_bytes - RECORD_OVERHEAD
         for record in out:
             size = (
                 len(record.key)
@@ -128,63 +380,120 @@ class Writer:
                 )
         return out
 
-    async def write(self, scope: Scope, event: ChangeEvent) -> Position:
-        """Write ``event`` and wait until Kafka acknowledged it (committed, with history).
-
-        Returns:
-            The event's position in the state topic.
+    async def write(self, intent: Intent) -> Outcome:
+        """Decide ``intent`` in log order and write it; wait until Kafka acknowledged it.
 
         Raises:
+            LockHeldError, FencedError, NoSuchLeaseError, ConflictError: refused by the
+                rules; nothing was written.
             EventTooLargeError: before anything is sent.
-            WriteFailedError, BrokerUnavailableError: not acknowledged; with history on,
-                nothing of the event is visible.
-
-        Each write is counted (``evstate_writes_total`` by outcome) and timed.
+            WriteFailedError, BrokerUnavailableError: not acknowledged; nothing of the
+                event is visible, or (on a timeout) it may be: retry with the same
+                idempotency key.
         """
-        with metrics.timed_write(self._settings.state_topic):
-            return await self._write(scope, event)
+        partition = keys.partition_for(intent.scope, self._partitions)
+        sequencer = self._sequencers.get(partition)
+        if sequencer is None:
+            sequencer = self._sequencers[partition] = _Sequencer(self, partition)
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        sequencer.queue.append(_Pending(intent, done))
+        sequencer.kick()
+        with metrics.timed_write(self.settings.state_topic):
+            return await done
 
-    async def _write(self, scope: Scope, event: ChangeEvent) -> Position:
-        records = self.records(scope, event)
-        if self._producer is not None:
-            state = records[0]
-            p, offset = await self._producer.send(
-                state.topic, state.partition, state.key, state.value, state.headers
+    # -- deciding ----------------------------------------------------------------------
+
+    def decide(
+        self, intent: Intent, ledger: _Tentative, now: datetime, index: int
+    ) -> ChangeEvent | Outcome | int:
+        """Decide one intent against the ledger as of just before it.
+
+        Returns:
+            The event to write (the ledger updated as if it were), or the answer without
+            writing: an :class:`Outcome` (a no-op, or a duplicate of a committed write),
+            or the batch index of the earlier event this one duplicates.
+
+        Raises:
+            The rules' refusals (LockHeldError, FencedError, ...), ConflictError.
+        """
+        idem = intent.idempotency_key
+        if idem is not None:
+            earlier = ledger.written.get(idem)
+            if earlier is not None:
+                return earlier
+            committed = ledger.overlay.idempotent(idem)
+            if committed is not None:
+                return Outcome(committed, 0, None, None, True)
+        path = intent.scope.path
+        stage = keys.stage_of(path)
+        leases = ledger.leases_in(stage)
+        if intent.op in LOCK_OPS:
+            event = self._decide_lock(intent, path, leases, now)
+            token = event.lock_token if event.lock_token is not None else -1
+            ledger.leases[path] = (
+                Lease.from_json(event.state, token=token) if event.state is not None else None
             )
-            return Position(p, offset)
-        done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._queue.append((records, done))
-        self._dispatch()
-        return await done
+        else:
+            verb = "set" if intent.op == "SET" else "delete"
+            rules.check_write(path, intent.lock_token, leases, now, verb)
+            rk = keys.record_key(intent.scope, intent.key).encode("utf-8")
+            actual = ledger.version(rk)
+            rules.check_version(path, intent.key, intent.expected_version, actual)
+            if intent.op == "DELETE" and actual == 0:
+                return Outcome(None, 0, None)  # nothing to delete
+            event = self._event(intent, version=actual + 1, now=now)
+            ledger.versions[rk] = actual + 1 if intent.op == "SET" else 0
+        if idem is not None:
+            ledger.written[idem] = index
+        return event
 
-    def _dispatch(self) -> None:
-        """Hand queued events to idle producers, one transaction each."""
-        while self._queue and self._idle:
-            txn = self._idle.popleft()
-            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
-            task = asyncio.create_task(self._commit(txn, group), name="evstate-commit")
-            self._committing.add(task)
-            task.add_done_callback(self._committing.discard)
+    def _decide_lock(
+        self, intent: Intent, path: str, leases: list[Lease], now: datetime
+    ) -> ChangeEvent:
+        if intent.op == "LOCK":
+            rules.check_lock(path, leases, now)
+            assert intent.ttl is not None
+            lease = Lease(
+                scope=path,
+                token=-1,  # the LOCK event's offset, known once written
+                holder=intent.actor,
+                info=intent.info or {},
+                acquired_at=now,
+                expires_at=now + timedelta(seconds=intent.ttl),
+            )
+            return self._event(intent, state=lease.to_json(with_token=False), now=now)
+        assert intent.lock_token is not None
+        verb = {"RENEW": "renew", "UNLOCK": "unlock", "BREAK": "break"}[intent.op]
+        held = rules.check_release(path, intent.lock_token, leases, verb)
+        if intent.op != "RENEW":
+            return self._event(intent, now=now)
+        assert intent.ttl is not None
+        renewed = Lease(
+            scope=path,
+            token=held.token,
+            holder=held.holder,
+            info=held.info,
+            acquired_at=held.acquired_at,
+            expires_at=now + timedelta(seconds=intent.ttl),
+        )
+        return self._event(intent, state=renewed.to_json(with_token=False), now=now)
 
-    async def _commit(
-        self,
-        txn: TransactionalProducer,
-        group: list[tuple[list[OutRecord], asyncio.Future[Position]]],
-    ) -> None:
-        try:
-            flat = [r for records, _ in group for r in records]
-            try:
-                positions = await txn.commit(flat)
-            except Exception as exc:  # every waiter gets the failure, typed by evstate.kafka
-                for _, done in group:
-                    if not done.done():
-                        done.set_exception(exc)
-                return
-            i = 0
-            for records, done in group:
-                if not done.done():  # the caller may have been cancelled
-                    done.set_result(Position(*positions[i]))
-                i += len(records)
-        finally:
-            self._idle.append(txn)
-            self._dispatch()
+    @staticmethod
+    def _event(
+        intent: Intent, *, now: datetime, version: int = 0, state: Tree | None = None
+    ) -> ChangeEvent:
+        return ChangeEvent(
+            event_id=uuid.uuid4().hex,
+            op=intent.op,
+            scope=intent.scope.chain,
+            key=intent.key,
+            state=state if state is not None else intent.state,
+            version=version,
+            expected_version=intent.expected_version,
+            timestamp=now.replace(microsecond=now.microsecond // 1000 * 1000),
+            actor=intent.actor,
+            reason=intent.reason,
+            correlation_id=intent.correlation_id,
+            lock_token=intent.lock_token,
+            idempotency_key=intent.idempotency_key,
+        )

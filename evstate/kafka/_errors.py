@@ -25,6 +25,7 @@ from evstate.errors import (
     EventTooLargeError,
     KafkaError,
     WriteFailedError,
+    WriterFencedError,
 )
 from evstate.kafka._connect import abandon, client_options, unavailable
 
@@ -175,11 +176,10 @@ def _write_error(
             f"write to {where} refused: too few in-sync replicas (min.insync.replicas not "
             "met); bring brokers back and retry"
         )
-    if isinstance(exc, kerr.ProducerFenced):
-        return WriteFailedError(
-            f"this writer was fenced: another process uses transactional id "
-            f"{settings.transactional_id!r}; give each writer its own view_dir or "
-            "transactional_id"
+    if isinstance(exc, kerr.ProducerFenced | kerr.InvalidProducerEpoch):
+        return WriterFencedError(
+            f"the write to {where} was fenced: another process registered the same "
+            "transactional id since; nothing of it was written"
         )
     if isinstance(exc, TimeoutError | kerr.KafkaTimeoutError | kerr.RequestTimedOutError):
         return WriteFailedError(

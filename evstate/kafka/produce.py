@@ -133,6 +133,11 @@ class TransactionalProducer:
         await start_within(self._settings, producer)
         self._producer = producer
 
+    async def restart(self) -> None:
+        """Register the transactional id again, fencing whoever registered it since."""
+        await self.stop()
+        await self.start()
+
     async def stop(self) -> None:
         """Disconnect; an open transaction is aborted by the broker. Idempotent."""
         producer, self._producer = self._producer, None

@@ -174,3 +174,36 @@ def open_error(exc: Exception, path: str) -> EvstateError:
         f"RocksDB could not open the view at {path}: {text}; if it is corrupt, delete the "
         "dir and evstate rebuilds it from Kafka"
     )
+
+
+def distinct_prefixes(db: Rdict, sep: bytes) -> list[bytes]:
+    """The distinct key parts before the first ``sep`` in ``db``'s default family, sorted.
+
+    Keys without ``sep`` are left out; each prefix costs one seek, not a walk over its keys.
+    """
+    found: set[bytes] = set()
+    it = db.iter()
+    it.seek_to_first()
+    while it.valid():
+        key: bytes = it.key()
+        cut = key.find(sep)
+        if cut < 0:
+            it.next()
+            continue
+        found.add(key[:cut])
+        after = successor(key[: cut + len(sep)])
+        if after is None:
+            break
+        it.seek(after)
+    it.status()
+    return sorted(found)
+
+
+def family_items(db: Rdict, cf_name: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    """Every ``(key, value)`` of a column family whose key starts with ``prefix``."""
+    found: list[tuple[bytes, bytes]] = []
+    for key, value in db.get_column_family(cf_name).items(from_key=prefix):
+        if not cast(bytes, key).startswith(prefix):
+            break
+        found.append((cast(bytes, key), cast(bytes, value)))
+    return found

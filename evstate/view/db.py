@@ -4,7 +4,7 @@ The only module that imports ``rocksdict``; every error it raises leaves here as
 evstate's (:class:`ViewLockedError`, :class:`ViewUnavailableError`, :class:`ViewError`,
 :class:`ClosedError`).
 
-Key layout, in two column families of one RocksDB:
+Key layout, in four column families of one RocksDB:
 
 ``default``
     record key -> latest value: the state's version (8 bytes big-endian), then its
@@ -23,6 +23,10 @@ Key layout, in two column families of one RocksDB:
     delete's tombstone ``delete.retention.ms`` after compaction, so offsets older than that
     can no longer be trusted to see every delete after them (the applier then re-reads the
     partition).
+``evstate.meta``
+    what the write rules read besides states (``keys.lease_key``, ``keys.idempotency_key``):
+    each stage's leases, and the idempotency keys of recent writes. A change whose key
+    starts with ``\x00`` (which no record key does) goes here.
 
 The offset rule: :meth:`View.apply` writes a batch's changes *and* its partition's new
 offset in one RocksDB ``WriteBatch``, which RocksDB applies atomically. A crash therefore
@@ -64,6 +68,8 @@ from evstate.view._rocks import (
     PARTITION,
     Scan,
     dir_id,
+    distinct_prefixes,
+    family_items,
     open_error,
     options,
     read_numbers,
@@ -90,6 +96,8 @@ def decode_value(raw: bytes) -> tuple[int, bytes]:
 
 _OFFSETS_CF: Final = "evstate.offsets"
 _FRESH_CF: Final = "evstate.fresh"
+_META_CF: Final = "evstate.meta"
+_META: Final = 0  # first byte of a meta key
 _MAX_PARTITION: Final = 2**31  # Kafka partitions and offsets are signed 32/64-bit
 _MAX_OFFSET: Final = 2**63
 # Record keys are UTF-8 text, which never contains the byte 0xff: one range delete from
@@ -177,7 +185,11 @@ class View:
             db = Rdict(
                 where,
                 opts,
-                column_families={_OFFSETS_CF: options(), _FRESH_CF: options()},
+                column_families={
+                    _OFFSETS_CF: options(),
+                    _FRESH_CF: options(),
+                    _META_CF: options(),
+                },
                 access_type=AccessType.read_write(),
             )
         except Exception as exc:
@@ -293,6 +305,10 @@ class View:
                 if partition_of(cast(bytes, key)) in partitions:
                     batch.delete(key)
                     dropped += 1
+            meta = self._db.get_column_family_handle(_META_CF)
+            for key in self._db.get_column_family(_META_CF).keys(from_key=b""):
+                if partition_of(cast(bytes, key)) in partitions:
+                    batch.delete(key, meta)
             for cf_name in (_OFFSETS_CF, _FRESH_CF):
                 cf = self._db.get_column_family_handle(cf_name)
                 for partition in partitions:
@@ -340,6 +356,7 @@ class View:
         self._check_open()
         batch = WriteBatch(raw_mode=True)
         offsets: dict[int, int] = {}
+        meta = self._db.get_column_family_handle(_META_CF)
         for partition, next_offset, changes in batches:
             if not (0 <= partition < _MAX_PARTITION and 0 <= next_offset < _MAX_OFFSET):
                 raise ValidationError(
@@ -347,11 +364,16 @@ class View:
                 )
             for key, value in changes:
                 try:
-                    if value is None:
+                    if key[0] == _META:
+                        if value is None:
+                            batch.delete(key, meta)
+                        else:
+                            batch.put(key, value, meta)
+                    elif value is None:
                         batch.delete(key)
                     else:
                         batch.put(key, value)
-                except (KeyError, ValueError) as exc:  # rocksdict's raw mode refused a type
+                except (KeyError, ValueError, TypeError, IndexError) as exc:  # not bytes
                     raise ValidationError(
                         f"record keys and values must be bytes, got {type(key).__name__} "
                         f"and {type(value).__name__}"
@@ -399,6 +421,30 @@ class View:
             raise self._error(exc) from exc
         return {k: v for k, v in zip(wanted, values, strict=True) if v is not None}
 
+    def meta_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        """Every meta ``(key, value)`` whose key starts with ``prefix``, in key order.
+
+        Raises:
+            The same as :meth:`get`.
+        """
+        self._check_open()
+        try:
+            return family_items(self._db, _META_CF, prefix)
+        except Exception as exc:
+            raise self._error(exc) from exc
+
+    def meta_delete(self, keys: Iterable[bytes]) -> None:
+        """Forget some meta keys (expired idempotency keys), in one batch; as :meth:`apply`."""
+        self._check_open()
+        batch = WriteBatch(raw_mode=True)
+        try:
+            meta = self._db.get_column_family_handle(_META_CF)
+            for key in keys:
+                batch.delete(key, meta)
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self._write(batch)
+
     def scan_prefix(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Every ``(key, value)`` whose key starts with ``prefix``, in key order.
 
@@ -440,25 +486,10 @@ class View:
         if not sep:
             raise ValidationError("sep must not be empty")
         self._check_open()
-        found: set[bytes] = set()
         try:
-            it = self._db.iter()
-            it.seek_to_first()
-            while it.valid():
-                key: bytes = it.key()
-                cut = key.find(sep)
-                if cut < 0:
-                    it.next()
-                    continue
-                found.add(key[:cut])
-                after = successor(key[: cut + len(sep)])
-                if after is None:
-                    break
-                it.seek(after)
-            it.status()
+            return distinct_prefixes(self._db, sep)
         except Exception as exc:
             raise self._error(exc) from exc
-        return sorted(found)
 
     def clear(self) -> None:
         """Drop all data and offsets in one atomic batch (for a rebuild); stays open.
@@ -480,6 +511,9 @@ class View:
             caught_up_cf = self._db.get_column_family_handle(_FRESH_CF)
             for partition in self._fresh:
                 batch.delete(PARTITION.pack(partition), caught_up_cf)
+            meta = self._db.get_column_family_handle(_META_CF)
+            for key in self._db.get_column_family(_META_CF).keys(from_key=b""):
+                batch.delete(key, meta)
         except Exception as exc:
             raise self._error(exc) from exc
         self._write(batch)

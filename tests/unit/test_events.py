@@ -24,7 +24,8 @@ from evstate.events import (
 )
 from evstate.model import ChangeEvent, Position, Scope
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "change_event.v1.avsc"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "change_event.v2.avsc"
+V1_PATH = SCHEMA_PATH.with_name("change_event.v1.avsc")
 POS = Position(4, 1234)
 
 
@@ -350,3 +351,30 @@ class TestShippedSchema:
         root = Path(events.__file__).resolve().parent
         for name in ("model.py", "keys.py", "serde.py", "config.py"):
             assert "fastavro" not in (root / name).read_text(encoding="utf-8"), name
+
+
+def test_events_written_with_v1_still_decode() -> None:
+    """An event from before locks (schema v1) decodes, its new fields defaulted."""
+    v1 = json.loads(V1_PATH.read_text(encoding="utf-8"))
+    fp = register_writer_schema(v1)
+    event = make_event()
+    out = io.BytesIO()
+    record = {
+        name: getattr(event, name)
+        for name in (
+            "event_id", "op", "key", "version", "expected_version", "timestamp", "actor",
+            "reason", "correlation_id",
+        )
+    }
+    record["scope"] = list(event.scope)
+    record["state"] = json.dumps(event.state)
+    fastavro.schemaless_writer(out, fastavro.parse_schema(v1, named_schemas={}), record)
+    back = decode(out.getvalue(), [(SCHEMA_HEADER, fp)])
+    assert back.lock_token is None and back.idempotency_key is None
+    assert back.state == event.state and back.version == event.version
+
+
+def test_lock_fields_round_trip() -> None:
+    event = make_event(op="RENEW", key="", state=None, lock_token=42, idempotency_key="k-1")
+    back = decode(*encode(event))
+    assert (back.op, back.lock_token, back.idempotency_key) == ("RENEW", 42, "k-1")

@@ -251,7 +251,7 @@ class TestChangeEvent:
         assert ChangeEvent.new(**kwargs).event_id != ChangeEvent.new(**kwargs).event_id
 
     def test_ops(self) -> None:
-        assert OPS == ("SET", "DELETE", "LOCK", "UNLOCK")
+        assert OPS == ("SET", "DELETE", "LOCK", "UNLOCK", "RENEW", "BREAK")
 
     def test_unknown_op_refused(self) -> None:
         with pytest.raises(ValidationError, match="PATCH"):
