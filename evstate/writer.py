@@ -179,6 +179,7 @@ class _Sequencer:
         ]
         self._turn = 0
         self._owned = False
+        self._fresh = False  # the view was just caught up to the partition's end
         self.queue: deque[_Pending] = deque()
         self.task: asyncio.Task[None] | None = None
         self.overlay = _Overlay(writer.ledger, partition)
@@ -236,25 +237,44 @@ class _Sequencer:
         await self._writer.catch_up(self.partition)
         self.overlay = _Overlay(self._writer.ledger, self.partition)
         self._owned = True
+        self._fresh = True
 
     async def _commit(self, group: list[_Pending]) -> None:
-        tentative = _Tentative(self.overlay)
-        now = datetime.now(UTC)
-        planned: list[tuple[_Pending, ChangeEvent, int]] = []  # (pending, event, records)
-        records: list[OutRecord] = []
-        answered: list[tuple[_Pending, Outcome | int]] = []  # duplicates, no-ops, in-batch
-        for p in group:
-            try:
-                decided = self._writer.decide(p.intent, tentative, now, len(planned))
-            except EvstateError as exc:
-                p.done.set_exception(exc)
-                continue
-            if isinstance(decided, Outcome | int):
-                answered.append((p, decided))
-                continue
-            out = self._writer.records(p.intent.scope, decided)
-            planned.append((p, decided, len(out)))
-            records.extend(out)
+        # What is answered without writing (a refusal, a no-op) is decided on the view as
+        # it is; if another process took the partition unnoticed, that view may be behind.
+        # So such an answer is confirmed on a view caught up to the partition's end.
+        confirmed = self._fresh
+        self._fresh = False
+        while True:
+            tentative = _Tentative(self.overlay)
+            now = datetime.now(UTC)
+            planned: list[tuple[_Pending, ChangeEvent, int]] = []  # (pending, event, records)
+            records: list[OutRecord] = []
+            answered: list[tuple[_Pending, Outcome | int]] = []  # no-ops, duplicates
+            refused: list[tuple[_Pending, EvstateError]] = []
+            for p in group:
+                try:
+                    decided = self._writer.decide(p.intent, tentative, now, len(planned))
+                except EvstateError as error:
+                    refused.append((p, error))
+                    continue
+                if isinstance(decided, Outcome | int):
+                    answered.append((p, decided))
+                    continue
+                event, out = decided
+                planned.append((p, event, len(out)))
+                records.extend(out)
+            unwritten = refused or any(
+                isinstance(a, Outcome) and not a.duplicate for _, a in answered
+            )
+            if confirmed or not unwritten:
+                break
+            await self._writer.catch_up(self.partition)
+            self.overlay = _Overlay(self._writer.ledger, self.partition)
+            confirmed = True
+        for p, refusal in refused:
+            if not p.done.done():
+                p.done.set_exception(refusal)
         positions: list[tuple[int, int]] = []
         if records:
             lane = self._lanes[self._turn]
@@ -405,11 +425,12 @@ class Writer:
 
     def decide(
         self, intent: Intent, ledger: _Tentative, now: datetime, index: int
-    ) -> ChangeEvent | Outcome | int:
+    ) -> tuple[ChangeEvent, list[OutRecord]] | Outcome | int:
         """Decide one intent against the ledger as of just before it.
 
         Returns:
-            The event to write (the ledger updated as if it were), or the answer without
+            The event to write and its records (the ledger updated as if it were), or the
+            answer without
             writing: an :class:`Outcome` (a no-op, or a duplicate of a committed write),
             or the batch index of the earlier event this one duplicates.
 
@@ -429,6 +450,7 @@ class Writer:
         leases = ledger.leases_in(stage)
         if intent.op in LOCK_OPS:
             event = self._decide_lock(intent, path, leases, now)
+            out = self.records(intent.scope, event)
             token = event.lock_token if event.lock_token is not None else -1
             ledger.leases[path] = (
                 Lease.from_json(event.state, token=token) if event.state is not None else None
@@ -442,10 +464,11 @@ class Writer:
             if intent.op == "DELETE" and actual == 0:
                 return Outcome(None, 0, None)  # nothing to delete
             event = self._event(intent, version=actual + 1, now=now)
+            out = self.records(intent.scope, event)
             ledger.versions[rk] = actual + 1 if intent.op == "SET" else 0
         if idem is not None:
             ledger.written[idem] = index
-        return event
+        return event, out
 
     def _decide_lock(
         self, intent: Intent, path: str, leases: list[Lease], now: datetime

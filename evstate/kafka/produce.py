@@ -97,6 +97,26 @@ class Producer:
         return meta.partition, meta.offset
 
 
+def _settle(producer: AIOKafkaProducer) -> None:
+    """Mark a dead producer's failed transaction future as seen.
+
+    When the broker fences a producer, aiokafka fails its transaction future, which
+    nobody awaits once the producer is dropped; asyncio would log it as "Future exception
+    was never retrieved", with a traceback, for a fencing evstate expects and handles.
+    """
+    manager = getattr(producer, "_txn_manager", None)
+    waiters = [getattr(manager, "_transaction_waiter", None)]
+    # aiokafka 0.14 also fails each open batch's drain waiter, which only a flush awaits.
+    accumulator = getattr(producer, "_message_accumulator", None)
+    for batches in getattr(accumulator, "_batches", {}).values():
+        waiters.extend(getattr(batch, "_drain_waiter", None) for batch in batches)
+    for batch in getattr(accumulator, "_pending_batches", ()):
+        waiters.append(getattr(batch, "_drain_waiter", None))
+    for waiter in waiters:
+        if isinstance(waiter, asyncio.Future) and waiter.done() and not waiter.cancelled():
+            waiter.exception()
+
+
 class TransactionalProducer:
     """Writes batches of records atomically: all of them become visible, or none.
 
@@ -144,6 +164,7 @@ class TransactionalProducer:
         if producer is not None:
             with contextlib.suppress(kerr.KafkaError, OSError):
                 await asyncio.wait_for(producer.stop(), self._settings.request_timeout)
+            _settle(producer)
 
     async def commit(self, records: Sequence[OutRecord]) -> list[tuple[int, int]]:
         """Write ``records`` in one transaction, within ``request_timeout`` in all.
@@ -167,6 +188,7 @@ class TransactionalProducer:
                 producer, self._producer = self._producer, None
                 if producer is not None:
                     await abandon(producer)
+                    _settle(producer)
                 raise
 
     @staticmethod
