@@ -159,6 +159,35 @@ class EvstateClient:
         """
         await self._locks.break_lock(scope, token)
 
+    async def take_lease(
+        self, scope: Scope | str, *, ttl: float = 30.0, info: dict[str, Any] | None = None
+    ) -> Lease:
+        """Take a lease on behalf of a remote holder (``evstate serve``).
+
+        Unlike :meth:`lock`, nothing renews it and this client's writes do not carry its
+        token: the holder renews it (:meth:`renew_lease`) and names the token itself.
+
+        Raises:
+            LockHeldError: held by someone else.
+        """
+        return await self._locks.take(scope, ttl, info)
+
+    async def renew_lease(self, scope: Scope | str, token: int, *, ttl: float = 30.0) -> Lease:
+        """Extend a lease taken with :meth:`take_lease` by ``ttl`` from now.
+
+        Raises:
+            FencedError: the lease was broken or taken over.
+        """
+        return await self._locks.renew_for(scope, token, ttl)
+
+    async def release_lease(self, scope: Scope | str, token: int) -> None:
+        """Release a lease taken with :meth:`take_lease`.
+
+        Raises:
+            FencedError: the lease was broken or taken over.
+        """
+        await self._locks.release_for(scope, token)
+
     async def locks(self, scope: Scope | str | None = None) -> list[Lease]:
         """Live leases: every one, or those on ``scope``, covering it or nested in it."""
         return await self._locks.live(scope)

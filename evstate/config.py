@@ -28,6 +28,8 @@ ENV_VARS: Mapping[str, str] = {
     "actor": "EVSTATE_ACTOR",
     "token": "EVSTATE_TOKEN",
     "metrics_token": "EVSTATE_METRICS_TOKEN",
+    "lock_scope": "EVSTATE_LOCK_SCOPE",
+    "lock_token": "EVSTATE_LOCK_TOKEN",
 }
 
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -94,9 +96,10 @@ class Settings:
         state_topic_configs: Extra configs for a state topic evstate creates (e.g. segment
             sizes); cleanup.policy is always ``compact``.
         history_topic_configs: Extra configs for a history topic evstate creates.
-        transactional_id: The producer's transactional id; ``None`` derives a stable one
-            from the host and the view dir, so a restarted writer fences its dead
-            predecessor and aborts its open transaction at once.
+        transactional_id: The prefix of the writers' transactional ids; ``None`` means
+            ``evstate-{topic_prefix}``. Every process writing to the same topics must use
+            the same one: the shared ids are how Kafka fences all but one writer of a
+            partition (see docs/design.md, the write path).
         transaction_timeout: Seconds before the broker aborts a transaction whose writer
             vanished (readers of its partitions wait at most this long).
         token: The bearer token ``evstate serve`` requires (env ``EVSTATE_TOKEN``); never
@@ -104,6 +107,9 @@ class Settings:
         metrics_token: The bearer token ``GET /metrics`` of ``evstate serve`` requires
             (env ``EVSTATE_METRICS_TOKEN``); ``None``: the metrics need no token. Never
             in repr.
+        lock_scope, lock_token: a lease held for this process by its parent (``evstate
+            run --lock`` sets ``EVSTATE_LOCK_SCOPE`` and ``EVSTATE_LOCK_TOKEN``): writes
+            under that scope carry the token.
     """
 
     bootstrap_servers: str = "127.0.0.1:9092"
@@ -132,6 +138,8 @@ class Settings:
     transaction_timeout: float = 15.0
     token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
+    lock_scope: str | None = None
+    lock_token: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("bootstrap_servers", "view_dir", "topic_prefix", "actor", "client_id"):
@@ -191,6 +199,14 @@ class Settings:
             isinstance(self.transactional_id, str) and self.transactional_id.strip()
         ):
             raise ConfigError("setting 'transactional_id' must be a non-empty str or None")
+        if (self.lock_scope is None) != (self.lock_token is None) or (
+            self.lock_token is not None
+            and (isinstance(self.lock_token, bool) or not isinstance(self.lock_token, int))
+        ):
+            raise ConfigError(
+                "settings 'lock_scope' and 'lock_token' go together (EVSTATE_LOCK_SCOPE and "
+                "EVSTATE_LOCK_TOKEN, set by evstate run --lock); the token is an int"
+            )
         if (
             isinstance(self.transaction_timeout, bool)
             or not isinstance(self.transaction_timeout, int | float)
@@ -270,5 +286,10 @@ class Settings:
                 values[name] = env[var]
         if "view_dir" in values:
             values["view_dir"] = os.path.expanduser(values["view_dir"])
+        if "lock_token" in values:
+            text = values["lock_token"]
+            if not text.isdecimal():
+                raise ConfigError(f"EVSTATE_LOCK_TOKEN must be a decimal int, not {text!r}")
+            values["lock_token"] = int(text)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)

@@ -60,6 +60,8 @@ class Engine:
         self._topics_ready = False
         self._written: dict[int, int] = {}
         self._held: dict[str, int] = {}  # scope path -> token of a lease this client holds
+        if settings.lock_scope is not None and settings.lock_token is not None:
+            self._held[settings.lock_scope.strip("/")] = settings.lock_token
         self._partitions: dict[str, tuple[int, int]] = {}  # scope path -> (count, partition)
 
     # -- lifecycle ----------------------------------------------------------------

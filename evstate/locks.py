@@ -41,6 +41,12 @@ def _path(scope: Scope | str) -> str:
     raise ValidationError(f"scope must be a Scope or a path, not {type(scope).__name__}")
 
 
+def _token(token: object) -> int:
+    if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+        raise ValidationError(f"a lock token is an int >= 0, not {token!r}")
+    return token
+
+
 class HeldLease:
     """A lease this client holds; renewed in the background until released.
 
@@ -278,16 +284,45 @@ class Locks:
             self._held.add(held)
             return held
 
+    async def take(self, scope: Scope | str, ttl: float, info: dict[str, Any] | None) -> Lease:
+        """Take a lease for someone else (``evstate serve``): no renewal, no token attached.
+
+        Raises:
+            LockHeldError: held by someone else.
+        """
+        self.lock(scope, ttl=ttl, info=info)  # validates
+        outcome = await self.engine.write(self.intent("LOCK", _path(scope), ttl=ttl, info=info))
+        assert outcome.lease is not None
+        return outcome.lease
+
+    async def renew_for(self, scope: Scope | str, token: int, ttl: float) -> Lease:
+        """Renew a lease taken with :meth:`take`.
+
+        Raises:
+            FencedError: it was broken or taken over.
+        """
+        self.lock(scope, ttl=ttl)  # validates
+        outcome = await self.engine.write(
+            self.intent("RENEW", _path(scope), token=_token(token), ttl=ttl)
+        )
+        assert outcome.lease is not None
+        return outcome.lease
+
+    async def release_for(self, scope: Scope | str, token: int) -> None:
+        """Release a lease taken with :meth:`take`.
+
+        Raises:
+            FencedError: it was broken or taken over.
+        """
+        await self.engine.write(self.intent("UNLOCK", _path(scope), token=_token(token)))
+
     async def break_lock(self, scope: Scope | str, token: int) -> None:
         """End the lease ``token`` on ``scope``, whoever holds it (a BREAK event).
 
         Raises:
             NoSuchLeaseError: no lease with that token is on the scope.
         """
-        path = _path(scope)
-        if isinstance(token, bool) or not isinstance(token, int):
-            raise ValidationError(f"token must be an int, not {token!r}")
-        await self.engine.write(self.intent("BREAK", path, token=token))
+        await self.engine.write(self.intent("BREAK", _path(scope), token=_token(token)))
 
     async def live(self, scope: Scope | str | None = None) -> list[Lease]:
         """Live leases: all, or those on ``scope``, covering it or nested in it."""

@@ -332,6 +332,7 @@ class KafkaStateStore:
         correlation_id: str | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        lock_token: int | None = None,
     ) -> Position:
         """Upsert ``state`` under ``key`` (which must equal ``state.id``).
 
@@ -340,6 +341,8 @@ class KafkaStateStore:
                 now (``0``: only if it has no state). Decided in log order.
             idempotency_key: a retry with the same key (after a timeout or a 503) returns
                 the first attempt's position if it was committed, and writes nothing.
+            lock_token: write under this lease (a holder elsewhere, e.g. over HTTP); a
+                lease this client holds is attached by itself.
 
         Returns:
             Where the event landed; hand it to another reader as ``min_position``.
@@ -369,6 +372,7 @@ class KafkaStateStore:
             correlation_id=correlation_id,
             expected_version=expected_version,
             idempotency_key=idempotency_key,
+            lock_token=lock_token,
         )
 
     async def set_tree(
@@ -380,6 +384,7 @@ class KafkaStateStore:
         correlation_id: str | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        lock_token: int | None = None,
     ) -> Position:
         """Upsert a state that is already serialized (Alchemy's JSON, secrets encrypted).
 
@@ -402,6 +407,7 @@ class KafkaStateStore:
             correlation_id=correlation_id,
             expected_version=expected_version,
             idempotency_key=idempotency_key,
+            lock_token=lock_token,
         )
 
     def _check_tree(self, key: str, tree: Tree) -> None:
@@ -439,6 +445,7 @@ class KafkaStateStore:
         correlation_id: str | None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        lock_token: int | None = None,
     ) -> Position:
         self._record_key(key)
         if expected_version is not None and (
@@ -452,6 +459,10 @@ class KafkaStateStore:
             )
         if idempotency_key is not None:
             keys.validate_idempotency_key(idempotency_key)
+        if lock_token is not None and (
+            isinstance(lock_token, bool) or not isinstance(lock_token, int) or lock_token < 0
+        ):
+            raise ValidationError(f"lock_token must be an int >= 0, not {lock_token!r}")
         outcome = await self._engine.write(
             Intent(
                 op=op,
@@ -463,6 +474,7 @@ class KafkaStateStore:
                 correlation_id=correlation_id,
                 expected_version=expected_version,
                 idempotency_key=idempotency_key,
+                lock_token=lock_token,
             )
         )
         if outcome.position is None:  # a delete of a key with no state
@@ -477,6 +489,7 @@ class KafkaStateStore:
         correlation_id: str | None = None,
         expected_version: int | None = None,
         idempotency_key: str | None = None,
+        lock_token: int | None = None,
     ) -> Position:
         """Delete ``key``'s state; a key with no state is a no-op.
 
@@ -501,4 +514,5 @@ class KafkaStateStore:
             correlation_id=correlation_id,
             expected_version=expected_version,
             idempotency_key=idempotency_key,
+            lock_token=lock_token,
         )
