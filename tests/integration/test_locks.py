@@ -78,7 +78,8 @@ async def test_a_free_lock_raced_has_exactly_one_winner(
             assert all(e.token == won[0].token for e in lost if isinstance(e, LockHeldError))
             tokens.append(won[0].token)
             await won[0].release()
-        assert tokens == sorted(tokens) and len(set(tokens)) == 20  # strictly increasing
+        assert tokens == sorted(tokens)
+        assert len(set(tokens)) == 20
 
 
 async def test_a_write_by_a_non_holder_is_refused_everywhere(
@@ -96,7 +97,8 @@ async def test_a_write_by_a_non_holder_is_refused_everywhere(
                 lease.token,
                 "app/dev",
             )
-            assert "alice" in str(held.value) and "job=ci-7" in str(held.value)
+            assert "alice" in str(held.value)
+            assert "job=ci-7" in str(held.value)
             with pytest.raises(LockHeldError):
                 await b.store(STAGE).delete("anything-at-all")
             with pytest.raises(LockHeldError):
@@ -111,7 +113,8 @@ async def test_a_write_by_a_non_holder_is_refused_everywhere(
         async with clients(bootstrap_servers, topic_prefix, tmp_path, "carol") as (c,):
             for client in (a, b, c):
                 db = await client.store(NESTED).get("db", consistency="strong")
-                assert db is not None and db.output["i"] == 1
+                assert db is not None
+                assert db.output["i"] == 1
                 assert await client.store(NESTED).get("mine", consistency="strong") is not None
             replayed = await c.state_at(NESTED, datetime.now(UTC))
             assert replayed["db"].output["i"] == 1
@@ -145,7 +148,8 @@ async def test_a_killed_holders_lease_lapses_after_its_ttl(
             await asyncio.sleep(4)  # past one ttl: the holder renewed it meanwhile
             with pytest.raises(LockHeldError) as held:
                 await w.lock(STAGE)
-            assert held.value.token == token and held.value.holder == "holder"
+            assert held.value.token == token
+            assert held.value.holder == "holder"
             assert held.value.info["pid"] == proc.pid
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -176,7 +180,8 @@ async def test_break_then_takeover_fences_the_old_holder(
         with pytest.raises(FencedError):
             await lease.release()
         vpc = await adm.store(STAGE).get("vpc", consistency="strong")
-        assert vpc is not None and vpc.output["i"] == 1
+        assert vpc is not None
+        assert vpc.output["i"] == 1
         await adm.store(STAGE).set("vpc", make_state(STAGE, "vpc", i=3))
         await taken.release()
         ops = [(e.op, e.actor) async for e in adm.history(STAGE)]
@@ -267,7 +272,8 @@ async def test_a_cas_counter_raced_by_two_processes_loses_no_increment(
         reports = [json.loads(out) for out, _ in outs]
         assert sum(rep["increments"] for rep in reports) == 200
         counter = await r.store(STAGE).get("counter", consistency="strong")
-        assert counter is not None and counter.output["n"] == 200
+        assert counter is not None
+        assert counter.output["n"] == 200
         assert await r.store(STAGE).version("counter") == 200
 
 
@@ -284,9 +290,7 @@ async def test_an_idempotent_retry_adds_exactly_one_event(
             await a.store(STAGE).delete("k", idempotency_key="")
     # A retry from a fresh process (a restarted server) is recognised too.
     async with clients(bootstrap_servers, topic_prefix, tmp_path, "b") as (b,):
-        retried = await b.store(STAGE).set(
-            "k", make_state(STAGE, "k", i=1), idempotency_key="r-1"
-        )
+        retried = await b.store(STAGE).set("k", make_state(STAGE, "k", i=1), idempotency_key="r-1")
         assert retried == first
         assert await b.store(STAGE).get("k") is None  # the delete stands
     history = await committed_records(bootstrap_servers, f"{topic_prefix}.history")
@@ -308,3 +312,138 @@ async def test_locks_are_taken_on_a_stage_or_below(
             # The stage itself stays writable; the nested scope is the holder's.
             await a.store(STAGE).set("x", make_state(STAGE, "x", i=1))
         assert await a.locks() == []
+
+
+async def test_run_with_a_lock_passes_the_token_and_the_exit_status(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    env = subprocess_env(
+        bootstrap_servers=bootstrap_servers,
+        topic_prefix=topic_prefix,
+        view_dir=tmp_path / "cli-view",
+    )
+    # The command writes through evstate under the lease: its client attaches the token.
+    script = (
+        "import asyncio, os, sys\n"
+        "from evstate import EvstateClient, Scope\n"
+        "from tests.contract import make_state\n"
+        "async def main():\n"
+        "    async with EvstateClient(view_dir=sys.argv[1]) as c:\n"
+        "        s = Scope('app', 'dev', 'db')\n"
+        "        await c.store(s).set('k', make_state(s, 'k', i=1))\n"
+        "    print(os.environ['EVSTATE_LOCK_TOKEN'], flush=True)\n"
+        "    sys.exit(3)\n"
+        "asyncio.run(main())\n"
+    )
+    async with clients(bootstrap_servers, topic_prefix, tmp_path, "other") as (other,):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "evstate.cli",
+            "run",
+            "--lock",
+            "app/dev",
+            "--ttl",
+            "10",
+            "--",
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "child-view"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=Path(__file__).parents[2],
+        )
+        out, errors = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 3, errors.decode()
+        token = int(out.decode().split()[-1])
+        events = [(e.op, e.lock_token) async for e in other.history(Scope("app", "dev", "db"))]
+        assert events == [("SET", token)]
+        assert await other.locks() == []  # released when the command ended
+
+        async with other.lock(STAGE, ttl=30, info={"job": "deploy-9"}):
+            held = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "evstate.cli",
+                "run",
+                "--lock",
+                "app/dev/db",
+                "--",
+                sys.executable,
+                "-c",
+                "raise SystemExit('must not run')",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
+            _, errors = await asyncio.wait_for(held.communicate(), 120)
+            assert held.returncode == 75
+            assert "other" in errors.decode()
+            assert "deploy-9" in errors.decode()
+            assert "must not run" not in errors.decode()
+
+        listed = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "evstate.cli",
+            "run",
+            "--lock",
+            "app",
+            "--",
+            "true",
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        _, errors = await asyncio.wait_for(listed.communicate(), 120)
+        assert listed.returncode == 2
+        assert "one-name scope" in errors.decode()
+
+
+async def test_lock_list_and_break_from_the_cli(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    env = subprocess_env(
+        bootstrap_servers=bootstrap_servers,
+        topic_prefix=topic_prefix,
+        view_dir=tmp_path / "cli-view",
+        COLUMNS="200",
+        EVSTATE_ACTOR="oncall",
+    )
+
+    async def cli(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "evstate.cli",
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, errors = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), errors.decode()
+
+    async with clients(bootstrap_servers, topic_prefix, tmp_path, "ci") as (ci,):
+        lease = await ci.lock(NESTED, ttl=60, info={"url": "https://ci.example/1"})
+        code, out, _ = await cli("lock", "list")
+        assert code == 0
+        for text in ("app/dev/db", "ci", str(lease.token), "https://ci.example/1"):
+            assert text in out
+        code, out, _ = await cli("lock", "list", "app/prod")
+        assert code == 0
+        assert "app/dev/db" not in out
+        code, _, errors = await cli("lock", "break", "app/dev/db", "--token", "999999")
+        assert code == 2
+        assert "no lease 999999" in errors
+        code, _, errors = await cli("lock", "break", "app/dev/db", "--token", str(lease.token))
+        assert code == 0, errors
+        with pytest.raises(FencedError):
+            await ci.store(NESTED).set("x", make_state(NESTED, "x", i=1))
+        code, _, errors = await cli("lock", "break", "app/dev/db")
+        assert code == 2
+        assert "--token" in errors
+        breaks = [(e.op, e.actor) async for e in ci.history(NESTED) if e.op == "BREAK"]
+        assert breaks == [("BREAK", "oncall")]

@@ -362,16 +362,25 @@ def test_events_written_with_v1_still_decode() -> None:
     record = {
         name: getattr(event, name)
         for name in (
-            "event_id", "op", "key", "version", "expected_version", "timestamp", "actor",
-            "reason", "correlation_id",
+            "event_id",
+            "op",
+            "key",
+            "version",
+            "expected_version",
+            "timestamp",
+            "actor",
+            "reason",
+            "correlation_id",
         )
     }
     record["scope"] = list(event.scope)
     record["state"] = json.dumps(event.state)
     fastavro.schemaless_writer(out, fastavro.parse_schema(v1, named_schemas={}), record)
     back = decode(out.getvalue(), [(SCHEMA_HEADER, fp)])
-    assert back.lock_token is None and back.idempotency_key is None
-    assert back.state == event.state and back.version == event.version
+    assert back.lock_token is None
+    assert back.idempotency_key is None
+    assert back.state == event.state
+    assert back.version == event.version
 
 
 def test_lock_fields_round_trip() -> None:

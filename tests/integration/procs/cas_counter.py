@@ -30,8 +30,14 @@ async def main() -> None:
                     current = await store.get("counter", consistency="strong")
                     value = current.output["n"] if current is not None else 0
                     state = State(
-                        status="updated", kind="counter", id="counter", fqn="counter",
-                        seq=1, data={}, props={}, output={"n": value + 1},
+                        status="updated",
+                        kind="counter",
+                        id="counter",
+                        fqn="counter",
+                        seq=1,
+                        data={},
+                        props={},
+                        output={"n": value + 1},
                     )
                     try:
                         await store.set("counter", state, expected_version=version)
