@@ -97,7 +97,7 @@ def decode_value(raw: bytes) -> tuple[int, bytes]:
 _OFFSETS_CF: Final = "evstate.offsets"
 _FRESH_CF: Final = "evstate.fresh"
 _META_CF: Final = "evstate.meta"
-_META: Final = 0  # first byte of a meta key
+_META: Final = b"\x00"  # first byte of a meta key
 _MAX_PARTITION: Final = 2**31  # Kafka partitions and offsets are signed 32/64-bit
 _MAX_OFFSET: Final = 2**63
 # Record keys are UTF-8 text, which never contains the byte 0xff: one range delete from
@@ -364,7 +364,7 @@ class View:
                 )
             for key, value in changes:
                 try:
-                    if key[0] == _META:
+                    if key[:1] == _META:
                         if value is None:
                             batch.delete(key, meta)
                         else:
