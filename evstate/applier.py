@@ -122,6 +122,9 @@ def to_changes(
 
 
 _COLON = ord(":")
+IDEMPOTENCY_WINDOW = 24 * 3600.0
+"""Seconds a write's idempotency key is remembered: a retry within it is recognised."""
+_PRUNE_EVERY = 3600.0
 _STAMP = struct.Struct(">qq")
 
 
@@ -154,6 +157,23 @@ def _lease_change(
     # A lease's token is its LOCK event's offset; a RENEW names the lease it extends.
     data["token"] = r.offset if head.op == "LOCK" else head.lock_token
     changes.append((lease, json.dumps(data, separators=(",", ":")).encode("utf-8")))
+
+
+def prune_idempotency_keys(view: View, now: float) -> int:
+    """Forget the idempotency keys recorded more than :data:`IDEMPOTENCY_WINDOW` before ``now``.
+
+    Returns:
+        How many were forgotten.
+    """
+    oldest = (now - IDEMPOTENCY_WINDOW) * 1000
+    old = [
+        key
+        for key, value in view.meta_items(keys.IDEMPOTENCY_PREFIX)
+        if _STAMP.unpack_from(value)[1] < oldest
+    ]
+    if old:
+        view.meta_delete(old)
+    return len(old)
 
 
 def _reason_at(value: bytes, r: Record, pos: Position, exc: MalformedEventError) -> str:
@@ -203,6 +223,7 @@ class Applier:
         self._waiting: dict[int, int] = {}  # partition -> readers waiting for its mark
         self._fetched_at = 0.0  # wall time before the latest fetch
         self._marked_at = 0.0
+        self._pruned_at = time.monotonic()  # the first pruning waits an hour
         self._started_at = time.monotonic()
         self._reported_at = 0.0
         self.stats = ApplierStats(settings.state_topic)
@@ -282,6 +303,9 @@ class Applier:
                 if now - self._marked_at > _MARK_EVERY:
                     self._mark_fresh(tail)
                     self._marked_at = now
+                if now - self._pruned_at > _PRUNE_EVERY:
+                    await asyncio.to_thread(prune_idempotency_keys, self._view, time.time())
+                    self._pruned_at = now
                 if self._reported_at >= 0 and now - self._reported_at > _PROGRESS_EVERY:
                     self._report_progress(now)
         except asyncio.CancelledError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from evstate import keys
+from evstate.applier import IDEMPOTENCY_WINDOW, prune_idempotency_keys
 from evstate.errors import (
     ClosedError,
     EvstateError,
@@ -471,3 +474,37 @@ def test_write_ahead_logs_do_not_pile_up(view: View, view_dir: Path) -> None:
     assert wal_bytes < 200 * 1024 * 1024, f"{wal_bytes:,} bytes of write-ahead log kept"
     assert view.get(b"s:k0-0") == value
     assert view.get(b"s:k299-399") == value
+
+
+def test_meta_keys_live_apart_and_are_dropped_with_their_partition(view: View) -> None:
+    lease = keys.lease_key("app/dev")
+    idem = keys.idempotency_key(keys.partition_for("app/dev", 12), "retry-1")
+    view.apply(3, 10, [(b"app/dev:k", b"v"), (lease, b"{}"), (idem, struct.pack(">qq", 9, 0))])
+    assert view.get(lease) is None  # not among the states
+    assert view.keys_prefix(b"") == [b"app/dev:k"]
+    assert view.prefixes() == [b"app/dev"]
+    assert [k for k, _ in view.meta_items(keys.LEASE_PREFIX)] == [lease]
+    view.drop_partitions(
+        {keys.partition_for("app/dev", 12)},
+        lambda k: keys.meta_partition(k, 12) if k[:1] == b"\x00" else -1,
+    )
+    assert view.meta_items(b"\x00") == []
+    assert view.get(b"app/dev:k") == b"v"
+
+
+def test_idempotency_keys_are_forgotten_after_their_window(view: View) -> None:
+    now = 1_900_000_000.0
+    fresh = keys.idempotency_key(0, "fresh")
+    stale = keys.idempotency_key(0, "stale")
+    day_ago = int((now - IDEMPOTENCY_WINDOW - 1) * 1000)
+    view.apply(
+        0,
+        2,
+        [
+            (fresh, struct.pack(">qq", 0, int(now * 1000))),
+            (stale, struct.pack(">qq", 1, day_ago)),
+        ],
+    )
+    assert prune_idempotency_keys(view, now) == 1
+    assert [k for k, _ in view.meta_items(keys.IDEMPOTENCY_PREFIX)] == [fresh]
+    assert prune_idempotency_keys(view, now) == 0
