@@ -25,7 +25,9 @@ def bootstrap_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
     if given:
         yield given
         return
-    broker = LocalBroker(tmp_path_factory.mktemp("broker"), port=free_port_block(2))
+    # Every test makes topics of its own (about 0.5 MB of broker heap each, kept for the
+    # run): the default 512 MB heap would be nearly full by the end of the suite.
+    broker = LocalBroker(tmp_path_factory.mktemp("broker"), port=free_port_block(2), heap="1536m")
     bootstrap = broker.start()
     try:
         yield bootstrap
