@@ -78,6 +78,7 @@ class ApplierStats:
 
     topic: str = ""
     records_applied: int = 0
+    lease_changes: int = 0
     poison: list[Poison] = field(default_factory=list)
 
 
@@ -144,6 +145,7 @@ def _lease_change(
     lease = keys.lease_key(r.key[:-1].decode("utf-8", "replace"))
     if r.value is None:
         changes.append((lease, None))
+        stats.lease_changes += 1
         return
     try:
         head = events.summarize(r.value, r.headers)
@@ -157,6 +159,7 @@ def _lease_change(
     # A lease's token is its LOCK event's offset; a RENEW names the lease it extends.
     data["token"] = r.offset if head.op == "LOCK" else head.lock_token
     changes.append((lease, json.dumps(data, separators=(",", ":")).encode("utf-8")))
+    stats.lease_changes += 1
 
 
 def prune_idempotency_keys(view: View, now: float) -> int:
@@ -224,6 +227,8 @@ class Applier:
         self._fetched_at = 0.0  # wall time before the latest fetch
         self._marked_at = 0.0
         self._pruned_at = time.monotonic()  # the first pruning waits an hour
+        # Lease changes the view holds, counted; a reader caching leases compares it.
+        self.leases_seen = 0
         self._started_at = time.monotonic()
         self._reported_at = 0.0
         self.stats = ApplierStats(settings.state_topic)
@@ -337,6 +342,7 @@ class Applier:
             self._view.apply_many(work, fresh)
         for p, next_offset, _ in work:
             self._applied[p] = next_offset
+        self.leases_seen = self.stats.lease_changes  # published after the view has them
         self._notify()
         return sum(len(b) for b in batches.values())
 
@@ -438,6 +444,8 @@ class Applier:
             return keys.partition_for(path.decode("utf-8", "replace"), count)
 
         await asyncio.to_thread(self._view.drop_partitions, stale, partition_of)
+        self.stats.lease_changes += 1
+        self.leases_seen = self.stats.lease_changes
 
     async def _wait_progressing(
         self, partition: int, position: int, deadline: float | None
@@ -544,6 +552,8 @@ class Applier:
             self._mark_fresh(tail)
         finally:
             await tail.stop()
+        self.stats.lease_changes += 1
+        self.leases_seen = self.stats.lease_changes
         await self.start()
         return read
 

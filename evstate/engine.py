@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from types import TracebackType
 
 from evstate import keys, metrics
@@ -210,7 +210,7 @@ class Engine:
                 self.settings,
                 partitions=self.settings.partitions,
                 max_bytes=min(limits),
-                ledger=ViewLedger(self.view),
+                ledger=ViewLedger(self.view, self._leases_seen),
                 catch_up=self._catch_up_partition,
                 applied=self._applied,
             )
@@ -309,6 +309,9 @@ class Engine:
         assert self._applier is not None
         await self._applier.ready(partition)
         await self._applier.wait_until(partition, await self._applier.end_offset(partition))
+
+    def _leases_seen(self) -> int:
+        return self._applier.leases_seen if self._applier is not None else 0
 
     def _applied(self, partition: int) -> int | None:
         return self._applier.applied(partition) if self._applier is not None else None
@@ -417,20 +420,35 @@ class Engine:
 
 
 class ViewLedger:
-    """The write rules' view of a partition (:class:`evstate.rules.Ledger`), read from the view."""
+    """The write rules' view of a partition (:class:`evstate.rules.Ledger`), read from the view.
 
-    def __init__(self, view: View) -> None:
+    Leases are read on every write and change rarely: each stage's are cached until the
+    applier reports a lease change applied to the view (``seen``).
+    """
+
+    def __init__(self, view: View, seen: Callable[[], int]) -> None:
         self._view = view
+        self._seen = seen
+        self._leases: dict[str, list[Lease]] = {}
+        self._leases_at = -1
 
     def version(self, record_key: bytes) -> int:
         raw = self._view.get(record_key)
         return decode_value(raw)[0] if raw is not None else 0
 
-    def leases(self, stage: str) -> Iterator[Lease]:
-        for _, raw in self._view.meta_items(keys.lease_key(stage)):
-            lease = Lease.from_json(json.loads(raw))
-            if keys.stage_of(lease.scope) == stage:
-                yield lease
+    def leases(self, stage: str) -> list[Lease]:
+        seen = self._seen()
+        if seen != self._leases_at:
+            self._leases.clear()
+            self._leases_at = seen
+        cached = self._leases.get(stage)
+        if cached is None:
+            cached = self._leases[stage] = [
+                lease
+                for _, raw in self._view.meta_items(keys.lease_key(stage))
+                if keys.stage_of((lease := Lease.from_json(json.loads(raw))).scope) == stage
+            ]
+        return cached
 
     def written(self, partition: int, idempotency_key: str) -> Position | None:
         found = self._view.meta_items(keys.idempotency_key(partition, idempotency_key))
