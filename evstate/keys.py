@@ -17,11 +17,11 @@ from evstate.names import name_problem
 __all__ = [
     "legacy_partition_for",
     "murmur2",
-    "stage_of",
     "partition_for",
     "record_key",
     "scope_prefix",
     "split_record_key",
+    "stage_of",
     "to_positive",
     "validate_key",
 ]

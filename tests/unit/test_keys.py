@@ -8,13 +8,13 @@ import pytest
 
 from evstate.errors import InvalidKeyError, ValidationError
 from evstate.keys import (
-    murmur2,
     legacy_partition_for,
+    murmur2,
     partition_for,
-    stage_of,
     record_key,
     scope_prefix,
     split_record_key,
+    stage_of,
     to_positive,
     validate_key,
 )
