@@ -10,7 +10,8 @@ What the view holds per record key: :func:`~evstate.view.encode_value` of the ke
 version and serialized state.
 
 Records that cannot be applied (not Avro, unknown schema, a key that is not
-``scope:id``) are poison: logged once, counted, skipped; their offsets still advance.
+``scope:id``) are poison: logged once, counted, skipped; their offsets still advance. The
+layout marker (:mod:`evstate.layout`) is no event and no poison: it is passed over.
 
 Start marks: when it starts, the applier asks for every partition's end (its high
 watermark, open transactions included). A partition is *ready* once the view has applied
@@ -44,6 +45,7 @@ from evstate.errors import (
     MalformedEventError,
 )
 from evstate.kafka import Record, Tail
+from evstate.layout import MARKER_KEY
 from evstate.model import Position
 from evstate.view import View, encode_value
 
@@ -77,6 +79,7 @@ class ApplierStats:
     topic: str = ""
     records_applied: int = 0
     poison: list[Poison] = field(default_factory=list)
+    markers: int = 0  # layout markers passed over (not events, not poison)
 
 
 def to_changes(
@@ -92,6 +95,9 @@ def to_changes(
         # A record's Position is made only for poison: it is most of the cost of a
         # tombstone, and a good part of a SET's outside fastavro.
         if r.key is None or b":" not in r.key:
+            if r.key == MARKER_KEY:  # the layout marker: not an event, not poison
+                stats.markers += 1
+                continue
             pos = Position(r.partition, r.offset)
             _poison(stats, pos, f"record key {r.key!r} is not 'scope:id'", report)
             continue
@@ -478,7 +484,7 @@ class Applier:
         finally:
             await tail.stop()
         await self.start()
-        return read
+        return read - self.stats.markers  # records of the topic, the layout marker aside
 
     def check(self) -> None:
         """Raise the applier's failure (a vanished view dir, a closed client), if any."""

@@ -21,6 +21,7 @@ from evstate.applier import Applier, Progress
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
 from evstate.kafka import Admin, TopicSpec
+from evstate.layout_check import check_layout
 from evstate.model import (
     CONSISTENCIES,
     ChangeEvent,
@@ -83,6 +84,7 @@ class Engine:
         Raises:
             ViewLockedError: another process uses ``view_dir``.
             BrokerUnavailableError: Kafka did not answer within ``connect_timeout``.
+            LayoutError: the state topic was written with the old partition rule.
             ClosedError: the client was closed.
         """
         async with self._lock:
@@ -137,6 +139,7 @@ class Engine:
     async def _start_applier(self, partitions: int) -> None:
         assert self._view is not None
         assert self._admin is not None
+        await check_layout(self.settings, self._admin, self._view)  # LayoutError: migrate
         configs = await self._admin.topic_configs(self.settings.state_topic)
         retention = configs.get("delete.retention.ms")
         applier = Applier(
@@ -189,6 +192,7 @@ class Engine:
 
         Raises:
             TopicMismatchError: a topic exists with another cleanup policy or partition count.
+            LayoutError: the state topic was written with the old partition rule.
         """
         await self._open()
         if self._topics_ready:
@@ -198,6 +202,10 @@ class Engine:
                 return
             assert self._admin is not None
             limits = [await self._admin.ensure_topic(spec) for spec in self._specs()]
+            applying = self._applier is not None  # mark an empty topic before writing to it
+            await check_layout(
+                self.settings, self._admin, self._view, write=True, applying=applying
+            )
             if self._applier is None:
                 await self._start_applier(self.settings.partitions)
             writer = Writer(

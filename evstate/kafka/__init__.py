@@ -8,7 +8,8 @@ Split by role, each module small:
   :class:`TransactionalProducer` (atomic batches over several topics);
 * :mod:`~evstate.kafka.consume` — :class:`Tail` (the view's reader) and :class:`GroupTail`
   (watchers, in consumer groups);
-* :mod:`~evstate.kafka.admin` — :class:`Admin`: topics created with explicit settings.
+* :mod:`~evstate.kafka.admin` — :class:`Admin`: topics created with explicit settings,
+  peeked into, deleted and made again.
 
 No aiokafka exception leaves this package; each is re-raised as an
 :mod:`evstate.errors` class ``from`` the original. Importing it changes nothing in
@@ -16,7 +17,7 @@ aiokafka: every tuning is per instance.
 """
 
 from evstate.kafka._connect import client_options, count_brokers
-from evstate.kafka.admin import Admin, TopicSpec
+from evstate.kafka.admin import Admin, Peek, TopicSpec
 from evstate.kafka.consume import Assignments, GroupTail, Record, Tail
 from evstate.kafka.produce import (
     BATCH_BYTES,
@@ -37,6 +38,7 @@ __all__ = [
     "GroupTail",
     "Headers",
     "OutRecord",
+    "Peek",
     "Producer",
     "Record",
     "Tail",

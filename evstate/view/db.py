@@ -4,7 +4,7 @@ The only module that imports ``rocksdict``; every error it raises leaves here as
 evstate's (:class:`ViewLockedError`, :class:`ViewUnavailableError`, :class:`ViewError`,
 :class:`ClosedError`).
 
-Key layout, in two column families of one RocksDB:
+Key layout, in four column families of one RocksDB:
 
 ``default``
     record key -> latest value: the state's version (8 bytes big-endian), then its
@@ -23,6 +23,10 @@ Key layout, in two column families of one RocksDB:
     delete's tombstone ``delete.retention.ms`` after compaction, so offsets older than that
     can no longer be trusted to see every delete after them (the applier then re-reads the
     partition).
+``evstate.meta``
+    a name -> bytes: what the view knows about its topic, e.g. ``layout:{topic}`` -> the
+    layout marker found there (:mod:`evstate.layout_check`), so a restart need not ask
+    Kafka again. Kept by :meth:`View.clear` (a rebuild reads the same topic).
 
 The offset rule: :meth:`View.apply` writes a batch's changes *and* its partition's new
 offset in one RocksDB ``WriteBatch``, which RocksDB applies atomically. A crash therefore
@@ -67,6 +71,7 @@ from evstate.view._rocks import (
     open_error,
     options,
     read_numbers,
+    read_pairs,
     successor,
 )
 
@@ -90,6 +95,7 @@ def decode_value(raw: bytes) -> tuple[int, bytes]:
 
 _OFFSETS_CF: Final = "evstate.offsets"
 _FRESH_CF: Final = "evstate.fresh"
+_META_CF: Final = "evstate.meta"
 _MAX_PARTITION: Final = 2**31  # Kafka partitions and offsets are signed 32/64-bit
 _MAX_OFFSET: Final = 2**63
 # Record keys are UTF-8 text, which never contains the byte 0xff: one range delete from
@@ -111,6 +117,7 @@ class View:
         "_dir_id",
         "_fresh",
         "_get",
+        "_meta",
         "_offsets",
         "_path",
         "_scans",
@@ -130,6 +137,7 @@ class View:
         self._scans: weakref.WeakSet[Scan] = weakref.WeakSet()
         self._offsets = read_numbers(db, _OFFSETS_CF, path)
         self._fresh = read_numbers(db, _FRESH_CF, path)
+        self._meta = read_pairs(db, _META_CF)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> View:
@@ -177,7 +185,7 @@ class View:
             db = Rdict(
                 where,
                 opts,
-                column_families={_OFFSETS_CF: options(), _FRESH_CF: options()},
+                column_families={cf: options() for cf in (_OFFSETS_CF, _FRESH_CF, _META_CF)},
                 access_type=AccessType.read_write(),
             )
         except Exception as exc:
@@ -269,6 +277,30 @@ class View:
         except Exception as exc:
             raise self._error(exc) from exc
         return newer
+
+    def meta(self, name: bytes) -> bytes | None:
+        """What the view recorded under ``name`` (``evstate.meta``), or None.
+
+        Raises:
+            ClosedError: the view is closed.
+        """
+        self._check_open()
+        return self._meta.get(name)
+
+    def set_meta(self, name: bytes, value: bytes) -> None:
+        """Record ``value`` under ``name`` (``evstate.meta``); :meth:`clear` keeps it.
+
+        Raises:
+            ViewUnavailableError, ViewError, ClosedError: as :meth:`apply`.
+        """
+        self._check_open()
+        batch = WriteBatch(raw_mode=True)
+        try:
+            batch.put(name, value, self._db.get_column_family_handle(_META_CF))
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self._write(batch)
+        self._meta[name] = value
 
     def drop_partitions(
         self, partitions: Collection[int], partition_of: Callable[[bytes], int]
@@ -461,7 +493,9 @@ class View:
         return sorted(found)
 
     def clear(self) -> None:
-        """Drop all data and offsets in one atomic batch (for a rebuild); stays open.
+        """Drop all data, offsets and times in one atomic batch (a rebuild); stays open.
+
+        What :meth:`meta` holds stays: it is about the topic, which a rebuild reads again.
 
         Raises:
             ViewUnavailableError: the dir was removed under the view.
