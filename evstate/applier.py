@@ -474,8 +474,8 @@ class Applier:
             while any(self._applied.get(p, starts[p]) < ends[p] for p in ends):
                 self._fetched_at = time.time()
                 read += await self._apply(tail, await tail.fetch(0.5, max_records=5_000))
-                if progress is not None:
-                    progress(min(read, total), total)
+                if progress is not None:  # records of the topic, the layout marker aside
+                    progress(min(read - self.stats.markers, total), total)
             self._view.mark_fresh(dict.fromkeys(ends, asked_at))
             # The partitions at their end as of the last fetch are fresh as of then: the
             # applier resumes at once, so a short delete.retention.ms does not make the
