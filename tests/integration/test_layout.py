@@ -118,8 +118,14 @@ async def test_old_layout_is_refused_then_migrated_in_place(
                 pass
     finally:
         await lazy.close()
-    for command in (("get", NESTED.path, "k0"), ("history", NESTED.path), ("ls", "app/prod")):
-        refused = await run_cli(*command, env=env)
+    for command in (
+        ("get", NESTED.path, "k0"),
+        ("history", NESTED.path),
+        ("ls", "app/prod"),
+        ("watch", "app", "--from", "earliest"),
+        ("serve", "--port", "0"),
+    ):
+        refused = await run_cli(*command, env={**env, "EVSTATE_TOKEN": "t"}, timeout=60)
         assert refused.returncode == 2, (command, refused.stdout, refused.stderr)
         assert "evstate migrate" in refused.stderr
         assert "old partition rule" in refused.stderr
