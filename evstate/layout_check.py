@@ -93,8 +93,9 @@ async def check_layout(
         return
     if view.applied_offsets() and not applying:
         log.warning(
-            "the view at %s was filled by an older evstate (it does not record the layout "
-            "of %s): reading the topic again from its start, once",
+            "the view at %s holds offsets but no record of %s's layout (it was filled by "
+            "an older evstate, maybe from topics evstate migrate has rewritten since, or "
+            "from other topics): reading the topic again from its start, once",
             view.path,
             topic,
         )

@@ -236,7 +236,10 @@ async def _backup_progress(admin: Admin, state_backup: str, history_backup: str)
     last = await admin.read_from(state_backup, 0, end - 1, max_bytes=1) if end else []
     for record in reversed(last):
         if record.key == PROGRESS_KEY:
-            step = json.loads(record.value or b"{}").get("step")
+            try:
+                step = json.loads(record.value or b"{}").get("step")
+            except (ValueError, AttributeError):
+                step = None
             if step in ("copied", "done"):
                 return str(step)
     return "partial"
