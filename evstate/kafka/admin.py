@@ -338,6 +338,8 @@ class Admin:
                 )
                 response = await client.send(leaders[partition], request)
                 answers = [a for _, found in response.topics for a in found if a[0] == partition]
+                if not answers:
+                    raise kerr.UnknownTopicOrPartitionError(f"no answer for {topic}[{partition}]")
                 _, error_code, _, *rest = answers[0]
                 if error_code == kerr.OffsetOutOfRangeError.errno:
                     first = await self._offsets(topic, leaders, [partition], _EARLIEST)
