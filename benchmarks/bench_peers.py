@@ -65,6 +65,7 @@ from _common import (
 )
 
 from evstate import EvstateClient, KafkaStateStore, Scope, Settings, State
+from evstate.layout_check import write_marker
 from evstate.serde import deserialize_state, serialize_state
 
 MS = 1e3
@@ -187,8 +188,11 @@ async def load_tables(bootstrap: str, keys: int, faust: bool) -> Tables:
         unique_name("peers-faust") + "-states-changelog",
     )
     start = time.perf_counter()
-    await create_topic_like_evstate(bootstrap, f"{tables.evstate_prefix}.state", PARTITIONS)
-    await bulk_load(bootstrap, f"{tables.evstate_prefix}.state", evstate_records(keys))
+    state_topic = f"{tables.evstate_prefix}.state"
+    await create_topic_like_evstate(bootstrap, state_topic, PARTITIONS)
+    # First, as evstate does: the layout marker (a topic without one is refused).
+    await write_marker(Settings(bootstrap_servers=bootstrap), state_topic)
+    await bulk_load(bootstrap, state_topic, evstate_records(keys))
     await create_topic_like_evstate(bootstrap, tables.ktables_topic, PARTITIONS)
     await bulk_load(bootstrap, tables.ktables_topic, json_records(keys, json_keys=False))
     if faust:

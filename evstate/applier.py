@@ -10,7 +10,8 @@ What the view holds per record key: :func:`~evstate.view.encode_value` of the ke
 version and serialized state.
 
 Records that cannot be applied (not Avro, unknown schema, a key that is not
-``scope:id``) are poison: logged once, counted, skipped; their offsets still advance.
+``scope:id``) are poison: logged once, counted, skipped; their offsets still advance. The
+layout marker (:mod:`evstate.layout`) is no event and no poison: it is passed over.
 
 Start marks: when it starts, the applier asks for every partition's end (its high
 watermark, open transactions included). A partition is *ready* once the view has applied
@@ -46,6 +47,7 @@ from evstate.errors import (
     MalformedEventError,
 )
 from evstate.kafka import Record, Tail
+from evstate.layout import MARKER_KEY
 from evstate.model import Position
 from evstate.view import View, encode_value
 
@@ -80,6 +82,7 @@ class ApplierStats:
     records_applied: int = 0
     lease_changes: int = 0
     poison: list[Poison] = field(default_factory=list)
+    markers: int = 0  # layout markers passed over (not events, not poison)
 
 
 def to_changes(
@@ -95,6 +98,9 @@ def to_changes(
         # A record's Position is made only for poison: it is most of the cost of a
         # tombstone, and a good part of a SET's outside fastavro.
         if r.key is None or b":" not in r.key:
+            if r.key == MARKER_KEY:  # the layout marker: not an event, not poison
+                stats.markers += 1
+                continue
             pos = Position(r.partition, r.offset)
             _poison(stats, pos, f"record key {r.key!r} is not 'scope:id'", report)
             continue
@@ -171,11 +177,11 @@ def prune_idempotency_keys(view: View, now: float) -> int:
     oldest = (now - IDEMPOTENCY_WINDOW) * 1000
     old = [
         key
-        for key, value in view.meta_items(keys.IDEMPOTENCY_PREFIX)
+        for key, value in view.rules_items(keys.IDEMPOTENCY_PREFIX)
         if _STAMP.unpack_from(value)[1] < oldest
     ]
     if old:
-        view.meta_delete(old)
+        view.rules_delete(old)
     return len(old)
 
 
@@ -543,8 +549,8 @@ class Applier:
             while any(self._applied.get(p, starts[p]) < ends[p] for p in ends):
                 self._fetched_at = time.time()
                 read += await self._apply(tail, await tail.fetch(0.5, max_records=5_000))
-                if progress is not None:
-                    progress(min(read, total), total)
+                if progress is not None:  # records of the topic, the layout marker aside
+                    progress(min(read - self.stats.markers, total), total)
             self._view.mark_fresh(dict.fromkeys(ends, asked_at))
             # The partitions at their end as of the last fetch are fresh as of then: the
             # applier resumes at once, so a short delete.retention.ms does not make the
@@ -555,7 +561,7 @@ class Applier:
         self.stats.lease_changes += 1
         self.leases_seen = self.stats.lease_changes
         await self.start()
-        return read
+        return read - self.stats.markers  # records of the topic, the layout marker aside
 
     def check(self) -> None:
         """Raise the applier's failure (a vanished view dir, a closed client), if any."""

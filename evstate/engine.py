@@ -24,6 +24,7 @@ from evstate.applier import Applier, Progress
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
 from evstate.kafka import Admin, TopicSpec
+from evstate.layout_check import check_layout
 from evstate.model import (
     CONSISTENCIES,
     ChangeEvent,
@@ -89,6 +90,7 @@ class Engine:
         Raises:
             ViewLockedError: another process uses ``view_dir``.
             BrokerUnavailableError: Kafka did not answer within ``connect_timeout``.
+            LayoutError: the state topic was written with the old partition rule.
             ClosedError: the client was closed.
         """
         async with self._lock:
@@ -143,6 +145,7 @@ class Engine:
     async def _start_applier(self, partitions: int) -> None:
         assert self._view is not None
         assert self._admin is not None
+        await check_layout(self.settings, self._admin, self._view)  # LayoutError: migrate
         configs = await self._admin.topic_configs(self.settings.state_topic)
         retention = configs.get("delete.retention.ms")
         applier = Applier(
@@ -195,6 +198,7 @@ class Engine:
 
         Raises:
             TopicMismatchError: a topic exists with another cleanup policy or partition count.
+            LayoutError: the state topic was written with the old partition rule.
         """
         await self._open()
         if self._topics_ready:
@@ -204,6 +208,10 @@ class Engine:
                 return
             assert self._admin is not None
             limits = [await self._admin.ensure_topic(spec) for spec in self._specs()]
+            applying = self._applier is not None  # mark an empty topic before writing to it
+            await check_layout(
+                self.settings, self._admin, self._view, write=True, applying=applying
+            )
             if self._applier is None:
                 await self._start_applier(self.settings.partitions)
             writer = Writer(
@@ -298,7 +306,7 @@ class Engine:
         """Leases recorded in the view: all, or those on ``path`` or nested in it."""
         found = []
         prefix = keys.lease_key(keys.stage_of(path)) if path else keys.LEASE_PREFIX
-        for _, raw in self.view.meta_items(prefix):
+        for _, raw in self.view.rules_items(prefix):
             lease = Lease.from_json(json.loads(raw))
             if path is None or lease.covers(path) or lease.scope.startswith(path + "/"):
                 found.append(lease)
@@ -445,13 +453,13 @@ class ViewLedger:
         if cached is None:
             cached = self._leases[stage] = [
                 lease
-                for _, raw in self._view.meta_items(keys.lease_key(stage))
+                for _, raw in self._view.rules_items(keys.lease_key(stage))
                 if keys.stage_of((lease := Lease.from_json(json.loads(raw))).scope) == stage
             ]
         return cached
 
     def written(self, partition: int, idempotency_key: str) -> Position | None:
-        found = self._view.meta_items(keys.idempotency_key(partition, idempotency_key))
+        found = self._view.rules_items(keys.idempotency_key(partition, idempotency_key))
         if not found:
             return None
         return Position(partition, int.from_bytes(found[0][1][:8], "big"))

@@ -32,6 +32,8 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     │   ├── BrokerUnavailableError (ConnectionError)   bootstrap servers unreachable
     │   ├── AuthenticationError (PermissionError)       SASL credentials refused
     │   ├── TopicMismatchError                 topic exists with other policy/partitions
+    │   │   └── LayoutError                    topic written with the old partition rule
+    │   │                                      (run `evstate migrate`), or an unknown one
     │   └── WriteFailedError                   the broker did not acknowledge a write
     │       └── WriterFencedError              another process took this partition's writer ids
     ├── ViewError                              the local RocksDB view
@@ -190,6 +192,20 @@ class AuthenticationError(KafkaError, PermissionError):
 
 class TopicMismatchError(KafkaError):
     """A topic exists with a cleanup policy or partition count evstate cannot use."""
+
+
+class LayoutError(TopicMismatchError):
+    """The topics were written with another partition rule than this evstate's.
+
+    Topics written by evstate before the rule placed a scope by its stage hold events of
+    nested scopes in other partitions than it looks in: ``evstate migrate`` rewrites them
+    in place. Not retriable: the same topics give the same answer until migrated.
+    """
+
+    def __init__(self, message: str, *, topic: str, found: str) -> None:
+        super().__init__(message)
+        self.topic = topic
+        self.found = found
 
 
 class WriteFailedError(KafkaError):

@@ -43,6 +43,8 @@ from evstate.config import Settings
 from evstate.errors import ClosedError, EvstateError, MalformedEventError, ValidationError
 from evstate.history import CLOCK_SLACK, record_event
 from evstate.kafka import Admin, GroupTail, Record
+from evstate.layout import MARKER_KEY
+from evstate.layout_check import check_layout
 from evstate.model import ChangeEvent, Lifecycle, Position, Scope
 
 __all__ = ["Start", "WatchStats", "WatchedEvent", "Watcher", "WatcherState"]
@@ -231,6 +233,7 @@ class Watcher:
         Raises:
             BrokerUnavailableError: Kafka did not answer within ``connect_timeout``.
             KafkaError: the group did not assign partitions in time.
+            LayoutError: the topics were written with the old partition rule.
             ValidationError: a Position start in another partition than the watched scope's.
             ClosedError: the watcher was closed.
         """
@@ -301,6 +304,8 @@ class Watcher:
                     log.info("waiting for topic %s: nothing was written yet", self.topic)
                 self._topic_was_missing = True
                 await asyncio.sleep(_TOPIC_POLL)
+            # Scopes are found by partition: refuse topics written with the old rule.
+            await check_layout(self.settings, admin, None, write=False)
             return count
         finally:
             await admin.stop()
@@ -408,7 +413,10 @@ class Watcher:
         """The event a record holds if it is wanted; None for skipped and poison records."""
         key = record.key
         if key is None or b":" not in key:
-            self._poison(record, f"record key {key!r} is not 'scope:id'")
+            if key == MARKER_KEY:  # the state topic's layout marker (history off)
+                self.stats.skipped += 1
+            else:
+                self._poison(record, f"record key {key!r} is not 'scope:id'")
             return None
         if not self._filter(key):
             self.stats.skipped += 1

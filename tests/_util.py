@@ -58,8 +58,13 @@ async def topic_record_count(bootstrap_servers: str, topic: str) -> int:
 
 
 async def committed_records(bootstrap_servers: str, topic: str) -> list[Record]:
-    """Every record a read_committed reader sees in ``topic``, all partitions, in order."""
+    """Every record a read_committed reader sees in ``topic``, all partitions, in order.
+
+    The state topic's layout marker (:mod:`evstate.layout`) is left out: it is no event.
+    """
     from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from evstate.layout import is_marker
 
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers,
@@ -84,7 +89,9 @@ async def committed_records(bootstrap_servers: str, topic: str) -> list[Record]:
                     Record(tp.partition, r.offset, r.key, r.value, r.headers, r.timestamp)
                     for r in recs
                 )
-        return sorted(out, key=lambda r: (r.partition, r.offset))
+        return sorted(
+            (r for r in out if not is_marker(r.key)), key=lambda r: (r.partition, r.offset)
+        )
     finally:
         await consumer.stop()
 

@@ -190,5 +190,8 @@ class StoreContract:
     ) -> None:
         store = open_store(Scope("untouched", "scope"))
         await store.init()
+        # init() of a new topic writes its layout marker, nothing else.
+        assert await records_written() <= 1
+        before = await records_written()
         await store.delete("nothing")
-        assert await records_written() == 0
+        assert await records_written() == before

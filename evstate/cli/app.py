@@ -21,6 +21,7 @@ from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
 from evstate.cli import alchemy as cli_alchemy
 from evstate.cli import history as cli_history
 from evstate.cli import locks as cli_locks
+from evstate.cli import migrate as cli_migrate
 from evstate.cli import serve as cli_serve
 from evstate.cli import store as cli_store
 from evstate.cli import watch as cli_watch
@@ -41,6 +42,7 @@ cli_store.register(app)
 cli_alchemy.register(app)
 cli_history.register(app)
 cli_locks.register(app)
+cli_migrate.register(app)
 cli_serve.register(app)
 cli_watch.register(app)
 

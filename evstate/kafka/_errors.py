@@ -67,7 +67,7 @@ async def write_errors(
     """
     try:
         yield
-    except (kerr.KafkaError, TimeoutError, BrokerUnavailableError) as exc:
+    except (kerr.KafkaError, kerr.IllegalOperation, TimeoutError, BrokerUnavailableError) as exc:
         refused = await _refused_for_isr(settings, exc, where, written)
         if refused is not None:
             raise refused from exc
@@ -148,7 +148,9 @@ async def _refused_for_isr(
     coordinator reports its own (for its log) as COORDINATOR_NOT_AVAILABLE, so the
     cause never arrives as an error: after a timeout or retriable error, ask the cluster.
     """
-    if isinstance(exc, kerr.KafkaError) and not exc.retriable:
+    if isinstance(exc, kerr.IllegalOperation) or (
+        isinstance(exc, kerr.KafkaError) and not exc.retriable
+    ):
         return None
     short = await _in_sync_shortfall(settings, written)
     if short is None:
@@ -176,7 +178,9 @@ def _write_error(
             f"write to {where} refused: too few in-sync replicas (min.insync.replicas not "
             "met); bring brokers back and retry"
         )
-    if isinstance(exc, kerr.ProducerFenced | kerr.InvalidProducerEpoch):
+    # A producer the broker fenced while idle finds out at its next transaction: aiokafka
+    # has put it in a fatal state, and sending says "not in transaction".
+    if isinstance(exc, kerr.ProducerFenced | kerr.InvalidProducerEpoch | kerr.IllegalOperation):
         return WriterFencedError(
             f"the write to {where} was fenced: another process registered the same "
             "transactional id since; nothing of it was written"

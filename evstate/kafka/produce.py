@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiokafka.errors as kerr
 from aiokafka import AIOKafkaProducer
@@ -95,6 +96,11 @@ class Producer:
                 topic, value=value, key=key, partition=partition, headers=list(headers)
             )
         return meta.partition, meta.offset
+
+
+def _seen(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle(producer: AIOKafkaProducer) -> None:
@@ -200,12 +206,18 @@ class TransactionalProducer:
         # seen hanging 88 s past its timeout). A failed producer is dropped instead, and
         # the next one's registration fences it and aborts what it left open.
         await producer.begin_transaction()
-        futures = [
-            await producer.send(
-                r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
-            )
-            for r in records
-        ]
-        metas = await asyncio.gather(*futures)
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for r in records:
+                futures.append(
+                    await producer.send(
+                        r.topic, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+                    )
+                )
+            metas = await asyncio.gather(*futures)
+        except BaseException:
+            for future in futures:  # failed with the transaction; nobody else awaits them
+                future.add_done_callback(_seen)
+            raise
         await producer.commit_transaction()
         return [(m.partition, m.offset) for m in metas]

@@ -144,6 +144,15 @@ def read_numbers(db: Rdict, cf_name: str, path: str) -> dict[int, int]:
     return numbers
 
 
+def read_pairs(db: Rdict, cf_name: str) -> dict[bytes, bytes]:
+    """A small column family of bytes -> bytes, read whole."""
+    cf = db.get_column_family(cf_name)
+    try:
+        return {cast(bytes, key): cast(bytes, value) for key, value in cf.items()}
+    finally:
+        cf.close()
+
+
 def open_error(exc: Exception, path: str) -> EvstateError:
     """Translate an exception raised while opening the db at ``path``."""
     text = str(exc)

@@ -7,33 +7,28 @@ evstate's (:class:`ViewLockedError`, :class:`ViewUnavailableError`, :class:`View
 Key layout, in four column families of one RocksDB:
 
 ``default``
-    record key -> latest value: the state's version (8 bytes big-endian), then its
-    serialized tree as compact JSON text (:func:`encode_value`, :func:`decode_value`).
-    The record key is ``scope:id``
-    (``"/".join(scope.chain) + ":" + id``), so a scope's states are one contiguous key
-    range and ``list()`` is a prefix scan of ``scope:``. Nested scopes (``scope/child:``)
-    never match that prefix. Nothing else lives here, so a scan sees only data.
+    record key ``scope:id`` -> the state's version, then its JSON text (``_codec``). A
+    scope's states are one contiguous key range: ``list()`` is a prefix scan of
+    ``scope:``, which nested scopes (``scope/child:``) never match. Only data lives here.
 ``evstate.offsets``
     partition (4-byte big-endian) -> next offset to consume (8-byte big-endian), i.e. the
     last applied offset + 1.
 ``evstate.fresh``
-    partition -> a time (ms since the epoch, 8-byte big-endian) at which the view held
-    every record appended to the partition before it: when the applier last found itself
-    at the partition's end, or the timestamp of the last record it applied. Kafka forgets a
-    delete's tombstone ``delete.retention.ms`` after compaction, so offsets older than that
-    can no longer be trusted to see every delete after them (the applier then re-reads the
-    partition).
+    partition -> a time (ms, 8-byte big-endian) at which the view held every record
+    appended to the partition before it (see the applier: tombstones expire).
 ``evstate.meta``
+    a name -> bytes: what the view knows about its topic, e.g. ``layout:{topic}`` -> the
+    layout marker found there (:mod:`evstate.layout_check`), so a restart need not ask
+    Kafka again. Kept by :meth:`View.clear` (a rebuild reads the same topic).
+``evstate.rules``
     what the write rules read besides states (``keys.lease_key``, ``keys.idempotency_key``):
     each stage's leases, and the idempotency keys of recent writes. A change whose key
     starts with ``\x00`` (which no record key does) goes here.
 
 The offset rule: :meth:`View.apply` writes a batch's changes *and* its partition's new
-offset in one RocksDB ``WriteBatch``, which RocksDB applies atomically. A crash therefore
-never leaves data ahead of or behind its offset: on restart the consumer resumes at the
-stored offset and every record after it is applied exactly once. Writes are not fsynced:
-a power loss may drop the last batches, but drops data and offset together, and the
-consumer simply reads them again.
+offset in one atomic ``WriteBatch``, so a crash never leaves data and offset out of step:
+the consumer resumes at the stored offset. Writes are not fsynced: a power loss may drop
+the last batches, data and offset together, and the consumer reads them again.
 
 Reads run on the caller's thread without locks (RocksDB reads are safe alongside the one
 writer); ``get`` adds a single Python call to ``Rdict.get``.
@@ -42,7 +37,6 @@ writer); ``get`` adds a single Python call to ``Rdict.get``.
 from __future__ import annotations
 
 import os
-import struct
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
@@ -63,6 +57,7 @@ from evstate.errors import (
     ViewError,
     ViewUnavailableError,
 )
+from evstate.view._codec import Change
 from evstate.view._rocks import (
     NUMBER,
     PARTITION,
@@ -73,31 +68,17 @@ from evstate.view._rocks import (
     open_error,
     options,
     read_numbers,
+    read_pairs,
     successor,
 )
 
-__all__ = ["Change", "View", "decode_value", "encode_value"]
-
-Change = tuple[bytes, bytes | None]
-"""One record key and its new value; ``None`` deletes the key."""
-
-_VERSION = struct.Struct(">Q")
-
-
-def encode_value(version: int, state_text: str) -> bytes:
-    """The view value of a state: its version (8 bytes big-endian), then its JSON text."""
-    return _VERSION.pack(version) + state_text.encode("utf-8")
-
-
-def decode_value(raw: bytes) -> tuple[int, bytes]:
-    """Split a view value into ``(version, JSON bytes)``."""
-    return _VERSION.unpack_from(raw)[0], raw[_VERSION.size :]
-
+__all__ = ["View"]
 
 _OFFSETS_CF: Final = "evstate.offsets"
 _FRESH_CF: Final = "evstate.fresh"
 _META_CF: Final = "evstate.meta"
-_META: Final = b"\x00"  # first byte of a meta key
+_RULES_CF: Final = "evstate.rules"
+_META: Final = b"\x00"  # first byte of a key of the rules' column family
 _MAX_PARTITION: Final = 2**31  # Kafka partitions and offsets are signed 32/64-bit
 _MAX_OFFSET: Final = 2**63
 # Record keys are UTF-8 text, which never contains the byte 0xff: one range delete from
@@ -119,6 +100,7 @@ class View:
         "_dir_id",
         "_fresh",
         "_get",
+        "_meta",
         "_offsets",
         "_path",
         "_scans",
@@ -138,6 +120,7 @@ class View:
         self._scans: weakref.WeakSet[Scan] = weakref.WeakSet()
         self._offsets = read_numbers(db, _OFFSETS_CF, path)
         self._fresh = read_numbers(db, _FRESH_CF, path)
+        self._meta = read_pairs(db, _META_CF)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, create: bool = True) -> View:
@@ -186,9 +169,7 @@ class View:
                 where,
                 opts,
                 column_families={
-                    _OFFSETS_CF: options(),
-                    _FRESH_CF: options(),
-                    _META_CF: options(),
+                    cf: options() for cf in (_OFFSETS_CF, _FRESH_CF, _META_CF, _RULES_CF)
                 },
                 access_type=AccessType.read_write(),
             )
@@ -282,6 +263,30 @@ class View:
             raise self._error(exc) from exc
         return newer
 
+    def meta(self, name: bytes) -> bytes | None:
+        """What the view recorded under ``name`` (``evstate.meta``), or None.
+
+        Raises:
+            ClosedError: the view is closed.
+        """
+        self._check_open()
+        return self._meta.get(name)
+
+    def set_meta(self, name: bytes, value: bytes) -> None:
+        """Record ``value`` under ``name`` (``evstate.meta``); :meth:`clear` keeps it.
+
+        Raises:
+            ViewUnavailableError, ViewError, ClosedError: as :meth:`apply`.
+        """
+        self._check_open()
+        batch = WriteBatch(raw_mode=True)
+        try:
+            batch.put(name, value, self._db.get_column_family_handle(_META_CF))
+        except Exception as exc:
+            raise self._error(exc) from exc
+        self._write(batch)
+        self._meta[name] = value
+
     def drop_partitions(
         self, partitions: Collection[int], partition_of: Callable[[bytes], int]
     ) -> int:
@@ -305,8 +310,8 @@ class View:
                 if partition_of(cast(bytes, key)) in partitions:
                     batch.delete(key)
                     dropped += 1
-            meta = self._db.get_column_family_handle(_META_CF)
-            for key in self._db.get_column_family(_META_CF).keys(from_key=b""):
+            meta = self._db.get_column_family_handle(_RULES_CF)
+            for key in self._db.get_column_family(_RULES_CF).keys(from_key=b""):
                 if partition_of(cast(bytes, key)) in partitions:
                     batch.delete(key, meta)
             for cf_name in (_OFFSETS_CF, _FRESH_CF):
@@ -356,7 +361,7 @@ class View:
         self._check_open()
         batch = WriteBatch(raw_mode=True)
         offsets: dict[int, int] = {}
-        meta = self._db.get_column_family_handle(_META_CF)
+        meta = self._db.get_column_family_handle(_RULES_CF)
         for partition, next_offset, changes in batches:
             if not (0 <= partition < _MAX_PARTITION and 0 <= next_offset < _MAX_OFFSET):
                 raise ValidationError(
@@ -421,7 +426,7 @@ class View:
             raise self._error(exc) from exc
         return {k: v for k, v in zip(wanted, values, strict=True) if v is not None}
 
-    def meta_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    def rules_items(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         """Every meta ``(key, value)`` whose key starts with ``prefix``, in key order.
 
         Raises:
@@ -429,16 +434,16 @@ class View:
         """
         self._check_open()
         try:
-            return family_items(self._db, _META_CF, prefix)
+            return family_items(self._db, _RULES_CF, prefix)
         except Exception as exc:
             raise self._error(exc) from exc
 
-    def meta_delete(self, keys: Iterable[bytes]) -> None:
+    def rules_delete(self, keys: Iterable[bytes]) -> None:
         """Forget some meta keys (expired idempotency keys), in one batch; as :meth:`apply`."""
         self._check_open()
         batch = WriteBatch(raw_mode=True)
         try:
-            meta = self._db.get_column_family_handle(_META_CF)
+            meta = self._db.get_column_family_handle(_RULES_CF)
             for key in keys:
                 batch.delete(key, meta)
         except Exception as exc:
@@ -492,7 +497,9 @@ class View:
             raise self._error(exc) from exc
 
     def clear(self) -> None:
-        """Drop all data and offsets in one atomic batch (for a rebuild); stays open.
+        """Drop all data, offsets and times in one atomic batch (a rebuild); stays open.
+
+        What :meth:`meta` holds stays: it is about the topic, which a rebuild reads again.
 
         Raises:
             ViewUnavailableError: the dir was removed under the view.
@@ -511,8 +518,8 @@ class View:
             caught_up_cf = self._db.get_column_family_handle(_FRESH_CF)
             for partition in self._fresh:
                 batch.delete(PARTITION.pack(partition), caught_up_cf)
-            meta = self._db.get_column_family_handle(_META_CF)
-            for key in self._db.get_column_family(_META_CF).keys(from_key=b""):
+            meta = self._db.get_column_family_handle(_RULES_CF)
+            for key in self._db.get_column_family(_RULES_CF).keys(from_key=b""):
                 batch.delete(key, meta)
         except Exception as exc:
             raise self._error(exc) from exc

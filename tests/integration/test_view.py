@@ -483,12 +483,12 @@ def test_meta_keys_live_apart_and_are_dropped_with_their_partition(view: View) -
     assert view.get(lease) is None  # not among the states
     assert view.keys_prefix(b"") == [b"app/dev:k"]
     assert view.prefixes() == [b"app/dev"]
-    assert [k for k, _ in view.meta_items(keys.LEASE_PREFIX)] == [lease]
+    assert [k for k, _ in view.rules_items(keys.LEASE_PREFIX)] == [lease]
     view.drop_partitions(
         {keys.partition_for("app/dev", 12)},
         lambda k: keys.meta_partition(k, 12) if k[:1] == b"\x00" else -1,
     )
-    assert view.meta_items(b"\x00") == []
+    assert view.rules_items(b"\x00") == []
     assert view.get(b"app/dev:k") == b"v"
 
 
@@ -506,5 +506,5 @@ def test_idempotency_keys_are_forgotten_after_their_window(view: View) -> None:
         ],
     )
     assert prune_idempotency_keys(view, now) == 1
-    assert [k for k, _ in view.meta_items(keys.IDEMPOTENCY_PREFIX)] == [fresh]
+    assert [k for k, _ in view.rules_items(keys.IDEMPOTENCY_PREFIX)] == [fresh]
     assert prune_idempotency_keys(view, now) == 0

@@ -1,0 +1,22 @@
+"""The view's value codec: what a state's record key maps to in the ``default`` family."""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = ["Change", "decode_value", "encode_value"]
+
+Change = tuple[bytes, bytes | None]
+"""One record key and its new value; ``None`` deletes the key."""
+
+_VERSION = struct.Struct(">Q")
+
+
+def encode_value(version: int, state_text: str) -> bytes:
+    """The view value of a state: its version (8 bytes big-endian), then its JSON text."""
+    return _VERSION.pack(version) + state_text.encode("utf-8")
+
+
+def decode_value(raw: bytes) -> tuple[int, bytes]:
+    """Split a view value into ``(version, JSON bytes)``."""
+    return _VERSION.unpack_from(raw)[0], raw[_VERSION.size :]
