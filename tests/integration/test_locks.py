@@ -114,10 +114,10 @@ async def test_a_write_by_a_non_holder_is_refused_everywhere(
             for client in (a, b, c):
                 db = await client.store(NESTED).get("db", consistency="strong")
                 assert db is not None
-                assert db.output["i"] == 1
+                assert db.props["i"] == 1
                 assert await client.store(NESTED).get("mine", consistency="strong") is not None
             replayed = await c.state_at(NESTED, datetime.now(UTC))
-            assert replayed["db"].output["i"] == 1
+            assert replayed["db"].props["i"] == 1
             ops = [e.op async for e in c.history(STAGE, since=before)]
             assert ops == ["LOCK", "UNLOCK"]
             assert await c.locks() == []
@@ -181,7 +181,7 @@ async def test_break_then_takeover_fences_the_old_holder(
             await lease.release()
         vpc = await adm.store(STAGE).get("vpc", consistency="strong")
         assert vpc is not None
-        assert vpc.output["i"] == 1
+        assert vpc.props["i"] == 1
         await adm.store(STAGE).set("vpc", make_state(STAGE, "vpc", i=3))
         await taken.release()
         ops = [(e.op, e.actor) async for e in adm.history(STAGE)]
