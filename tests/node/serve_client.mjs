@@ -6,6 +6,7 @@
 //   methods: every StateStore method on a state with a secret, a date and a "/" in its id
 //   read:    all() of the scope, described in plain JSON ({"$secret": plaintext}, ...)
 //   errors:  what the store throws for a wrong token, a bad key, no server, a slow one
+//            (tried twice)
 //   badTokens: what it throws for tokens with a newline at the end or inside
 import { isSecret, secret } from "alchemy";
 import { EvstateStateStore, EvstateStateStoreError } from "@evstate/alchemy";
@@ -109,7 +110,7 @@ if (input.op === "methods") {
   await new Promise((resolve) => silent.listen(0, "127.0.0.1", resolve));
   const slowUrl = `http://127.0.0.1:${silent.address().port}/`;
   out.timeout = await failure(
-    new EvstateStateStore(scope, { url: slowUrl, token: "t", timeoutMs: 300 }).count(),
+    new EvstateStateStore(scope, { url: slowUrl, token: "t", timeoutMs: 300, attempts: 2 }).count(),
   );
   silent.close();
 } else if (input.op === "badTokens") {
