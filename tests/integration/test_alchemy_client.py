@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -438,6 +439,39 @@ async def test_two_apps_deploying_one_stage_at_once_one_proceeds_the_other_fails
     assert gone.returncode == 0, gone.stderr
     assert await reader.locks(root) == []
     assert await reader.store(root).list(consistency="strong") == []
+
+
+async def test_a_stages_lease_is_shared_renewed_and_released_at_exit(
+    project: Path, server: Server, reader: EvstateClient
+) -> None:
+    chain = ["js-app", f"h{uuid.uuid4().hex[:8]}"]
+    root = Scope(*chain)
+    request = {"url": server.url, "token": TOKEN, "password": PASSWORD, "chain": chain}
+    ttl = 2.0
+    holding = asyncio.create_task(
+        node(
+            project,
+            "serve_client.mjs",
+            stdin={**request, "op": "hold", "ttl": ttl, "holdMs": 7000},
+            env={},
+        )
+    )
+    async with asyncio.timeout(60):
+        while not (leases := await reader.locks(root)):
+            await asyncio.sleep(0.2)
+    first = leases[0]
+    await asyncio.sleep(3 * ttl)  # without renewals it would have lapsed twice over
+    leases = await reader.locks(root)
+    assert [lease.token for lease in leases] == [first.token]  # one lease for both stores
+    lease = leases[0]
+    assert lease.scope == root.path
+    assert lease.info["job"] == "hold-test"
+    assert {"holder", "pid", "command", "request"} <= set(lease.info)
+    assert lease.expires_at > first.expires_at
+    assert (lease.expires_at - datetime.now(UTC)).total_seconds() > 0
+    got = await holding  # the script ends with process.exit(0)
+    assert got == {"list": [], "childList": []}
+    assert await reader.locks(root) == []
 
 
 async def test_under_evstate_run_lock_the_app_writes_with_its_token(

@@ -8,6 +8,7 @@
 //   errors:  what the store throws for a wrong token, a bad key, no server, a slow one
 //            (tried twice)
 //   badTokens: what it throws for tokens with a newline at the end or inside
+//   hold:    two stores of one stage with `lock`, holding its lease for "holdMs"
 import { isSecret, secret } from "alchemy";
 import { EvstateStateStore, EvstateStateStoreError } from "@evstate/alchemy";
 import net from "node:net";
@@ -127,6 +128,13 @@ if (input.op === "methods") {
     out[name] = { construct, call };
   }
   out.tokenEchoed = JSON.stringify(out).includes(input.token);
+} else if (input.op === "hold") {
+  const lock = { ttl: input.ttl, info: { job: "hold-test" } };
+  const store = new EvstateStateStore(scope, { ...options, lock });
+  const child = new EvstateStateStore(scopeOf([...input.chain, "child"]), { ...options, lock });
+  out.list = await store.list();
+  out.childList = await child.list();
+  await new Promise((resolve) => setTimeout(resolve, input.holdMs));
 } else {
   throw new Error(`unknown op ${input.op}`);
 }

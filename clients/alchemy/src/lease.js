@@ -99,6 +99,7 @@ class StageLease {
   #taking;
   #lease;
   #timer;
+  #failing = false;
   #released = false;
 
   constructor(endpoint, stage, { ttl = DEFAULT_TTL_S, info = {} } = {}, forget) {
@@ -143,20 +144,31 @@ class StageLease {
 
   async #renew() {
     if (this.#released) return;
+    const period = (this.#ttl * 1000) / 3;
     const endpoint = {
       ...this.#endpoint,
       attempts: 1, // the next tick tries again, well within the ttl
-      timeoutMs: Math.min(this.#endpoint.timeoutMs, (this.#ttl * 1000) / 3),
+      timeoutMs: Math.min(this.#endpoint.timeoutMs, period),
     };
+    const stage = this.#stage.join("/");
     try {
       this.#lease = await request(endpoint, "renew", [this.#lease.token, { ttl: this.#ttl }], {
         chain: this.#stage,
       });
+      this.#failing = false;
     } catch (error) {
-      if (error?.status !== 409 || this.#released) return;
-      // Broken or taken over: this process's writes will be refused (409, fenced).
-      clearInterval(this.#timer);
-      console.warn(`[EvstateStateStore] lost the lock on ${this.#stage.join("/")}: ${error.message}`);
+      if (this.#released) return;
+      if (error?.status === 409) {
+        // Broken or taken over: this process's writes will be refused (409, fenced).
+        clearInterval(this.#timer);
+        console.warn(`[EvstateStateStore] lost the lock on ${stage}: ${error.message}`);
+      } else if (!this.#failing) {
+        this.#failing = true; // said once, until a renewal succeeds again
+        console.warn(
+          `[EvstateStateStore] could not renew the lock on ${stage} (trying again every ` +
+            `${Math.round(period)}ms; it lapses ${this.#ttl}s after the last renewal): ${error?.message}`,
+        );
+      }
     }
   }
 

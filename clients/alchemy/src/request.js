@@ -90,7 +90,7 @@ export async function request(endpoint, method, params, context) {
           Accept: "application/json",
         },
         body,
-        signal: AbortSignal.timeout(timeoutMs),
+        signal: AbortSignal.timeout(Math.ceil(timeoutMs)), // it takes integers only
       });
       answer = await response.text();
     } catch (error) {
