@@ -9,8 +9,9 @@ export interface EvstateStateStoreOptions {
   /** Milliseconds one request may take before it fails. Default: 30000. */
   timeoutMs?: number;
   /**
-   * Tries per call when the server cannot be reached or answers 503 (Kafka not
-   * reachable yet, a write not acknowledged). Default: 5.
+   * Tries per call when the server cannot be reached, does not answer within `timeoutMs`,
+   * or answers 503 (Kafka not reachable yet, a write not acknowledged). Sets and deletes
+   * carry an idempotency key, so a retry never writes twice. Default: 5.
    */
   attempts?: number;
   /**
