@@ -343,6 +343,25 @@ async def test_a_write_retried_after_a_lost_answer_writes_one_event(
     assert (conflict["details"]["expected"], conflict["details"]["actual"]) == (0, 1)
 
 
+async def test_a_lock_whose_answer_was_lost_is_found_by_its_retry(
+    project: Path, server: Server, reader: EvstateClient
+) -> None:
+    chain = ["js-app", f"x{uuid.uuid4().hex[:8]}"]
+    async with flaky_proxy(server.url, {"lock"}, "503") as proxy:
+        request = {"url": proxy.url, "token": TOKEN, "password": PASSWORD, "chain": chain}
+        hold = {**request, "op": "hold", "ttl": 30, "holdMs": 100}
+        got = await node(project, "serve_client.mjs", stdin=hold, env={})
+    assert got == {"list": [], "childList": []}
+    locks = proxy.calls("lock")
+    assert len(locks) == 2  # the first took the lease; its retry was told so (409, ours)
+    assert locks[0] == locks[1]
+    # Writes went out with the lease's token, and it was released at exit.
+    assert [call["context"].get("lockToken") for call in proxy.calls("list")] == [
+        proxy.calls("unlock")[0]["params"][0]
+    ] * 2
+    assert await reader.locks(Scope(*chain)) == []
+
+
 # -- the stage's lock -----------------------------------------------------------------
 
 
