@@ -14,6 +14,8 @@ from evstate.serve.protocol import (
     DEFAULT_PORT,
     HEADER_TIMEOUT,
     METHODS,
+    OPTIONS,
+    details_of,
     status_of,
 )
 
@@ -23,7 +25,9 @@ __all__ = [
     "DEFAULT_PORT",
     "HEADER_TIMEOUT",
     "METHODS",
+    "OPTIONS",
     "create_app",
+    "details_of",
     "make_runner",
     "run_server",
     "status_of",

@@ -34,6 +34,7 @@ from evstate.serve.protocol import (
     HEADER_TIMEOUT,
     SETTLE_TIMEOUT,
     Refused,
+    details_of,
     dispatch,
     envelope,
     parse_body,
@@ -71,7 +72,7 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
         status = status_of(exc)
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc)
-        return envelope(status, error=str(exc))
+        return envelope(status, error=str(exc), details=details_of(exc))
     except Exception:
         log.exception("evstate serve: unexpected error in %s %s", request.method, request.path)
         return envelope(500, error="internal error in evstate serve (see its log)")

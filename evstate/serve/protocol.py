@@ -23,12 +23,25 @@ method         params       result
 ``set``        ``[id, s]``  the write's position token (``"partition:offset"``)
 ``delete``     ``[id]``     the position token (a missing id is a no-op)
 ``listScopes`` ``[]``       names of the nested scopes directly below that hold states
+``version``    ``[id]``     the key's version (0: no state), for ``expectedVersion``
+``lock``       ``[]``       a lease on the chain's scope: ``{"scope", "holder", "info",
+                            "acquiredAt", "expiresAt", "token"}`` (times in epoch ms)
+``renew``      ``[token]``  the lease, extended by ``ttl`` from now
+``unlock``     ``[token]``  ``null`` (the lease is released)
+``locks``      ``[]``       live leases on the scope, covering it or nested in it
 =============  ===========  ==========================================================
+
+Some methods take one more param, an object of options (``OPTIONS``): ``set`` and
+``delete`` ``{"expectedVersion", "idempotencyKey"}`` (compare-and-set; a retry with the
+same key writes nothing and answers the first attempt's position), ``lock`` ``{"ttl",
+"info"}`` (seconds, default 30; what others see of the holder) and ``renew`` ``{"ttl"}``.
 
 States travel as Alchemy serialized them (secrets encrypted by the client), and are stored
 and answered as they are: the server holds no password. ``context`` may also carry
 ``consistency`` (``session``, the default, ``strong`` or ``eventual``) and ``minPosition``
-(a token from ``set``) for reads, as the Python API's keyword arguments.
+(a token from ``set``) for reads, as the Python API's keyword arguments, and ``lockToken``
+(the token of a lease the caller holds, from ``lock`` or ``evstate run --lock``) for writes
+into a locked scope (``set``, ``delete``, ``deinit``).
 
 ``HEAD /`` answers 200 once the server is connected to Kafka, its topics exist (it
 creates them at start, as ``init`` would) and its view holds everything committed before
@@ -40,18 +53,22 @@ it needs (``session`` consistency). Every other request needs ``Authorization: B
 400 bad JSON, method or params (a key or scope name evstate refuses, a marker that would
 not decode, a ``minPosition`` in a partition that does not exist, a request aiohttp cannot
 parse, such as a header over 8 KiB: never echoed); 401 token missing or wrong (a token
-that is not UTF-8 included); 404/405 other paths and verbs; 413 body over the limit (or an
-event over the broker's); 503 Kafka unreachable, a write not acknowledged, a read not
-consistent in time (all retriable); 500 anything else, with no stack trace (that goes to
-the server's log). A connection that does not send its headers within ``header_timeout``
-is closed, and the access log never holds a query string.
+that is not UTF-8 included); 404/405 other paths and verbs; 409 refused by a lock or a
+compare-and-set (nothing written; the answer also carries ``code`` and the error's data,
+see :func:`details_of`); 413 body over the limit (or an event over the broker's); 503
+Kafka unreachable, a write not acknowledged, a read not consistent in time (all
+retriable); 500 anything else, with no stack trace (that goes to the server's log). A
+connection that does not send its headers within ``header_timeout`` is closed, and the
+access log never holds a query string.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 from aiohttp import web
@@ -60,11 +77,16 @@ from evstate.client import EvstateClient
 from evstate.errors import (
     ClosedError,
     ConfigError,
+    ConflictError,
     ConsistencyTimeout,
     EventTooLargeError,
     EvstateError,
+    FencedError,
     KafkaError,
+    LockError,
+    LockHeldError,
     MalformedEventError,
+    NoSuchLeaseError,
     SerdeError,
     TopicMismatchError,
     ValidationError,
@@ -83,10 +105,16 @@ HEADER_TIMEOUT: Final = 10.0
 """Seconds a connection may take to send a request's line and headers (or stay idle)."""
 # How long run_server waits for the client's first attempt to open before listening.
 SETTLE_TIMEOUT: Final = 3.0
+# DELETEs of a deinit in flight at once, as KafkaStateStore.deinit.
+_DEINIT_CONCURRENCY: Final = 64
+
+DEFAULT_TTL: Final = 30.0
+"""Seconds a lease taken with ``lock`` lasts unless renewed, when ``ttl`` is not given."""
 
 _STR: Final = "a string"
 _IDS: Final = "a list of strings"
 _STATE: Final = "a state object"
+_LEASE: Final = "a lock token (an int >= 0)"
 # method -> what each positional param must be
 METHODS: Final[dict[str, tuple[str, ...]]] = {
     "init": (),
@@ -99,12 +127,28 @@ METHODS: Final[dict[str, tuple[str, ...]]] = {
     "set": (_STR, _STATE),
     "delete": (_STR,),
     "listScopes": (),
+    "version": (_STR,),
+    "lock": (),
+    "renew": (_LEASE,),
+    "unlock": (_LEASE,),
+    "locks": (),
+}
+
+_WRITE_OPTIONS: Final = ("expectedVersion", "idempotencyKey")
+# method -> the names its optional last param (an object) may hold
+OPTIONS: Final[dict[str, tuple[str, ...]]] = {
+    "set": _WRITE_OPTIONS,
+    "delete": _WRITE_OPTIONS,
+    "lock": ("ttl", "info"),
+    "renew": ("ttl",),
 }
 
 # First match wins, so subclasses come before their bases.
 _STATUSES: Final[tuple[tuple[type[EvstateError], int], ...]] = (
     (EventTooLargeError, 413),
     (ValidationError, 400),
+    (ConflictError, 409),
+    (LockError, 409),  # LockHeldError, FencedError, NoSuchLeaseError
     (MalformedEventError, 500),
     (SerdeError, 400),
     (TopicMismatchError, 500),
@@ -124,12 +168,57 @@ def status_of(exc: EvstateError) -> int:
     return 500
 
 
-def envelope(status: int, *, result: Any = None, error: str | None = None) -> web.Response:
+def _ms(when: datetime) -> int:
+    return int(when.timestamp() * 1000)
+
+
+def details_of(exc: EvstateError) -> dict[str, Any]:
+    """What a refusal's answer carries beside its message, for a client to act on.
+
+    ``code`` names the refusal; a lock held by someone else (``lockHeld``) adds the
+    lease's ``scope``, ``holder``, ``info``, ``token`` and ``expiresAt`` (epoch ms), a
+    lost lease (``fenced``) or a missing one (``noSuchLease``) its ``scope`` and
+    ``token``, a compare-and-set (``conflict``) ``scope``, ``key``, ``expected`` and
+    ``actual``. Other errors carry nothing more.
+    """
+    match exc:
+        case LockHeldError():
+            return {
+                "code": "lockHeld",
+                "scope": exc.scope,
+                "holder": exc.holder,
+                "info": exc.info,
+                "token": exc.token,
+                "expiresAt": _ms(exc.expires_at),
+            }
+        case FencedError():
+            return {"code": "fenced", "scope": exc.scope, "token": exc.token}
+        case NoSuchLeaseError():
+            return {"code": "noSuchLease", "scope": exc.scope, "token": exc.token}
+        case ConflictError():
+            return {
+                "code": "conflict",
+                "scope": exc.scope,
+                "key": exc.key,
+                "expected": exc.expected,
+                "actual": exc.actual,
+            }
+    return {}
+
+
+def envelope(
+    status: int,
+    *,
+    result: Any = None,
+    error: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> web.Response:
     body: dict[str, Any] = {"success": error is None, "status": status}
     if error is None:
         body["result"] = result
     else:
         body["error"] = error
+        body.update(details or {})
     response = web.json_response(body, status=status)
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -156,6 +245,8 @@ class _Call:
     scope: Scope
     consistency: Consistency
     min_position: Position | None
+    lock_token: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def _reject_constant(name: str) -> None:
@@ -169,12 +260,18 @@ def parse_body(body: bytes) -> Any:
         raise Refused(400, f"the body is not JSON: {exc}") from None
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_param(method: str, index: int, kind: str, value: Any) -> None:
     ok = (
         isinstance(value, str)
         if kind == _STR
         else isinstance(value, list) and all(isinstance(v, str) for v in value)
         if kind == _IDS
+        else _is_count(value)
+        if kind == _LEASE
         else isinstance(value, dict)
     )
     if not ok:
@@ -183,20 +280,71 @@ def _check_param(method: str, index: int, kind: str, value: Any) -> None:
         )
 
 
+def _check_options(method: str, options: Any) -> dict[str, Any]:
+    names = OPTIONS[method]
+    if not isinstance(options, dict):
+        raise Refused(
+            400,
+            f"the last param of {method!r} must be an object of options "
+            f"({', '.join(names)}), got {type(options).__name__}",
+        )
+    unknown = sorted(set(options) - set(names))
+    if unknown:
+        raise Refused(
+            400,
+            f"unknown option {json.dumps(unknown[0])[:100]} of {method!r}; expected "
+            f"{', '.join(names)}",
+        )
+    version = options.get("expectedVersion")
+    if version is not None and not _is_count(version):
+        raise Refused(
+            400,
+            f"option expectedVersion of {method!r} must be an int >= 0 (0: the key must "
+            f"have no state), got {json.dumps(version)[:100]}",
+        )
+    key = options.get("idempotencyKey")
+    if key is not None and not isinstance(key, str):
+        raise Refused(
+            400,
+            f"option idempotencyKey of {method!r} must be a string (e.g. a uuid), got "
+            f"{type(key).__name__}",
+        )
+    ttl = options.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+        raise Refused(400, f"option ttl of {method!r} must be seconds (a number), got {ttl!r}")
+    info = options.get("info")
+    if info is not None and not isinstance(info, dict):
+        raise Refused(
+            400, f"option info of {method!r} must be an object, got {type(info).__name__}"
+        )
+    return options
+
+
+def _split_params(method: str, params: Any) -> tuple[list[Any], dict[str, Any]]:
+    """The positional params and the options object (empty when not given)."""
+    kinds = METHODS[method]
+    optional = method in OPTIONS
+    if (
+        not isinstance(params, list)
+        or len(params) < len(kinds)
+        or len(params) > len(kinds) + optional
+    ):
+        shape = ", ".join(kinds) + (f"{', ' if kinds else ''}{{options}}?" if optional else "")
+        raise Refused(400, f"{method!r} takes params [{shape}], got {json.dumps(params)[:200]}")
+    for index, (kind, value) in enumerate(zip(kinds, params, strict=False)):
+        _check_param(method, index, kind, value)
+    if len(params) > len(kinds):
+        return params[: len(kinds)], _check_options(method, params[-1])
+    return params, {}
+
+
 def parse_call(payload: Any) -> _Call:
     if not isinstance(payload, dict):
         raise Refused(400, 'the body must be a JSON object {"method", "params", "context"}')
     method = payload.get("method")
     if not isinstance(method, str) or method not in METHODS:
         raise Refused(400, f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    params = payload.get("params", [])
-    kinds = METHODS[method]
-    if not isinstance(params, list) or len(params) != len(kinds):
-        raise Refused(
-            400, f"{method!r} takes params [{', '.join(kinds)}], got {json.dumps(params)[:200]}"
-        )
-    for index, (kind, value) in enumerate(zip(kinds, params, strict=True)):
-        _check_param(method, index, kind, value)
+    params, options = _split_params(method, payload.get("params", []))
     context = payload.get("context")
     if not isinstance(context, dict):
         raise Refused(400, 'the body needs "context": {"chain": [...]}')
@@ -209,12 +357,21 @@ def parse_call(payload: Any) -> _Call:
     token = context.get("minPosition")
     if token is not None and not isinstance(token, str):
         raise Refused(400, "context.minPosition must be a position token 'partition:offset'")
+    lock_token = context.get("lockToken")
+    if lock_token is not None and not _is_count(lock_token):
+        raise Refused(
+            400,
+            "context.lockToken must be the token of a lease (an int >= 0, as `lock` answers "
+            f"it or EVSTATE_LOCK_TOKEN holds it), got {json.dumps(lock_token)[:100]}",
+        )
     return _Call(
         method=method,
         params=params,
         scope=Scope(*chain),  # InvalidScopeError (400) for a bad name
         consistency=consistency,
         min_position=None if token is None else Position.parse(token),
+        lock_token=lock_token,
+        options=options,
     )
 
 
@@ -225,15 +382,36 @@ def _child_scopes(client: EvstateClient, scope: Scope) -> list[str]:
     return sorted(names)
 
 
+async def _deinit(store: KafkaStateStore, lock_token: int) -> None:
+    # KafkaStateStore.deinit takes no lock token: the same DELETEs, each carrying it.
+    gate = asyncio.Semaphore(_DEINIT_CONCURRENCY)
+
+    async def one(key: str) -> None:
+        async with gate:
+            await store.delete(key, reason="deinit", lock_token=lock_token)
+
+    await asyncio.gather(*(one(k) for k in await store.list()))
+
+
 async def dispatch(client: EvstateClient, call: _Call) -> Any:
     store: KafkaStateStore = client.store(call.scope)
     reads: dict[str, Any] = {"consistency": call.consistency, "min_position": call.min_position}
+    writes: dict[str, Any] = {
+        "lock_token": call.lock_token,
+        "expected_version": call.options.get("expectedVersion"),
+        "idempotency_key": call.options.get("idempotencyKey"),
+    }
+    ttl = call.options.get("ttl")
+    ttl = DEFAULT_TTL if ttl is None else ttl
     match call.method, call.params:
         case "init", []:
             await store.init()
             return None
         case "deinit", []:
-            await store.deinit()
+            if call.lock_token is None:
+                await store.deinit()
+            else:
+                await _deinit(store, call.lock_token)
             return None
         case "list", []:
             return await store.list(**reads)
@@ -246,9 +424,21 @@ async def dispatch(client: EvstateClient, call: _Call) -> Any:
         case "all", []:
             return await store.all_trees(**reads)
         case "set", [key, tree]:
-            return (await store.set_tree(key, tree)).token
+            return (await store.set_tree(key, tree, **writes)).token
         case "delete", [key]:
-            return (await store.delete(key)).token
+            return (await store.delete(key, **writes)).token
+        case "version", [key]:
+            return await store.version(key, consistency=call.consistency)
+        case "lock", []:
+            lease = await client.take_lease(call.scope, ttl=ttl, info=call.options.get("info"))
+            return lease.to_json()
+        case "renew", [token]:
+            return (await client.renew_lease(call.scope, token, ttl=ttl)).to_json()
+        case "unlock", [token]:
+            await client.release_lease(call.scope, token)
+            return None
+        case "locks", []:
+            return [lease.to_json() for lease in await client.locks(call.scope)]
         case "listScopes", []:
             # Nested scopes live in other partitions: catch the whole view up (unless
             # the caller asked for eventual) rather than this scope's partition only.

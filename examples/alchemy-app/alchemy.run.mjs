@@ -5,13 +5,15 @@
 //   node alchemy.run.mjs --destroy    destroy (removes them, empties the state)
 //
 // EVSTATE_URL and EVSTATE_TOKEN say where `evstate serve` listens; ALCHEMY_PASSWORD
-// encrypts the secret below before it leaves this process.
+// encrypts the secret below before it leaves this process. `lock: true` holds the
+// stage's lock while the app runs: a second deploy of the same stage meanwhile fails at
+// once, naming this one.
 import alchemy from "alchemy";
 import { File } from "alchemy/fs";
 import { EvstateStateStore } from "@evstate/alchemy";
 
 const app = await alchemy("evstate-example", {
-  stateStore: (scope) => new EvstateStateStore(scope),
+  stateStore: (scope) => new EvstateStateStore(scope, { lock: true }),
 });
 
 const greeting = process.env.GREETING ?? "hello";

@@ -1,5 +1,7 @@
-"""The npm client (``clients/alchemy``) and the example Alchemy app against a running
-``evstate serve``, with the real ``alchemy@0.94.0`` from npm.
+"""The npm client (``clients/alchemy``) and Alchemy apps against a running ``evstate serve``,
+with the real ``alchemy@0.94.0`` from npm: the example app, every method, errors, retries
+that write once (idempotency keys), and the stage's lock (``lock: true``, ``evstate run
+--lock``) with two apps deploying one stage at once.
 
 The project the scripts run in has ``node_modules/alchemy`` (a link to the cached
 install) and ``node_modules/@evstate/alchemy`` (a copy of ``clients/alchemy``, as npm
@@ -12,18 +14,23 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from evstate import EvstateClient, Scope, Secret, Settings
 from evstate.model import ChangeEvent
 from tests._alchemy import client_project
-from tests._util import free_port_block, serve_process, subprocess_env
+from tests._util import committed_records, free_port_block, serve_process, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "node-token"
@@ -225,7 +232,7 @@ async def test_client_errors_carry_the_servers_message(project: Path, server: Se
     assert "cannot reach evstate serve" in got["unreachable"]["message"]
     assert got["unreachable"]["status"] is None
     assert "no answer from" in got["timeout"]["message"]
-    assert "within 300ms" in got["timeout"]["message"]
+    assert "within 300ms (2 tries)" in got["timeout"]["message"]
 
 
 async def test_a_token_with_a_newline_is_refused_at_construction_and_never_echoed(
@@ -247,3 +254,276 @@ async def test_a_token_with_a_newline_is_refused_at_construction_and_never_echoe
         assert refused["isStoreError"] is True
         assert "invalid token" in refused["message"]
         assert "trailing newline" in refused["message"]
+
+
+# -- retries write once ---------------------------------------------------------------
+
+
+@dataclass
+class FlakyProxy:
+    """What :func:`flaky_proxy` saw: every request body, in order."""
+
+    url: str
+    requests: list[dict[str, Any]]
+
+    def calls(self, method: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method]
+
+
+@asynccontextmanager
+async def flaky_proxy(upstream: str, fail: set[str], mode: str) -> AsyncIterator[FlakyProxy]:
+    """A proxy to ``upstream`` that passes the first request of each method in ``fail`` on,
+    then loses its answer: a 503 instead (``mode="503"``), or no answer in time
+    (``mode="timeout"``). Yields the proxy's record of what it saw."""
+    seen = FlakyProxy(url="", requests=[])
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        call = json.loads(body)
+        seen.requests.append(call)
+        headers = {"Authorization": request.headers["Authorization"]}
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(upstream, data=body, headers=headers) as answer,
+        ):
+            status, text = answer.status, await answer.text()
+        if call["method"] in fail:
+            fail.discard(call["method"])
+            if mode == "timeout":
+                await asyncio.sleep(30)  # the client gave up long ago
+            lost = {"success": False, "status": 503, "error": "injected: answer lost"}
+            return web.json_response(lost, status=503, headers={"Retry-After": "1"})
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    seen.url = f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    try:
+        yield seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["503", "timeout"])
+async def test_a_write_retried_after_a_lost_answer_writes_one_event(
+    project: Path, server: Server, mode: str
+) -> None:
+    chain = ["js-app", f"r{uuid.uuid4().hex[:8]}"]
+    async with flaky_proxy(server.url, {"set", "delete"}, mode) as proxy:
+        request = {
+            "url": proxy.url,
+            "token": TOKEN,
+            "password": PASSWORD,
+            "chain": chain,
+            "timeoutMs": 2000,
+        }
+        got = await node(project, "retry_client.mjs", stdin=request, env={})
+    sets, deletes = proxy.calls("set"), proxy.calls("delete")
+    # set k (lost, retried), delete k (lost, retried), set k, the refused compare-and-set
+    assert len(sets) == 4
+    assert len(deletes) == 2
+    keys = [call["params"][-1]["idempotencyKey"] for call in (*sets, *deletes)]
+    assert keys[0] == keys[1]  # a retry carries its call's key
+    assert deletes[0]["params"][-1] == deletes[1]["params"][-1]
+    assert len({keys[0], keys[2], keys[3], keys[4]}) == 4  # every call has its own
+    assert sets[3]["params"][-1]["expectedVersion"] == 0
+
+    records = await committed_records(
+        server.settings.bootstrap_servers, server.settings.history_topic
+    )
+    written = [r for r in records if r.key == f"{'/'.join(chain)}:k".encode()]
+    assert len(written) == 3  # SET, DELETE, SET: each once, though two were sent twice
+    assert got["version"] == 1  # a set after a delete starts again at 1
+    conflict = got["conflict"]
+    assert (conflict["status"], conflict["code"]) == (409, "conflict")
+    assert (conflict["details"]["expected"], conflict["details"]["actual"]) == (0, 1)
+
+
+async def test_a_lock_whose_answer_was_lost_is_found_by_its_retry(
+    project: Path, server: Server, reader: EvstateClient
+) -> None:
+    chain = ["js-app", f"x{uuid.uuid4().hex[:8]}"]
+    async with flaky_proxy(server.url, {"lock"}, "503") as proxy:
+        request = {"url": proxy.url, "token": TOKEN, "password": PASSWORD, "chain": chain}
+        hold = {**request, "op": "hold", "ttl": 30, "holdMs": 100}
+        got = await node(project, "serve_client.mjs", stdin=hold, env={})
+    assert got == {"list": [], "childList": []}
+    locks = proxy.calls("lock")
+    assert len(locks) == 2  # the first took the lease; its retry was told so (409, ours)
+    assert locks[0] == locks[1]
+    # Writes went out with the lease's token, and it was released at exit.
+    assert [call["context"].get("lockToken") for call in proxy.calls("list")] == [
+        proxy.calls("unlock")[0]["params"][0]
+    ] * 2
+    assert await reader.locks(Scope(*chain)) == []
+
+
+# -- the stage's lock -----------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    pid: int
+    returncode: int
+    stderr: str
+
+
+async def start_app(
+    project: Path,
+    stage: str,
+    env: dict[str, str],
+    *args: str,
+    under: tuple[str, ...] = (),
+) -> asyncio.subprocess.Process:
+    """Start ``alchemy_locked_app.mjs --stage STAGE ARGS`` (as ``UNDER... node ...``)."""
+    argv = [*under, "node", "alchemy_locked_app.mjs", "--stage", stage, *args]
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        cwd=project,
+        env=subprocess_env(ALCHEMY_TELEMETRY_DISABLED="1", DO_NOT_TRACK="1", NO_COLOR="1", **env),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process) -> Run:
+    _, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode is not None
+    return Run(proc.pid, proc.returncode, err.decode())
+
+
+def app_env(server: Server, project: Path, name: str, **extra: str) -> dict[str, str]:
+    out = project / f"out-{name}"
+    shutil.rmtree(out, ignore_errors=True)
+    return {
+        "EVSTATE_URL": server.url,
+        "EVSTATE_TOKEN": TOKEN,
+        "ALCHEMY_PASSWORD": PASSWORD,
+        "OUT": str(out),
+        "GREETING": f"from {name}",
+        **extra,
+    }
+
+
+async def contents(reader: EvstateClient, stage: Scope) -> set[str]:
+    """Every content the app's two files held in an event of the history."""
+    seen = set()
+    for scope, key in ((stage, "first"), (stage.child("nested"), "second")):
+        async for event in reader.history(scope, key):
+            props = (event.state or {}).get("props") or {}
+            if "content" in props:  # a "creating" state has no props yet
+                seen.add(props["content"])
+    return seen
+
+
+async def test_two_apps_deploying_one_stage_at_once_one_proceeds_the_other_fails_fast(
+    project: Path, server: Server, reader: EvstateClient
+) -> None:
+    stage = f"l{uuid.uuid4().hex[:8]}"
+    root = Scope("locked-app", stage)
+    pause = {"PAUSE_MS": "8000"}  # the holder holds the lease this long, at least
+    procs = {
+        name: await start_app(project, stage, app_env(server, project, name, **pause))
+        for name in ("a", "b")
+    }
+    runs = {name: await finish(proc) for name, proc in procs.items()}
+    winners = [name for name, run in runs.items() if run.returncode == 0]
+    assert len(winners) == 1, runs
+    winner, loser = winners[0], "b" if winners[0] == "a" else "a"
+    failed = runs[loser]
+    assert f"locked-app/{stage} is locked by " in failed.stderr, failed.stderr
+    assert f"pid {runs[winner].pid}, command node alchemy_locked_app.mjs" in failed.stderr
+    assert "nothing was written" in failed.stderr
+    assert "evstate lock break" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+    # The winner's deploy is whole; nothing of the loser reached evstate or the disk.
+    assert not (project / f"out-{loser}").exists()
+    assert (project / f"out-{winner}" / "second.txt").read_text() == f"from {winner} 2\n"
+    assert await contents(reader, root) == {f"from {winner} 1\n", f"from {winner} 2\n"}
+    assert await reader.store(root).list(consistency="strong") == ["first", "nested"]
+    # The winner released the lease when it finished: the loser deploys now, at once.
+    assert await reader.locks(root) == []
+    again = await finish(await start_app(project, stage, app_env(server, project, loser)))
+    assert again.returncode == 0, again.stderr
+    assert f"from {loser} 1\n" in await contents(reader, root)
+    # A destroy leaves through process.exit(): the lease is released all the same.
+    gone = await finish(
+        await start_app(project, stage, app_env(server, project, loser), "--destroy")
+    )
+    assert gone.returncode == 0, gone.stderr
+    assert await reader.locks(root) == []
+    assert await reader.store(root).list(consistency="strong") == []
+
+
+async def test_a_stages_lease_is_shared_renewed_and_released_at_exit(
+    project: Path, server: Server, reader: EvstateClient
+) -> None:
+    chain = ["js-app", f"h{uuid.uuid4().hex[:8]}"]
+    root = Scope(*chain)
+    request = {"url": server.url, "token": TOKEN, "password": PASSWORD, "chain": chain}
+    ttl = 2.0
+    holding = asyncio.create_task(
+        node(
+            project,
+            "serve_client.mjs",
+            stdin={**request, "op": "hold", "ttl": ttl, "holdMs": 7000},
+            env={},
+        )
+    )
+    async with asyncio.timeout(60):
+        while not (leases := await reader.locks(root)):
+            await asyncio.sleep(0.2)
+    first = leases[0]
+    await asyncio.sleep(3 * ttl)  # without renewals it would have lapsed twice over
+    leases = await reader.locks(root)
+    assert [lease.token for lease in leases] == [first.token]  # one lease for both stores
+    lease = leases[0]
+    assert lease.scope == root.path
+    assert lease.info["job"] == "hold-test"
+    assert {"holder", "pid", "command", "request"} <= set(lease.info)
+    assert lease.expires_at > first.expires_at
+    assert (lease.expires_at - datetime.now(UTC)).total_seconds() > 0
+    got = await holding  # the script ends with process.exit(0)
+    assert got == {"list": [], "childList": []}
+    assert await reader.locks(root) == []
+
+
+async def test_under_evstate_run_lock_the_app_writes_with_its_token(
+    project: Path, server: Server, reader: EvstateClient, tmp_path: Path
+) -> None:
+    stage = f"r{uuid.uuid4().hex[:8]}"
+    root = Scope("locked-app", stage)
+    run_env = {
+        "EVSTATE_BOOTSTRAP_SERVERS": server.settings.bootstrap_servers,
+        "EVSTATE_TOPIC_PREFIX": server.settings.topic_prefix,
+        "EVSTATE_VIEW_DIR": str(tmp_path / "run-view"),
+        "EVSTATE_ACTOR": "ci-runner-7",
+        **app_env(server, project, "run", PAUSE_MS="6000"),
+    }
+    evstate_run = (sys.executable, "-m", "evstate.cli", "run", "--lock", root.path, "--")
+    held = await start_app(project, stage, run_env, under=evstate_run)
+    assert held.stderr is not None
+    # Once its first resource is written the app is mid-deploy, under evstate run's lease.
+    async with asyncio.timeout(120):
+        while (line := await held.stderr.readline()) and line.strip() != b"locked":
+            pass
+    # Another deploy of the stage (lock: true) is refused, naming evstate run's holder;
+    # one without the option too, at its first write.
+    for lock in ("1", "0"):
+        other = await finish(
+            await start_app(project, stage, app_env(server, project, f"other{lock}", LOCK=lock))
+        )
+        assert other.returncode != 0
+        assert f"{root.path} is locked by ci-runner-7" in other.stderr, other.stderr
+        assert not (project / f"out-other{lock}").exists()
+    done = await finish(held)
+    # The app took no lease of its own (evstate run holds the stage): its writes carried
+    # EVSTATE_LOCK_TOKEN, or they would have been refused.
+    assert done.returncode == 0, done.stderr
+    assert await contents(reader, root) == {"from run 1\n", "from run 2\n"}
+    assert await reader.locks(root) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +17,21 @@ from evstate import EvstateClient, Scope, Secret, Settings
 from evstate.errors import (
     BrokerUnavailableError,
     ConfigError,
+    ConflictError,
     ConsistencyTimeout,
     EventTooLargeError,
+    FencedError,
     InvalidKeyError,
+    LockHeldError,
     MalformedEventError,
+    NoSuchLeaseError,
     SecretError,
     TopicMismatchError,
     ViewLockedError,
     WriteFailedError,
 )
 from evstate.serde import serialize_state
-from evstate.serve import create_app, status_of
+from evstate.serve import create_app, details_of, status_of
 from evstate.store import KafkaStateStore
 from tests._util import (
     free_port_block,
@@ -226,6 +231,28 @@ def test_error_statuses() -> None:
     assert status_of(TopicMismatchError("policy")) == 500
     assert status_of(MalformedEventError("bytes")) == 500
     assert status_of(ViewLockedError("locked", path="/v")) == 500
+    assert status_of(ConflictError(scope="a/b", key="k", expected=0, actual=1)) == 409
+    assert status_of(FencedError("lost", scope="a/b", token=3)) == 409
+    assert status_of(NoSuchLeaseError("none", scope="a/b", token=3)) == 409
+    held = LockHeldError(
+        scope="a/b",
+        holder="me",
+        info={"pid": 1},
+        token=3,
+        expires_at=datetime(2030, 1, 2, tzinfo=UTC),
+        wanted="a/b/c",
+        action="set",
+    )
+    assert status_of(held) == 409
+    assert details_of(held) == {
+        "code": "lockHeld",
+        "scope": "a/b",
+        "holder": "me",
+        "info": {"pid": 1},
+        "token": 3,
+        "expiresAt": 1893542400000,
+    }
+    assert details_of(WriteFailedError("nack")) == {}
 
 
 # -- a broker that is down ---------------------------------------------------------------

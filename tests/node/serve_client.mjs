@@ -6,7 +6,9 @@
 //   methods: every StateStore method on a state with a secret, a date and a "/" in its id
 //   read:    all() of the scope, described in plain JSON ({"$secret": plaintext}, ...)
 //   errors:  what the store throws for a wrong token, a bad key, no server, a slow one
+//            (tried twice)
 //   badTokens: what it throws for tokens with a newline at the end or inside
+//   hold:    two stores of one stage with `lock`, holding its lease for "holdMs"
 import { isSecret, secret } from "alchemy";
 import { EvstateStateStore, EvstateStateStoreError } from "@evstate/alchemy";
 import net from "node:net";
@@ -109,7 +111,7 @@ if (input.op === "methods") {
   await new Promise((resolve) => silent.listen(0, "127.0.0.1", resolve));
   const slowUrl = `http://127.0.0.1:${silent.address().port}/`;
   out.timeout = await failure(
-    new EvstateStateStore(scope, { url: slowUrl, token: "t", timeoutMs: 300 }).count(),
+    new EvstateStateStore(scope, { url: slowUrl, token: "t", timeoutMs: 300, attempts: 2 }).count(),
   );
   silent.close();
 } else if (input.op === "badTokens") {
@@ -126,6 +128,13 @@ if (input.op === "methods") {
     out[name] = { construct, call };
   }
   out.tokenEchoed = JSON.stringify(out).includes(input.token);
+} else if (input.op === "hold") {
+  const lock = { ttl: input.ttl, info: { job: "hold-test" } };
+  const store = new EvstateStateStore(scope, { ...options, lock });
+  const child = new EvstateStateStore(scopeOf([...input.chain, "child"]), { ...options, lock });
+  out.list = await store.list();
+  out.childList = await child.list();
+  await new Promise((resolve) => setTimeout(resolve, input.holdMs));
 } else {
   throw new Error(`unknown op ${input.op}`);
 }
