@@ -149,7 +149,7 @@ class EvstateClient:
         """
         return self._locks.lock(scope, ttl=ttl, wait=wait, info=info)
 
-    async def break_lock(self, scope: Scope | str, token: int) -> None:
+    async def break_lock(self, scope: Scope | str, token: int, *, actor: str | None = None) -> None:
         """End the lease ``token`` on ``scope``, whoever holds it (a BREAK in the history).
 
         The holder's later writes, renewals and release raise ``FencedError``.
@@ -157,36 +157,46 @@ class EvstateClient:
         Raises:
             NoSuchLeaseError: no lease with that token is on the scope.
         """
-        await self._locks.break_lock(scope, token)
+        await self._locks.break_lock(scope, token, actor)
 
     async def take_lease(
-        self, scope: Scope | str, *, ttl: float = 30.0, info: dict[str, Any] | None = None
+        self,
+        scope: Scope | str,
+        *,
+        ttl: float = 30.0,
+        info: dict[str, Any] | None = None,
+        actor: str | None = None,
     ) -> Lease:
         """Take a lease on behalf of a remote holder (``evstate serve``).
 
         Unlike :meth:`lock`, nothing renews it and this client's writes do not carry its
         token: the holder renews it (:meth:`renew_lease`) and names the token itself.
+        ``actor`` (on these and :meth:`break_lock`) records who, instead of the client's.
 
         Raises:
             LockHeldError: held by someone else.
         """
-        return await self._locks.take(scope, ttl, info)
+        return await self._locks.take(scope, ttl, info, actor)
 
-    async def renew_lease(self, scope: Scope | str, token: int, *, ttl: float = 30.0) -> Lease:
+    async def renew_lease(
+        self, scope: Scope | str, token: int, *, ttl: float = 30.0, actor: str | None = None
+    ) -> Lease:
         """Extend a lease taken with :meth:`take_lease` by ``ttl`` from now.
 
         Raises:
             FencedError: the lease was broken or taken over.
         """
-        return await self._locks.renew_for(scope, token, ttl)
+        return await self._locks.renew_for(scope, token, ttl, actor)
 
-    async def release_lease(self, scope: Scope | str, token: int) -> None:
+    async def release_lease(
+        self, scope: Scope | str, token: int, *, actor: str | None = None
+    ) -> None:
         """Release a lease taken with :meth:`take_lease`.
 
         Raises:
             FencedError: the lease was broken or taken over.
         """
-        await self._locks.release_for(scope, token)
+        await self._locks.release_for(scope, token, actor)
 
     async def locks(self, scope: Scope | str | None = None) -> list[Lease]:
         """Live leases: every one, or those on ``scope``, covering it or nested in it."""

@@ -159,6 +159,7 @@ def encode(event: ChangeEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
         "correlation_id": event.correlation_id,
         "lock_token": event.lock_token,
         "idempotency_key": event.idempotency_key,
+        "on_behalf_of": event.on_behalf_of,
     }
     out = io.BytesIO()
     try:
@@ -273,6 +274,7 @@ def _to_event(record: dict[str, Any], position: Position | None) -> ChangeEvent:
             position=position,
             lock_token=record["lock_token"],
             idempotency_key=record["idempotency_key"],
+            on_behalf_of=record["on_behalf_of"],
         )
     except ValidationError as exc:
         raise MalformedEventError(f"event{_where(position)} is invalid: {exc}") from exc

@@ -228,13 +228,14 @@ class Locks:
         token: int | None = None,
         ttl: float | None = None,
         info: dict[str, Any] | None = None,
+        actor: str | None = None,
     ) -> Intent:
-        """The intent of a lock event on ``path``."""
+        """The intent of a lock event on ``path``, by ``actor`` (default: the client's)."""
         return Intent(
             op=op,
             scope=Scope(*path.split("/")),
             key="",
-            actor=self.engine.settings.actor,
+            actor=actor or self.engine.settings.actor,
             lock_token=token,
             ttl=ttl,
             info=info,
@@ -284,18 +285,24 @@ class Locks:
             self._held.add(held)
             return held
 
-    async def take(self, scope: Scope | str, ttl: float, info: dict[str, Any] | None) -> Lease:
+    async def take(
+        self, scope: Scope | str, ttl: float, info: dict[str, Any] | None, actor: str | None
+    ) -> Lease:
         """Take a lease for someone else (``evstate serve``): no renewal, no token attached.
 
         Raises:
             LockHeldError: held by someone else.
         """
         self.lock(scope, ttl=ttl, info=info)  # validates
-        outcome = await self.engine.write(self.intent("LOCK", _path(scope), ttl=ttl, info=info))
+        outcome = await self.engine.write(
+            self.intent("LOCK", _path(scope), ttl=ttl, info=info, actor=actor)
+        )
         assert outcome.lease is not None
         return outcome.lease
 
-    async def renew_for(self, scope: Scope | str, token: int, ttl: float) -> Lease:
+    async def renew_for(
+        self, scope: Scope | str, token: int, ttl: float, actor: str | None = None
+    ) -> Lease:
         """Renew a lease taken with :meth:`take`.
 
         Raises:
@@ -303,26 +310,30 @@ class Locks:
         """
         self.lock(scope, ttl=ttl)  # validates
         outcome = await self.engine.write(
-            self.intent("RENEW", _path(scope), token=_token(token), ttl=ttl)
+            self.intent("RENEW", _path(scope), token=_token(token), ttl=ttl, actor=actor)
         )
         assert outcome.lease is not None
         return outcome.lease
 
-    async def release_for(self, scope: Scope | str, token: int) -> None:
+    async def release_for(self, scope: Scope | str, token: int, actor: str | None = None) -> None:
         """Release a lease taken with :meth:`take`.
 
         Raises:
             FencedError: it was broken or taken over.
         """
-        await self.engine.write(self.intent("UNLOCK", _path(scope), token=_token(token)))
+        await self.engine.write(
+            self.intent("UNLOCK", _path(scope), token=_token(token), actor=actor)
+        )
 
-    async def break_lock(self, scope: Scope | str, token: int) -> None:
+    async def break_lock(self, scope: Scope | str, token: int, actor: str | None = None) -> None:
         """End the lease ``token`` on ``scope``, whoever holds it (a BREAK event).
 
         Raises:
             NoSuchLeaseError: no lease with that token is on the scope.
         """
-        await self.engine.write(self.intent("BREAK", _path(scope), token=_token(token)))
+        await self.engine.write(
+            self.intent("BREAK", _path(scope), token=_token(token), actor=actor)
+        )
 
     async def live(self, scope: Scope | str | None = None) -> list[Lease]:
         """Live leases: all, or those on ``scope``, covering it or nested in it."""

@@ -381,6 +381,7 @@ class ChangeEvent:
         lock_token: The lease the write was made under (a holder's write), or the lease a
             RENEW, UNLOCK or BREAK is about.
         idempotency_key: The caller's key for retrying this write safely, if given.
+        on_behalf_of: The end user the actor says it acted for, if it said (a claim).
 
     A lock event (LOCK, RENEW, UNLOCK, BREAK) has ``key == ""``; a LOCK or RENEW's
     ``state`` is the lease (:meth:`Lease.to_json` without the token).
@@ -400,6 +401,7 @@ class ChangeEvent:
     position: Position | None = None
     lock_token: int | None = None
     idempotency_key: str | None = None
+    on_behalf_of: str | None = None
 
     def __post_init__(self) -> None:
         if self.op not in OPS:

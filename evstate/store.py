@@ -333,6 +333,8 @@ class KafkaStateStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         lock_token: int | None = None,
+        actor: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> Position:
         """Upsert ``state`` under ``key`` (which must equal ``state.id``).
 
@@ -343,6 +345,9 @@ class KafkaStateStore:
                 the first attempt's position if it was committed, and writes nothing.
             lock_token: write under this lease (a holder elsewhere, e.g. over HTTP); a
                 lease this client holds is attached by itself.
+            actor: record this actor instead of the client's (``evstate serve`` records
+                the authenticated principal).
+            on_behalf_of: the end user the actor acted for, recorded as a claim.
 
         Returns:
             Where the event landed; hand it to another reader as ``min_position``.
@@ -373,6 +378,8 @@ class KafkaStateStore:
             expected_version=expected_version,
             idempotency_key=idempotency_key,
             lock_token=lock_token,
+            actor=actor,
+            on_behalf_of=on_behalf_of,
         )
 
     async def set_tree(
@@ -385,6 +392,8 @@ class KafkaStateStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         lock_token: int | None = None,
+        actor: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> Position:
         """Upsert a state that is already serialized (Alchemy's JSON, secrets encrypted).
 
@@ -408,6 +417,8 @@ class KafkaStateStore:
             expected_version=expected_version,
             idempotency_key=idempotency_key,
             lock_token=lock_token,
+            actor=actor,
+            on_behalf_of=on_behalf_of,
         )
 
     def _check_tree(self, key: str, tree: Tree) -> None:
@@ -446,8 +457,15 @@ class KafkaStateStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         lock_token: int | None = None,
+        actor: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> Position:
         self._record_key(key)
+        for name, value in (("actor", actor), ("on_behalf_of", on_behalf_of)):
+            if value is not None and not (
+                isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+            ):
+                raise ValidationError(f"{name} must be 1 to 200 printable characters")
         if expected_version is not None and (
             isinstance(expected_version, bool)
             or not isinstance(expected_version, int)
@@ -469,12 +487,13 @@ class KafkaStateStore:
                 scope=self.scope,
                 key=key,
                 state=tree,
-                actor=self._engine.settings.actor,
+                actor=actor or self._engine.settings.actor,
                 reason=reason,
                 correlation_id=correlation_id,
                 expected_version=expected_version,
                 idempotency_key=idempotency_key,
                 lock_token=lock_token,
+                on_behalf_of=on_behalf_of,
             )
         )
         if outcome.position is None:  # a delete of a key with no state
@@ -490,6 +509,8 @@ class KafkaStateStore:
         expected_version: int | None = None,
         idempotency_key: str | None = None,
         lock_token: int | None = None,
+        actor: str | None = None,
+        on_behalf_of: str | None = None,
     ) -> Position:
         """Delete ``key``'s state; a key with no state is a no-op.
 
@@ -515,4 +536,6 @@ class KafkaStateStore:
             expected_version=expected_version,
             idempotency_key=idempotency_key,
             lock_token=lock_token,
+            actor=actor,
+            on_behalf_of=on_behalf_of,
         )

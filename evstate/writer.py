@@ -70,6 +70,7 @@ class Intent:
     idempotency_key: str | None = None
     ttl: float | None = None  # LOCK, RENEW: seconds
     info: dict[str, Any] | None = None  # LOCK
+    on_behalf_of: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,4 +520,5 @@ class Writer:
             correlation_id=intent.correlation_id,
             lock_token=intent.lock_token,
             idempotency_key=intent.idempotency_key,
+            on_behalf_of=intent.on_behalf_of,
         )
