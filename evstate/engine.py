@@ -120,16 +120,18 @@ class Engine:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        # Each resource is released even if stopping another one failed.
-        applier, writer, admin, view = self._applier, self._writer, self._admin, self._view
-        self._applier = self._writer = self._admin = self._view = None
+        # Each resource is released even if stopping another one failed. The writer goes
+        # first: its queued writes may need the applier to catch a partition up.
+        writer, self._writer = self._writer, None
         try:
-            if applier is not None:
-                await applier.stop()
+            if writer is not None:
+                await writer.stop()
         finally:
+            applier, admin, view = self._applier, self._admin, self._view
+            self._applier = self._admin = self._view = None
             try:
-                if writer is not None:
-                    await writer.stop()
+                if applier is not None:
+                    await applier.stop()
             finally:
                 try:
                     if admin is not None:
@@ -314,9 +316,11 @@ class Engine:
 
     async def _catch_up_partition(self, partition: int) -> None:
         """Wait until the view holds everything committed to ``partition`` so far."""
-        assert self._applier is not None
-        await self._applier.ready(partition)
-        await self._applier.wait_until(partition, await self._applier.end_offset(partition))
+        applier = self._applier
+        if applier is None:
+            raise ClosedError("this EvstateClient is closed")
+        await applier.ready(partition)
+        await applier.wait_until(partition, await applier.end_offset(partition))
 
     def _leases_seen(self) -> int:
         return self._applier.leases_seen if self._applier is not None else 0

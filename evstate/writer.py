@@ -221,7 +221,10 @@ class _Sequencer:
             except BaseException as exc:
                 # Not acknowledged (or unknown): the overlay may hold what was not written.
                 self._lost()
-                failure = exc if isinstance(exc, Exception) else WriteFailedError(repr(exc))
+                failure: BaseException = exc
+                if not isinstance(exc, EvstateError):  # a bug or a cancellation: say so
+                    failure = WriteFailedError(f"the write failed unexpectedly: {exc!r}")
+                    failure.__cause__ = exc
                 for p in group:
                     if not p.done.done():
                         p.done.set_exception(failure)
