@@ -274,7 +274,8 @@ class Engine:
         """
         await self.ensure_topics()
         assert self._writer is not None
-        await self.ready(intent.scope)
+        # No wait for the start mark here: the partition's sequencer first fences every
+        # other writer (aborting a dead one's open transaction at once), then catches up.
         if intent.lock_token is None and intent.op in ("SET", "DELETE") and self._held:
             token = self.held_token(intent.scope.path)
             if token is not None:
