@@ -222,6 +222,7 @@ class Engine:
                 max_bytes=min(limits),
                 ledger=ViewLedger(self.view, self._leases_seen),
                 catch_up=self._catch_up_partition,
+                end_offset=self._end_offset,
                 applied=self._applied,
             )
             await writer.start()
@@ -315,13 +316,20 @@ class Engine:
                 found.append(lease)
         return found
 
-    async def _catch_up_partition(self, partition: int) -> None:
-        """Wait until the view holds everything committed to ``partition`` so far."""
+    async def _catch_up_partition(self, partition: int) -> int:
+        """Wait until the view holds everything committed to ``partition`` so far; its end."""
+        end = await self._end_offset(partition)
+        applier = self._applier
+        assert applier is not None
+        await applier.ready(partition)
+        await applier.wait_until(partition, end)
+        return end
+
+    async def _end_offset(self, partition: int) -> int:
         applier = self._applier
         if applier is None:
             raise ClosedError("this EvstateClient is closed")
-        await applier.ready(partition)
-        await applier.wait_until(partition, await applier.end_offset(partition))
+        return await applier.end_offset(partition)
 
     def _leases_seen(self) -> int:
         return self._applier.leases_seen if self._applier is not None else 0

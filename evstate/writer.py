@@ -181,6 +181,9 @@ class _Sequencer:
         self._turn = 0
         self._owned = False
         self._fresh = False  # the view was just caught up to the partition's end
+        # The partition's end if nobody else wrote since this sequencer caught up or last
+        # committed (its records, then their commit marker); None: unknown.
+        self._expected_end: int | None = None
         self.queue: deque[_Pending] = deque()
         self.task: asyncio.Task[None] | None = None
         self.overlay = _Overlay(writer.ledger, partition)
@@ -238,7 +241,7 @@ class _Sequencer:
     async def _own(self) -> None:
         """Register both ids (fencing every other writer), then catch the view up."""
         await asyncio.gather(*(lane.restart() for lane in self._lanes))
-        await self._writer.catch_up(self.partition)
+        self._expected_end = await self._writer.catch_up(self.partition)
         self.overlay = _Overlay(self._writer.ledger, self.partition)
         self._owned = True
         self._fresh = True
@@ -273,9 +276,14 @@ class _Sequencer:
             )
             if confirmed or not unwritten:
                 break
-            await self._writer.catch_up(self.partition)
-            self.overlay = _Overlay(self._writer.ledger, self.partition)
             confirmed = True
+            # Nobody else wrote if the partition ends where this sequencer left it: the
+            # ledger was complete, and the answers stand. Else catch up and decide again.
+            end = await self._writer.end_offset(self.partition)
+            if self._expected_end is not None and end <= self._expected_end:
+                break
+            self._expected_end = await self._writer.catch_up(self.partition)
+            self.overlay = _Overlay(self._writer.ledger, self.partition)
         for p, refusal in refused:
             if not p.done.done():
                 p.done.set_exception(refusal)
@@ -283,7 +291,13 @@ class _Sequencer:
         if records:
             lane = self._lanes[self._turn]
             self._turn = 1 - self._turn
+            self._expected_end = None  # unknown until this commit is known to have ended
             positions = await lane.commit(records)
+            state_topic = self._writer.settings.state_topic
+            last = max(
+                o for r, (_, o) in zip(records, positions, strict=True) if r.topic == state_topic
+            )
+            self._expected_end = last + 2  # the commit marker follows the last record
         outcomes: list[Outcome] = []
         i = 0
         for p, event, count in planned:
@@ -335,7 +349,8 @@ class Writer:
         partitions: int,
         max_bytes: int,
         ledger: Ledger,
-        catch_up: Callable[[int], Awaitable[None]],
+        catch_up: Callable[[int], Awaitable[int]],
+        end_offset: Callable[[int], Awaitable[int]],
         applied: Callable[[int], int | None],
     ) -> None:
         """Args:
@@ -343,13 +358,16 @@ class Writer:
         partitions: partitions of the state (and history) topic.
         max_bytes: the topics' ``max.message.bytes``.
         ledger: the view's side of the write rules.
-        catch_up: waits until the view holds everything committed to a partition.
+        catch_up: waits until the view holds everything committed to a partition; the
+            partition's end it caught up to.
+        end_offset: a partition's end (high watermark), asked of the broker now.
         applied: the view's position in a partition (its next offset), if known.
         """
         self.settings = settings
         self.max_bytes = max_bytes
         self.ledger = ledger
         self.catch_up = catch_up
+        self.end_offset = end_offset
         self.applied = applied
         self._partitions = partitions
         self._sequencers: dict[int, _Sequencer] = {}
