@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -41,8 +42,6 @@ __all__ = ["Intent", "Outcome", "Writer", "transactional_base"]
 
 # Events per transaction at most; more wait for the next one.
 MAX_GROUP = 500
-# Times a batch is decided again after another process fenced this one, before failing.
-MAX_FENCED = 8
 
 
 def transactional_base(settings: Settings) -> str:
@@ -164,6 +163,7 @@ class _Tentative:
 class _Pending:
     intent: Intent
     done: asyncio.Future[Outcome]
+    queued_at: float = field(default_factory=time.monotonic)
     fenced: int = 0
 
 
@@ -209,18 +209,20 @@ class _Sequencer:
             except WriterFencedError as exc:
                 self._lost()
                 again = [p for p in group if not p.done.done()]
+                limit = self._writer.settings.request_timeout
                 for p in again:
                     p.fenced += 1
-                    if p.fenced > MAX_FENCED:
+                    if time.monotonic() - p.queued_at > limit:
                         p.done.set_exception(
                             WriteFailedError(
-                                f"{exc}; other writers took partition {self.partition} "
-                                f"{MAX_FENCED} times in a row: retry later"
+                                f"{exc}; other writers kept taking partition {self.partition} "
+                                f"for {limit:g}s ({p.fenced} times): nothing was written, "
+                                "retry later"
                             )
                         )
                 self.queue.extendleft(reversed([p for p in again if not p.done.done()]))
                 # Writers that fence each other back off at random, so one gets through.
-                await asyncio.sleep(random.uniform(0.005, 0.05) * min(8, group[0].fenced))
+                await asyncio.sleep(random.uniform(0.002, 0.01) * min(10, group[0].fenced))
             except BaseException as exc:
                 # Not acknowledged (or unknown): the overlay may hold what was not written.
                 self._lost()
@@ -284,9 +286,6 @@ class _Sequencer:
                 break
             self._expected_end = await self._writer.catch_up(self.partition)
             self.overlay = _Overlay(self._writer.ledger, self.partition)
-        for p, refusal in refused:
-            if not p.done.done():
-                p.done.set_exception(refusal)
         positions: list[tuple[int, int]] = []
         if records:
             lane = self._lanes[self._turn]
@@ -307,6 +306,11 @@ class _Sequencer:
             outcomes.append(outcome)
             if not p.done.done():
                 p.done.set_result(outcome)
+        # Refusals and answers are given once the batch is committed: they were decided on
+        # the batch's earlier events, and a caller who retries must see those applied.
+        for p, refusal in refused:
+            if not p.done.done():
+                p.done.set_exception(refusal)
         for p, answer in answered:
             if p.done.done():
                 continue
