@@ -1,9 +1,9 @@
 """Getting events decided and acknowledged: one sequencer per partition, fenced by Kafka.
 
-Every write goes through its partition's *sequencer*. A sequencer owns two transactional
-ids shared by every evstate process writing to the topics (``{base}-p{N}`` and
-``{base}-p{N}-b``): registering them fences whichever process used them before, so at
-any moment at most one process can commit to the partition. Having registered them, the
+Every write goes through its partition's *sequencer*. A sequencer owns a transactional id
+shared by every evstate process writing to the topics (``{base}-p{N}``): registering it
+fences whichever process used it before, so at any moment at most one process can commit
+to the partition. Having registered it, the
 sequencer waits until the view holds everything committed to the partition (its high
 watermark), then decides each queued event against it with :mod:`evstate.rules` —
 locks, compare-and-set, idempotency, the key's next version — and writes the accepted
@@ -14,9 +14,11 @@ fenced, nothing of it is visible, and the sequencer registers again, catches up 
 decides the batch again. Every record in the log was thus decided against every record
 before it: the log's order is the decision's order.
 
-Two ids per partition take turns, so a lone writer's next transaction does not wait for
-the previous one's commit markers (CONCURRENT_TRANSACTIONS, KAFKA-5477). One transaction
-is in flight per partition at a time (a batch is decided on the previous one's effects).
+One id, not a pool taking turns: two processes registering two ids at once can each end
+up holding one, and both commit (a test saw lost compare-and-set updates that way). So a
+lone writer's next transaction may wait for the previous one's commit markers
+(CONCURRENT_TRANSACTIONS, KAFKA-5477). One transaction is in flight per partition at a
+time (a batch is decided on the previous one's effects).
 """
 
 from __future__ import annotations
@@ -173,12 +175,11 @@ class _Sequencer:
     def __init__(self, writer: Writer, partition: int) -> None:
         self._writer = writer
         self.partition = partition
-        base = f"{transactional_base(writer.settings)}-p{partition}"
-        self._lanes = [
-            TransactionalProducer(writer.settings, tid, max_request_size=writer.max_bytes)
-            for tid in (base, f"{base}-b")
-        ]
-        self._turn = 0
+        self._lane = TransactionalProducer(
+            writer.settings,
+            f"{transactional_base(writer.settings)}-p{partition}",
+            max_request_size=writer.max_bytes,
+        )
         self._owned = False
         self._fresh = False  # the view was just caught up to the partition's end
         # The partition's end if nobody else wrote since this sequencer caught up or last
@@ -189,8 +190,7 @@ class _Sequencer:
         self.overlay = _Overlay(writer.ledger, partition)
 
     async def stop(self) -> None:
-        for lane in self._lanes:
-            await lane.stop()
+        await self._lane.stop()
 
     def kick(self) -> None:
         if self.task is None or self.task.done():
@@ -241,8 +241,8 @@ class _Sequencer:
         self.overlay = _Overlay(self._writer.ledger, self.partition)
 
     async def _own(self) -> None:
-        """Register both ids (fencing every other writer), then catch the view up."""
-        await asyncio.gather(*(lane.restart() for lane in self._lanes))
+        """Register the id (fencing every other writer), then catch the view up."""
+        await self._lane.restart()
         self._expected_end = await self._writer.catch_up(self.partition)
         self.overlay = _Overlay(self._writer.ledger, self.partition)
         self._owned = True
@@ -288,8 +288,7 @@ class _Sequencer:
             self.overlay = _Overlay(self._writer.ledger, self.partition)
         positions: list[tuple[int, int]] = []
         if records:
-            lane = self._lanes[self._turn]
-            self._turn = 1 - self._turn
+            lane = self._lane
             self._expected_end = None  # unknown until this commit is known to have ended
             positions = await lane.commit(records)
             state_topic = self._writer.settings.state_topic
