@@ -29,7 +29,7 @@ import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -112,14 +112,8 @@ class _Overlay:
         return mine[0] if mine is not None else self.base.version(record_key)
 
     def leases_in(self, stage: str) -> list[Lease]:
-        found = {lease.scope: lease for lease in self.base.leases(stage)}
-        for path, (lease, _) in self.leases.items():
-            if keys.stage_of(path) == stage:
-                if lease is None:
-                    found.pop(path, None)
-                else:
-                    found[path] = lease
-        return list(found.values())
+        changed = ((path, lease) for path, (lease, _) in self.leases.items())
+        return _layered(self.base.leases(stage), changed, stage)
 
     def idempotent(self, key: str) -> Position | None:
         mine = self.written.get(key)
@@ -130,6 +124,20 @@ class _Overlay:
         _forget(self.versions, applied)
         _forget(self.leases, applied)
         _forget(self.written, applied)
+
+
+def _layered(
+    below: Iterable[Lease], changed: Iterable[tuple[str, Lease | None]], stage: str
+) -> list[Lease]:
+    """The leases of ``stage``: those ``below``, with the ``changed`` ones over them."""
+    found = {lease.scope: lease for lease in below}
+    for path, lease in changed:
+        if keys.stage_of(path) == stage:
+            if lease is None:
+                found.pop(path, None)
+            else:
+                found[path] = lease
+    return list(found.values())
 
 
 def _forget(table: dict[Any, tuple[Any, int]], applied: int) -> None:
@@ -151,14 +159,7 @@ class _Tentative:
         return mine if mine is not None else self.overlay.version(record_key)
 
     def leases_in(self, stage: str) -> list[Lease]:
-        found = {lease.scope: lease for lease in self.overlay.leases_in(stage)}
-        for path, lease in self.leases.items():
-            if keys.stage_of(path) == stage:
-                if lease is None:
-                    found.pop(path, None)
-                else:
-                    found[path] = lease
-        return list(found.values())
+        return _layered(self.overlay.leases_in(stage), self.leases.items(), stage)
 
 
 @dataclass
