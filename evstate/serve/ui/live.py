@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _QUEUE = 256
 _RETRY = 2.0
+_QUIET = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,11 @@ class LiveHub:
         self.scopes: dict[str, LastChange] = {}
         self.seen = 0
         self.closed = False
+        self._warm = asyncio.Event()
+        self._since = datetime.now(UTC)
+        self._watching = False
+        self._quiet_from = 0.0
+        self._upto: dict[int, int] = {}
 
     def start(self) -> None:
         """Start reading in the background (idempotent)."""
@@ -65,23 +72,57 @@ class LiveHub:
             try:
                 client = await self._ready()
                 async with client.watch(None, start="earliest") as changes:
+                    self._since = datetime.now(UTC)
+                    self._quiet_from = asyncio.get_running_loop().time()
+                    self._watching = True
                     async for event in changes:
                         self._note(event)
+                        self._quiet_from = asyncio.get_running_loop().time()
             except asyncio.CancelledError:
                 raise
             except EvstateError as exc:
                 log.warning("evstate console: live feed stopped (%s); again in %gs", exc, _RETRY)
             except Exception:
                 log.exception("evstate console: live feed failed; again in %gs", _RETRY)
+            finally:
+                self._watching = False
             await asyncio.sleep(_RETRY)
+
+    async def warm(self, timeout: float = 3.0) -> bool:
+        """Wait (up to ``timeout`` seconds, once) until the index holds the history.
+
+        The watcher does not say where the backlog ends, so the index counts as warm once
+        it yields an event written after it started, or once it has been quiet for half
+        a second. Pages read after that show every resource's last change.
+
+        Returns:
+            Whether the index is warm.
+        """
+        self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._warm.is_set() and loop.time() < deadline and not self.closed:
+            if self._watching and loop.time() - self._quiet_from > _QUIET:
+                self._warm.set()
+                break
+            await asyncio.sleep(0.05)
+        return self._warm.is_set()
 
     def _note(self, event: ChangeEvent) -> None:
         self.seen += 1
+        if event.timestamp >= self._since:
+            self._warm.set()
         path = "/".join(event.scope)
         last = LastChange(event.op, event.version, event.timestamp, event.actor)
         if event.key:
             self.keys[(path, event.key)] = last
         self.scopes[path] = last
+        position = event.position
+        if position is not None:
+            # A feed started again reads from the earliest: browsers saw those already.
+            if position.offset <= self._upto.get(position.partition, -1):
+                return
+            self._upto[position.partition] = position.offset
         for sub in self._subscribers:
             if sub.wants(path, event.key):
                 with contextlib.suppress(asyncio.QueueFull):  # a stuck tab misses events
