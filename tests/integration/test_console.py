@@ -282,6 +282,9 @@ async def test_time_travel_to_before_a_delete_shows_the_deleted_resource(ui: Con
     await page.get_by_role("button", name="Show scope as of then").click()
     await expect(page.get_by_role("heading", name=re.compile("Resources as of"))).to_be_visible()
     await expect(page.get_by_role("link", name="old-logs", exact=True)).to_be_visible()
+    then = page.get_by_role("row").filter(has=page.get_by_role("link", name="old-logs"))
+    await expect(then).to_contain_text("v1")  # its version and last change as of then
+    await expect(then).to_contain_text("alice@laptop")
     await ui.shot("time-travel")
     await page.get_by_label("From (UTC)").fill(before.strftime("%Y-%m-%dT%H:%M:%S"))
     await page.get_by_role("button", name="Compare").click()

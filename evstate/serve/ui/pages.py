@@ -9,7 +9,7 @@ from aiohttp import web
 
 from evstate.client import EvstateClient
 from evstate.errors import ValidationError
-from evstate.model import Consistency, Lease, Scope
+from evstate.model import LOCK_OPS, Consistency, Lease, Scope, Tree
 from evstate.serve.ui.context import (
     CONSOLE,
     PAGE_SIZE,
@@ -22,6 +22,7 @@ from evstate.serve.ui.context import (
 )
 from evstate.serve.ui.sessions import Sessions
 from evstate.serve.ui.shape import (
+    LastChange,
     changes_of,
     deploys,
     field_changes,
@@ -115,13 +116,12 @@ async def scope_page(request: web.Request) -> web.Response:
         shown = ids[first:last]
         trees = await store.get_batch_trees(shown, consistency="eventual")
         versions = {k: await store.version(k, consistency="eventual") for k in trees}
+        index = console.hub.keys
     else:
-        trees = await client.trees_at(scope, at, None)
+        trees, versions, index = await _as_of(client, scope, at)
         ids = sorted(trees)
         pages, first, last = _pages(len(ids), PAGE_SIZE, page)
         shown = ids[first:last]
-        versions = {}
-    index = console.hub.keys if at is None else {}
     rows = [
         resource_row(k, trees[k], versions.get(k), index.get((path, k)))
         for k in shown
@@ -157,6 +157,28 @@ async def scope_page(request: web.Request) -> web.Response:
         live_url=url("events", scope=path) if at is None else None,
         now=datetime.now(UTC),
     )
+
+
+async def _as_of(
+    client: EvstateClient, scope: Scope, at: datetime
+) -> tuple[dict[str, Tree], dict[str, int], dict[tuple[str, str], LastChange]]:
+    """The scope's states as of ``at``, with each one's version and last change then
+    (``trees_at`` gives the states alone)."""
+    trees: dict[str, Tree] = {}
+    versions: dict[str, int] = {}
+    lasts: dict[tuple[str, str], LastChange] = {}
+    async for event in client.history(scope, until=at):
+        if event.op in LOCK_OPS or not event.key:
+            continue
+        if event.op == "DELETE" or event.state is None:
+            trees.pop(event.key, None)
+            continue
+        trees[event.key] = event.state
+        versions[event.key] = event.version
+        lasts[(scope.path, event.key)] = LastChange(
+            event.op, event.version, event.timestamp, event.actor
+        )
+    return trees, versions, lasts
 
 
 async def history_page(request: web.Request) -> web.Response:
