@@ -1,6 +1,7 @@
 """What ``make test`` needs before it runs: Node.js and npm, and chromium for the console's
-browser tests (named when missing, no traceback), and the JavaScript client's hand-written ``index.d.ts`` type-checked by tsc
-against Alchemy's own types (it fails when the declarations drift)."""
+browser tests (named when missing, no traceback), and the JavaScript client's hand-written
+``index.d.ts`` type-checked by tsc against Alchemy's own types (it fails when the
+declarations drift)."""
 
 from __future__ import annotations
 
