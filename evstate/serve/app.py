@@ -42,7 +42,7 @@ from evstate.serve.protocol import (
     status_of,
 )
 from evstate.serve.ui import PREFIX as CONSOLE_PREFIX
-from evstate.serve.ui import console_app
+from evstate.serve.ui import console_app, is_console
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamRes
     ``GET /metrics`` checks its own token (see :mod:`evstate.serve.metrics`); the console
     under ``/ui/`` signs in with the token and keeps a session (:mod:`evstate.serve.ui`).
     """
-    if request.path == serve_metrics.PATH or request.path.startswith(f"{CONSOLE_PREFIX}/"):
+    if request.path == serve_metrics.PATH or is_console(request.path):
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[_TOKEN]

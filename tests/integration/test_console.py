@@ -362,3 +362,70 @@ async def test_names_with_markup_are_shown_as_text(ui: Console) -> None:
     assert await page.locator("img").count() == 0
     assert await page.locator("main script").count() == 0
     assert dialogs == []
+
+
+async def test_over_plain_http_headers_redirects_paging_and_forms(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    env = subprocess_env(
+        bootstrap_servers=bootstrap_servers,
+        topic_prefix=topic_prefix,
+        view_dir=tmp_path / "serve-view",
+    )
+    async with EvstateClient(
+        bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, view_dir=str(tmp_path / "v")
+    ) as client:
+        store = client.store(APP)
+        await asyncio.gather(*(store.set(f"b{i:03d}", bucket(f"b{i:03d}")) for i in range(150)))
+        async with (
+            serve_process(env, token=TOKEN) as url,
+            aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+        ):
+            base = url.rstrip("/")
+            async with http.get(base + "/ui", allow_redirects=False) as response:
+                assert response.status == 308
+                assert response.headers["Location"] == "/ui/"
+            # Only a path of the console is a place to go after signing in.
+            for target in ("//evil.example/", "https://evil.example/", "/ui\\x"):
+                async with http.post(
+                    base + "/ui/sign-in", data={"token": TOKEN, "next": target},
+                    allow_redirects=False,
+                ) as response:  # fmt: skip
+                    assert response.status == 303
+                    assert response.headers["Location"] == "/ui/"
+                    cookie = response.headers["Set-Cookie"]
+            assert "HttpOnly" in cookie
+            assert "SameSite=Strict" in cookie
+            assert "Path=/ui/" in cookie
+            async with http.get(base + "/ui/scope?path=shop/prod") as response:
+                assert response.status == 200
+                csp = response.headers["Content-Security-Policy"]
+                assert "script-src 'self'" in csp
+                assert "frame-ancestors 'none'" in csp
+                assert response.headers["Cache-Control"] == "no-store"
+                text = await response.text()
+            assert "150 resources." in text
+            assert "Page 1 of 2" in text
+            assert ">b099<" in text
+            assert ">b100<" not in text
+            async with http.get(base + "/ui/scope?path=shop/prod&page=2") as response:
+                text = await response.text()
+            assert ">b100<" in text
+            assert ">b149<" in text
+            async with http.get(base + "/ui/scope?path=shop/prod&page=3") as response:
+                assert response.status == 400
+                assert "past the last page" in await response.text()
+            async with http.get(base + "/ui/no-such-page") as response:
+                assert response.status == 404
+                assert response.content_type == "text/html"
+            # Forms that change something want the session's CSRF token, from this site.
+            async with http.post(base + "/ui/sign-out", data={}) as response:
+                assert response.status == 403
+            async with http.post(
+                base + "/ui/sign-out", data={}, headers={"Origin": "https://evil.example"}
+            ) as response:
+                assert response.status == 403
+            # The JSON API is unchanged: its bearer token, its envelope.
+            async with http.post(base + "/", json={}) as response:
+                assert response.status == 401
+                assert (await response.json())["success"] is False

@@ -9,6 +9,6 @@ show, as pure functions; secrets masked there), :mod:`~evstate.serve.ui.sessions
 """
 
 from evstate.serve.ui.context import PREFIX
-from evstate.serve.ui.routes import console_app
+from evstate.serve.ui.routes import console_app, is_console
 
-__all__ = ["PREFIX", "console_app"]
+__all__ = ["PREFIX", "console_app", "is_console"]

@@ -123,6 +123,8 @@ class LiveHub:
             if position.offset <= self._upto.get(position.partition, -1):
                 return
             self._upto[position.partition] = position.offset
+        if not self._warm.is_set():
+            return  # the backlog: the history, not news
         for sub in self._subscribers:
             if sub.wants(path, event.key):
                 with contextlib.suppress(asyncio.QueueFull):  # a stuck tab misses events

@@ -51,6 +51,8 @@ _HEADERS = {
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Sessions, security headers and HTML errors for every console request."""
+    if request.path == PREFIX:  # /ui is the console too
+        raise web.HTTPPermanentRedirect(f"{PREFIX}/")
     try:
         response = await _signed_in(request, handler)
     except web.HTTPException as exc:
@@ -186,6 +188,11 @@ async def _events(request: web.Request) -> web.StreamResponse:
     finally:
         console.hub.unsubscribe(sub)
     return response
+
+
+def is_console(path: str) -> bool:
+    """Whether a request path is the console's (it signs in on its own)."""
+    return path == PREFIX or path.startswith(f"{PREFIX}/")
 
 
 def console_app(backend: Callable[[], ServerBackend], token: bytes) -> web.Application:
