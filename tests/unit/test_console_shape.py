@@ -18,6 +18,7 @@ from evstate.serve.ui.shape import (
     nested_scopes,
     scope_tree,
     show,
+    timeline,
     walk_tree,
 )
 
@@ -170,3 +171,21 @@ def test_sessions_are_signed_expire_and_carry_a_csrf_token() -> None:
     assert sessions.issue(now=1000)[1].csrf != session.csrf  # one per session
     assert sessions.token_matches("token")
     assert not sessions.token_matches("tokenx")
+
+
+def test_a_timeline_page_is_diffed_against_the_versions_before() -> None:
+    events = [
+        event("SET", "x", 1, tree(v=1)),
+        event("SET", "x", 2, tree(v=2)),
+        event("DELETE", "x", 3, None),
+        event("SET", "x", 4, tree(v=4)),
+    ]
+    page = timeline(events, 0, 4)
+    assert [(c.event.version, c.kind) for c in page] == [
+        (4, "added"),
+        (3, "removed"),
+        (2, "changed"),
+        (1, "added"),
+    ]
+    assert page == list(reversed(list(changes_of(events))))
+    assert [c.event.version for c in timeline(events, 1, 3)] == [3, 2]

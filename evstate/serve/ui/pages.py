@@ -31,6 +31,7 @@ from evstate.serve.ui.shape import (
     resource_row,
     scope_tree,
     show,
+    timeline,
     walk_tree,
 )
 
@@ -214,9 +215,8 @@ async def resource_page(request: web.Request) -> web.Response:
     client = await console.client()
     await console.hub.warm()
     current = await client.store(scope).get_tree(key, consistency=_consistency(request))
-    changes = list(changes_of([event async for event in client.history(scope, key)]))
-    changes.reverse()
-    pages, first, last = _pages(len(changes), TIMELINE_PAGE, page)
+    events = [e async for e in client.history(scope, key) if e.key == key]
+    pages, first, last = _pages(len(events), TIMELINE_PAGE, page)
     fields = [(name, show(value)) for name, value in flatten(current).items()] if current else []
     return render(
         request,
@@ -225,8 +225,8 @@ async def resource_page(request: web.Request) -> web.Response:
         key=key,
         current=current,
         fields=fields,
-        changes=changes[first:last],
-        total=len(changes),
+        changes=timeline(events, first, last),
+        total=len(events),
         page=page,
         pages=pages,
         live_url=url("events", scope=path, key=key),

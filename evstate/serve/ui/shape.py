@@ -241,6 +241,23 @@ def changes_of(events: Iterable[ChangeEvent]) -> Iterator[Change]:
             yield Change(event, kind, field_changes(before, event.state))
 
 
+def timeline(events: list[ChangeEvent], first: int, last: int) -> list[Change]:
+    """One key's events (oldest first) newest first, from index ``first`` to ``last``
+    of that order, each diffed against the event before it: only the shown page's
+    diffs are computed."""
+    out = []
+    for i in range(first, last):
+        j = len(events) - 1 - i
+        event = events[j]
+        before = events[j - 1].state if j > 0 and events[j - 1].op == "SET" else None
+        if event.op == "DELETE" or event.state is None:
+            out.append(Change(event, "removed", field_changes(before, None)))
+        else:
+            kind = "added" if before is None else "changed"
+            out.append(Change(event, kind, field_changes(before, event.state)))
+    return out
+
+
 def deploys(changes: Iterable[Change], gap: timedelta = DEPLOY_GAP) -> list[Deploy]:
     """Changes grouped into deploys, oldest first.
 
