@@ -192,11 +192,21 @@ def nested_scopes(path: str, paths: Iterable[str]) -> list[str]:
 
 @dataclass(slots=True)
 class Change:
-    """One event of a scope's history, with what it did to its resource."""
+    """One event of a scope's history, with what it did to its resource.
+
+    ``fields`` is computed when asked for: a page diffs only the changes it shows.
+    """
 
     event: ChangeEvent
     kind: str  # added, changed, removed, lock
-    fields: list[FieldChange]
+    before: Tree | None = None
+
+    @property
+    def fields(self) -> list[FieldChange]:
+        """Field by field, what this change did (none for a lock event)."""
+        if self.kind == "lock":
+            return []
+        return field_changes(self.before, self.event.state if self.kind != "removed" else None)
 
 
 @dataclass(slots=True)
@@ -229,16 +239,16 @@ def changes_of(events: Iterable[ChangeEvent]) -> Iterator[Change]:
     last: dict[str, Tree] = {}
     for event in events:
         if event.op in LOCK_OPS or not event.key:
-            yield Change(event, "lock", [])
+            yield Change(event, "lock")
             continue
         before = last.get(event.key)
         if event.op == "DELETE":
             last.pop(event.key, None)
-            yield Change(event, "removed", field_changes(before, None))
+            yield Change(event, "removed", before)
         elif event.state is not None:
             last[event.key] = event.state
             kind = "added" if before is None else "changed"
-            yield Change(event, kind, field_changes(before, event.state))
+            yield Change(event, kind, before)
 
 
 def timeline(events: list[ChangeEvent], first: int, last: int) -> list[Change]:
@@ -251,10 +261,10 @@ def timeline(events: list[ChangeEvent], first: int, last: int) -> list[Change]:
         event = events[j]
         before = events[j - 1].state if j > 0 and events[j - 1].op == "SET" else None
         if event.op == "DELETE" or event.state is None:
-            out.append(Change(event, "removed", field_changes(before, None)))
+            out.append(Change(event, "removed", before))
         else:
             kind = "added" if before is None else "changed"
-            out.append(Change(event, kind, field_changes(before, event.state)))
+            out.append(Change(event, kind, before))
     return out
 
 
