@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from evstate import EvstateClient, FencedError, Scope, Secret, State
-from tests._util import serve_process, subprocess_env
+from evstate import EvstateClient, FencedError, Scope, Secret, Settings, State
+from tests._util import free_port_block, running_server, serve_process, subprocess_env
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -429,3 +429,28 @@ async def test_over_plain_http_headers_redirects_paging_and_forms(
             async with http.post(base + "/", json={}) as response:
                 assert response.status == 401
                 assert (await response.json())["success"] is False
+
+
+async def test_kafka_down_is_a_503_page_and_sign_in_still_works(
+    view_dir: Path, topic_prefix: str
+) -> None:
+    port = free_port_block(1)
+    settings = Settings(
+        bootstrap_servers=f"127.0.0.1:{port}",
+        view_dir=str(view_dir),
+        topic_prefix=topic_prefix,
+        connect_timeout=0.5,
+    )
+    async with (
+        running_server(settings, token=TOKEN) as url,
+        aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http,
+    ):
+        await asyncio.sleep(1.5)  # let the first connection attempts fail
+        async with http.post(url + "ui/sign-in", data={"token": TOKEN}) as response:
+            assert response.status == 503  # signed in, then the scopes page cannot be read
+            assert response.content_type == "text/html"
+            text = await response.text()
+        assert "evstate serve is not ready" in text
+        assert f"cannot reach Kafka at 127.0.0.1:{port}" in text
+        async with http.get(url + "ui/static/console.css") as response:
+            assert response.status == 200  # what the error page wears needs no Kafka

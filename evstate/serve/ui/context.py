@@ -15,7 +15,7 @@ from aiohttp import web
 from evstate.client import EvstateClient
 from evstate.errors import ValidationError
 from evstate.serve.ui.live import LiveHub
-from evstate.serve.ui.sessions import Session, Sessions
+from evstate.serve.ui.sessions import COOKIE, Session, Sessions
 
 PREFIX = "/ui"
 """Where the console is mounted."""
@@ -52,13 +52,18 @@ class Console:
 
 
 CONSOLE: Final = web.AppKey("console", Console)
-SESSION: Final = "evstate.console.session"
+
+
+def current_session(request: web.Request) -> Session | None:
+    """The session the request's cookie stands for, if any (an HMAC: cheap to redo)."""
+    return request.config_dict[CONSOLE].sessions.check(request.cookies.get(COOKIE))
 
 
 def session_of(request: web.Request) -> Session:
-    """The request's session (the auth middleware put it there)."""
-    found = request.get(SESSION)
-    assert isinstance(found, Session)
+    """The request's session (the console's middleware let only signed-in requests by)."""
+    found = current_session(request)
+    if found is None:
+        raise web.HTTPUnauthorized(text="Sign in first.")
     return found
 
 
@@ -98,7 +103,7 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     """A page from ``template``, with the session (if any) and request in its context."""
     console = request.config_dict[CONSOLE]
     page = console.templates.get_template(template)
-    session = request.get(SESSION)
+    session = current_session(request)
     text = page.render(session=session, path_qs=request.path_qs, **context)
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError
 from evstate.model import ChangeEvent
+from evstate.serve.protocol import Refused
 from evstate.serve.ui.shape import LastChange
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class LiveHub:
                         self._quiet_from = asyncio.get_running_loop().time()
             except asyncio.CancelledError:
                 raise
-            except EvstateError as exc:
+            except (EvstateError, Refused) as exc:  # Kafka down: the server says so already
                 log.warning("evstate console: live feed stopped (%s); again in %gs", exc, _RETRY)
             except Exception:
                 log.exception("evstate console: live feed failed; again in %gs", _RETRY)

@@ -18,9 +18,9 @@ from evstate.serve.ui import pages
 from evstate.serve.ui.context import (
     CONSOLE,
     PREFIX,
-    SESSION,
     Console,
     ServerBackend,
+    current_session,
     environment,
     iso,
     render,
@@ -79,15 +79,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in _OPEN or request.path.startswith(f"{PREFIX}/static/"):
         return await handler(request)
-    console = request.config_dict[CONSOLE]
-    session = console.sessions.check(request.cookies.get(COOKIE))
-    if session is None:
+    if current_session(request) is None:
         if request.path == f"{PREFIX}/events" or request.method != "GET":
             raise web.HTTPUnauthorized(text="Sign in first.")
         raise web.HTTPSeeOther(f"{PREFIX}/sign-in?{_next(request.path_qs)}")
     if request.method == "POST" and not _same_origin(request):
         raise web.HTTPForbidden(text="A form from another site was refused.")
-    request[SESSION] = session
     return await handler(request)
 
 
@@ -183,7 +180,7 @@ async def _events(request: web.Request) -> web.StreamResponse:
                 "at": iso(event.timestamp),
             }
             await response.write(f"event: change\ndata: {json.dumps(data)}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:  # the tab left
         pass
     finally:
         console.hub.unsubscribe(sub)
