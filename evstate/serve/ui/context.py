@@ -127,7 +127,7 @@ def time_param(raw: str | None, name: str) -> datetime | None:
         raise ValidationError(
             f"{name} must be a date and time such as 2026-12-01T12:00 (UTC), got {raw!r}"
         ) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def required(request: web.Request, name: str) -> str:
