@@ -8,6 +8,7 @@ import contextlib
 import importlib.resources
 import json
 import logging
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -70,6 +71,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc)
         response = render(request, "error.html", status, title="Refused", message=str(exc))
+    except Exception:  # a fault of ours: the trace goes to the log, never the page
+        log.exception("evstate console: unexpected error in %s %s", request.method, request.path)
+        response = render(
+            request, "error.html", 500, title="Internal error",
+            message="An internal error in evstate serve (see its log).",
+        )  # fmt: skip
     if not isinstance(response, web.FileResponse) and not response.prepared:
         response.headers.update(_HEADERS)
         response.headers.setdefault("Cache-Control", "no-store")
@@ -89,9 +96,7 @@ async def _signed_in(request: web.Request, handler: Handler) -> web.StreamRespon
 
 
 def _next(path_qs: str) -> str:
-    from urllib.parse import urlencode
-
-    return urlencode({"next": path_qs})
+    return urllib.parse.urlencode({"next": path_qs})
 
 
 def _same_origin(request: web.Request) -> bool:
