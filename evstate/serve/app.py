@@ -41,6 +41,8 @@ from evstate.serve.protocol import (
     parse_call,
     status_of,
 )
+from evstate.serve.ui import PREFIX as CONSOLE_PREFIX
+from evstate.serve.ui import console_app, is_console
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +91,10 @@ def _text(exc: web.HTTPException) -> str:
 async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare).
 
-    ``GET /metrics`` checks its own token (see :mod:`evstate.serve.metrics`).
+    ``GET /metrics`` checks its own token (see :mod:`evstate.serve.metrics`); the console
+    under ``/ui/`` signs in with the token and keeps a session (:mod:`evstate.serve.ui`).
     """
-    if request.path == serve_metrics.PATH:
+    if request.path == serve_metrics.PATH or is_console(request.path):
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[_TOKEN]
@@ -186,6 +189,7 @@ def create_app(
         ),
     )
     app.router.add_post("/", _post)
+    app.add_subapp(CONSOLE_PREFIX, console_app(lambda: app[_BACKEND], app[_TOKEN]))
     return app
 
 
