@@ -19,6 +19,7 @@ from rich.text import Text
 
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
 from evstate.cli import alchemy as cli_alchemy
+from evstate.cli import auth as cli_auth
 from evstate.cli import history as cli_history
 from evstate.cli import locks as cli_locks
 from evstate.cli import migrate as cli_migrate
@@ -40,6 +41,7 @@ broker_app = typer.Typer(
 app.add_typer(broker_app, name="broker")
 cli_store.register(app)
 cli_alchemy.register(app)
+cli_auth.register(app)
 cli_history.register(app)
 cli_locks.register(app)
 cli_migrate.register(app)

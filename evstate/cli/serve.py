@@ -63,6 +63,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    auth_file: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="Principals file (TOML; default: $EVSTATE_AUTH_FILE): each principal's token "
+            "hashes and the scopes it may read, write, lock and administer. Re-read on SIGHUP "
+            "and when it changes. Without it, the one token opens every scope.",
+            show_default=False,
+        ),
+    ] = None,
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
     ] = DEFAULT_MAX_BODY / _MIB,
@@ -102,6 +112,7 @@ def serve(
             settings,
             token=token,
             metrics_token=metrics_token,
+            auth_file=auth_file,
             max_body=max(1, int(max_body_mib * _MIB)),
         )
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import signal
@@ -25,6 +24,7 @@ from evstate.errors import (
     ConfigError,
     EvstateError,
 )
+from evstate.serve import auth
 from evstate.serve import metrics as serve_metrics
 from evstate.serve.backend import Backend
 from evstate.serve.protocol import (
@@ -45,7 +45,6 @@ from evstate.serve.protocol import (
 log = logging.getLogger(__name__)
 
 _BACKEND: Final = web.AppKey("backend", Backend)
-_TOKEN: Final = web.AppKey("token", bytes)
 _MAX_BODY: Final = web.AppKey("max_body", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -85,25 +84,6 @@ def _text(exc: web.HTTPException) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-@web.middleware
-async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare).
-
-    ``GET /metrics`` checks its own token (see :mod:`evstate.serve.metrics`).
-    """
-    if request.path == serve_metrics.PATH:
-        return await handler(request)
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    expected = request.app[_TOKEN]
-    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same
-    # way gives the bytes sent, so a non-UTF-8 token is simply a wrong one (401).
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), expected
-    ):
-        raise Refused(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-    return await handler(request)
-
-
 async def _head(request: web.Request) -> web.StreamResponse:
     request.app[_BACKEND].check_caught_up()
     return envelope(200)
@@ -129,7 +109,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
             f"context.minPosition {call.min_position.token!r} names partition "
             f"{call.min_position.partition}; the state topic has partitions 0-{partitions - 1}",
         )
-    return envelope(200, result=await dispatch(backend.client, call))
+    return envelope(200, result=await dispatch(backend.client, call, request[auth.PRINCIPAL]))
 
 
 def create_app(
@@ -138,6 +118,8 @@ def create_app(
     token: str | None = None,
     metrics_token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    auth_file: str | None = None,
+    auth_poll_interval: float = auth.POLL_INTERVAL,
 ) -> web.Application:
     """Build the aiohttp application of ``evstate serve``.
 
@@ -146,27 +128,33 @@ def create_app(
 
     Args:
         settings: where Kafka and the view are.
-        token: the bearer token clients must send; ``settings.token`` when None.
+        token: the bearer token clients must send (the principal ``default``, with every
+            permission); ``settings.token`` when None. Not used with a principals file.
         metrics_token: the bearer token ``GET /metrics`` needs; ``settings.metrics_token``
             when None; no token at all when both are None.
         max_body: largest request body in bytes; larger ones get 413.
+        auth_file: the principals file (:mod:`evstate.principals`); ``settings.auth_file``
+            when None. Re-read when it changes (looked at every ``auth_poll_interval``
+            seconds) and on SIGHUP (:func:`run_server`).
 
     Returns:
         The application, to run with :func:`run_server` or any aiohttp runner.
 
     Raises:
-        ConfigError: no token, or ``max_body`` below 1.
+        ConfigError: no token and no principals file, a principals file that is not
+            valid, or ``max_body`` below 1.
     """
-    token = token if token is not None else settings.token
-    if not token:
-        raise ConfigError("evstate serve needs a bearer token: set EVSTATE_TOKEN (or pass --token)")
+    gate = auth.Gate.open(
+        token=token if token is not None else settings.token,
+        auth_file=auth_file if auth_file is not None else settings.auth_file,
+    )
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ConfigError(f"max_body must be an int >= 1, got {max_body!r}")
     app = web.Application(
-        middlewares=[serve_metrics.count_requests, _errors_as_json, _bearer_token],
+        middlewares=[serve_metrics.count_requests, _errors_as_json, auth.authenticate],
         client_max_size=max_body,
     )
-    app[_TOKEN] = token.encode("utf-8")
+    auth.install(app, gate, poll_interval=auth_poll_interval)
     app[_MAX_BODY] = max_body
 
     async def backend_life(app: web.Application) -> AsyncIterator[None]:
@@ -319,6 +307,7 @@ async def run_server(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, app[auth.GATE].reload)
         try:
             fatal = backend.fatal
             stopped = asyncio.create_task(stop.wait())
@@ -328,7 +317,7 @@ async def run_server(
             if fatal.done():
                 raise fatal.result()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
     finally:
         await runner.cleanup()
