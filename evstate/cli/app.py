@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
+from evstate.cli import access as cli_access
 from evstate.cli import alchemy as cli_alchemy
 from evstate.cli import auth as cli_auth
 from evstate.cli import history as cli_history
@@ -40,6 +41,7 @@ broker_app = typer.Typer(
 )
 app.add_typer(broker_app, name="broker")
 cli_store.register(app)
+cli_access.register(app)
 cli_alchemy.register(app)
 cli_auth.register(app)
 cli_history.register(app)

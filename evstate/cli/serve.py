@@ -73,6 +73,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Record every request in the topic {prefix}.access (read it with evstate "
+            "access-log). Default: on with --auth, off without.",
+            show_default=False,
+        ),
+    ] = None,
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
     ] = DEFAULT_MAX_BODY / _MIB,
@@ -113,6 +122,7 @@ def serve(
             token=token,
             metrics_token=metrics_token,
             auth_file=auth_file,
+            access_log=access_log,
             max_body=max(1, int(max_body_mib * _MIB)),
         )
 

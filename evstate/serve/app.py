@@ -24,10 +24,11 @@ from evstate.errors import (
     ConfigError,
     EvstateError,
 )
-from evstate.serve import auth
+from evstate.serve import audit, auth
 from evstate.serve import metrics as serve_metrics
 from evstate.serve.backend import Backend
 from evstate.serve.protocol import (
+    CALL,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY,
     DEFAULT_PORT,
@@ -101,6 +102,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
         log.info("evstate serve: %s left before sending the whole body (%s)", request.remote, exc)
         raise Refused(400, "the request body ended early") from None
     call = parse_call(parse_body(raw))
+    request[CALL] = call
     await backend.wait_ready()
     partitions = backend.client.settings.partitions
     if call.min_position is not None and call.min_position.partition >= partitions:
@@ -120,6 +122,7 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     auth_file: str | None = None,
     auth_poll_interval: float = auth.POLL_INTERVAL,
+    access_log: bool | None = None,
 ) -> web.Application:
     """Build the aiohttp application of ``evstate serve``.
 
@@ -136,6 +139,8 @@ def create_app(
         auth_file: the principals file (:mod:`evstate.principals`); ``settings.auth_file``
             when None. Re-read when it changes (looked at every ``auth_poll_interval``
             seconds) and on SIGHUP (:func:`run_server`).
+        access_log: record every request in the topic ``{prefix}.access``
+            (:mod:`evstate.access`); None: when there is a principals file.
 
     Returns:
         The application, to run with :func:`run_server` or any aiohttp runner.
@@ -155,6 +160,8 @@ def create_app(
         client_max_size=max_body,
     )
     auth.install(app, gate, poll_interval=auth_poll_interval)
+    if access_log if access_log is not None else gate.path is not None:
+        audit.install(app, settings)
     app[_MAX_BODY] = max_body
 
     async def backend_life(app: web.Application) -> AsyncIterator[None]:

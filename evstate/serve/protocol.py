@@ -295,8 +295,13 @@ class _Call:
 
     @property
     def key(self) -> str | None:
-        """The key the call is about, if it names one (for the access log)."""
-        return self.params[0] if self.params and isinstance(self.params[0], str) else None
+        """The key (or lease token) the call is about, if any (for the access log)."""
+        first = self.params[0] if self.params else None
+        return first if isinstance(first, str) else None if first is None else str(first)
+
+
+CALL: Final = web.RequestKey("call", _Call)
+"""The parsed call of a ``POST /`` (for the access log), once it parsed."""
 
 
 def _reject_constant(name: str) -> None:
