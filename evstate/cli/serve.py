@@ -33,6 +33,7 @@ from evstate.serve import (
     HEADER_TIMEOUT,
     create_app,
     run_server,
+    tls_context,
 )
 
 __all__ = ["register"]
@@ -82,6 +83,18 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-cert",
+            help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option("--tls-key", help="The PEM private key of --tls-cert.", show_default=False),
+    ] = None,
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
     ] = DEFAULT_MAX_BODY / _MIB,
@@ -114,6 +127,9 @@ def serve(
                 f"--max-body-mib must be a number above 0 and at most {_MAX_BODY_MIB}, "
                 f"got {max_body_mib}"
             )
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = None if tls_cert is None or tls_key is None else tls_context(tls_cert, tls_key)
         settings = Settings.from_env(
             **settings_overrides(bootstrap_servers, view_dir, topic_prefix)
         )
@@ -142,6 +158,7 @@ def serve(
                 port=port,
                 on_listening=listening,
                 header_timeout=header_timeout,
+                tls=tls,
             )
         )
     except EvstateError as exc:

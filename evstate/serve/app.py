@@ -11,6 +11,7 @@ import contextlib
 import logging
 import math
 import signal
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -273,6 +274,24 @@ def make_runner(app: web.Application, *, header_timeout: float = HEADER_TIMEOUT)
     )
 
 
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or later) from a PEM certificate chain and key.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, or the key does not match.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate {cert_file} and key {key_file}: "
+            f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
+        ) from None
+    return context
+
+
 async def run_server(
     app: web.Application,
     *,
@@ -280,8 +299,10 @@ async def run_server(
     port: int = DEFAULT_PORT,
     on_listening: Callable[[str], None] | None = None,
     header_timeout: float = HEADER_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM, or until its client fails for good.
+    """Serve ``app`` until SIGINT/SIGTERM, or until its client fails for good; SIGHUP
+    re-reads the principals file.
 
     The socket is bound once the client's first attempt to open is over (or after a few
     seconds): a view dir that another process holds is an error before anything listens.
@@ -292,6 +313,7 @@ async def run_server(
         port: port to bind; 0 picks a free one (passed to ``on_listening``).
         on_listening: called with the base URL once the socket is bound.
         header_timeout: see :func:`make_runner`.
+        tls: serve HTTPS with this context (:func:`tls_context`); plain HTTP when None.
 
     Raises:
         EvstateError: the client could not be opened and retrying would not help.
@@ -304,10 +326,11 @@ async def run_server(
             await asyncio.wait_for(backend.settled.wait(), SETTLE_TIMEOUT)
         if backend.fatal.done():
             raise backend.fatal.result()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         bound = runner.addresses[0]
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
+        scheme = "https" if tls is not None else "http"
+        url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
         if on_listening is not None:
             on_listening(url)
         stop = asyncio.Event()
