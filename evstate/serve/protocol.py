@@ -65,8 +65,8 @@ not decode, a ``minPosition`` in a partition that does not exist, a request aioh
 parse, such as a header over 8 KiB: never echoed); 401 token missing or wrong (a token
 that is not UTF-8 included); 403 no grant for the method on the scope (nothing read or
 written; ``code``, ``principal``, ``permission``, ``scope``); 404/405 other paths and
-verbs; 409 refused by a lock or a compare-and-set (nothing written; the answer also carries ``code`` and the error's data,
-see :func:`details_of`); 413 body over the limit (or an event over the broker's); 503
+verbs; 409 refused by a lock or a compare-and-set (nothing written; the answer also
+carries ``code`` and the error's data, see :func:`details_of`); 413 body over the limit (or an event over the broker's); 503
 Kafka unreachable, a write not acknowledged, a read not consistent in time (all
 retriable); 500 anything else, with no stack trace (that goes to the server's log). A
 connection that does not send its headers within ``header_timeout`` is closed, and the
