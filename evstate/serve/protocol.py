@@ -59,18 +59,18 @@ it started; 503 before, saying which. ``GET /metrics`` serves the Prometheus met
 (:mod:`evstate.serve.metrics`; no token unless a metrics token is set). Requests are
 served once it is connected: each waits until the view has caught up with the partition
 it needs (``session`` consistency). Every other request needs ``Authorization: Bearer
-<token>`` naming a principal (:mod:`evstate.serve.auth`). Statuses:
-400 bad JSON, method or params (a key or scope name evstate refuses, a marker that would
-not decode, a ``minPosition`` in a partition that does not exist, a request aiohttp cannot
-parse, such as a header over 8 KiB: never echoed); 401 token missing or wrong (a token
-that is not UTF-8 included); 403 no grant for the method on the scope (nothing read or
-written; ``code``, ``principal``, ``permission``, ``scope``); 404/405 other paths and
-verbs; 409 refused by a lock or a compare-and-set (nothing written; the answer also
-carries ``code`` and the error's data, see :func:`details_of`); 413 body over the limit (or an event over the broker's); 503
-Kafka unreachable, a write not acknowledged, a read not consistent in time (all
-retriable); 500 anything else, with no stack trace (that goes to the server's log). A
-connection that does not send its headers within ``header_timeout`` is closed, and the
-access log never holds a query string.
+<token>`` naming a principal (:mod:`evstate.serve.auth`). Statuses: 400 bad JSON, method
+or params (a key or scope name evstate refuses, a marker that would not decode, a
+``minPosition`` in a partition that does not exist, a request aiohttp cannot parse, such
+as a header over 8 KiB: never echoed); 401 token missing or wrong (a token that is not
+UTF-8 included); 403 no grant for the method on the scope (nothing read or written;
+``code``, ``principal``, ``permission``, ``scope``); 404/405 other paths and verbs; 409
+refused by a lock or a compare-and-set (nothing written; the answer also carries
+``code`` and the error's data, see :func:`details_of`); 413 body over the limit (or an
+event over the broker's); 503 Kafka unreachable, a write not acknowledged, a read not
+consistent in time (all retriable); 500 anything else, with no stack trace (that goes to
+the server's log). A connection that does not send its headers within ``header_timeout``
+is closed, and the access log never holds a query string.
 """
 
 from __future__ import annotations
