@@ -95,6 +95,18 @@ def broker_start(
             "nodes. Users are created when the data dir is first formatted.",
         ),
     ] = None,
+    acl: Annotated[
+        bool,
+        typer.Option(
+            "--acl",
+            help="Kafka's authorizer on, ACLs set by evstate: only the --acl-writer user "
+            "may write (give it to evstate serve), other SASL users may only read, anonymous "
+            "clients nothing. Stays on for this data dir. One node.",
+        ),
+    ] = False,
+    acl_writer: Annotated[
+        str, typer.Option("--acl-writer", help="The one SASL user that may write under --acl.")
+    ] = "serve",
 ) -> None:
     """Start a real Apache Kafka (KRaft) on loopback and print its bootstrap address."""
     try:
@@ -106,6 +118,7 @@ def broker_start(
             version=kafka_version,
             heap=heap,
             sasl_users=users,
+            acl_writer=acl_writer if acl else None,
         )
         with err.status(f"starting Apache Kafka {kafka_version} ({nodes} node(s))..."):
             bootstrap = broker.start(timeout=timeout)
