@@ -40,3 +40,20 @@ def test_filters() -> None:
     assert not _matches(RECORD, None, None, "app/de")
     assert not _matches(RECORD, None, "reader", None)
     assert not _matches(RECORD, datetime(2024, 1, 1, tzinfo=UTC), None, None)
+
+
+def test_entries_pack_into_json_lines_under_a_limit() -> None:
+    from evstate.access import pack, unpack
+
+    entries = [AccessRecord(**{**_fields(RECORD), "key": f"k{i:03}"}) for i in range(100)]
+    one = len(entries[0].to_json()) + 1
+    values = pack(entries, limit=one * 30)
+    assert [len(unpack(v)) for v in values] == [30, 30, 30, 10]
+    assert [e for v in values for e in unpack(v)] == entries
+    odd = AccessRecord(**{**_fields(RECORD), "key": "a\nb", "scope": "x\u2028y"})
+    (value,) = pack([odd, RECORD])
+    assert unpack(value) == [odd, RECORD]
+
+
+def _fields(record: AccessRecord) -> dict[str, object]:
+    return {name: getattr(record, name) for name in record.__dataclass_fields__}
