@@ -504,3 +504,26 @@ async def test_the_access_log_records_reads_writes_and_refusals(
     assert "ci-dev" not in shown.stdout
     for token in (*TOKENS.values(), UNKNOWN):
         assert token not in shown.stdout
+
+
+async def test_the_js_client_states_reason_correlation_and_end_user(
+    url: str, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from tests._alchemy import client_project
+    from tests.integration.test_alchemy_client import PASSWORD, node
+
+    project = client_project(tmp_path_factory.mktemp("notes-js"))
+    request = {"url": url, "token": TOKENS["ci"], "password": PASSWORD, "chain": DEV}
+    got = await node(project, "serve_client.mjs", stdin={**request, "op": "notes"}, env={})
+    assert got["ok"] is True
+    assert got["badOption"]["isStoreError"] is True
+    assert "reason" in got["badOption"]["message"]
+    (event,) = [
+        events.decode(r.value, r.headers)
+        for r in await committed_records(settings.bootstrap_servers, settings.history_topic)
+        if r.value is not None and r.key == b"app/dev:noted"
+    ]
+    assert event.actor == "ci-dev"  # the principal, not the client's EVSTATE_ACTOR or user
+    assert event.reason == "deploy #42"
+    assert event.correlation_id == "ci-run-7"
+    assert event.on_behalf_of == "alice@example.com"
