@@ -30,10 +30,10 @@ from datetime import UTC, datetime
 from typing import Final
 
 from evstate.config import Settings
-from evstate.errors import EvstateError, KafkaError, MalformedEventError
+from evstate.errors import EvstateError, KafkaError, MalformedEventError, ValidationError
 from evstate.kafka import Admin, OutRecord, Producer, Tail, TopicSpec
 
-__all__ = ["AccessLog", "AccessRecord", "access_topic_spec", "read_access"]
+__all__ = ["AccessLog", "AccessRecord", "access_topic_spec", "query", "read_access"]
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +152,16 @@ def unpack(value: bytes) -> list[AccessRecord]:
     return [AccessRecord.from_json(line) for line in value.split(b"\n") if line]
 
 
+class NoAccessLogError(KafkaError):
+    """The access topic does not exist: no server wrote an access log with these topics."""
+
+
 class AccessLog:
     """Appends :class:`AccessRecord` s to the access topic in batches (see the module).
 
-    Contract: :meth:`append` never blocks and never raises; :meth:`close` sends what is
-    queued (waiting at most ``request_timeout``) and is idempotent.
+    Contract: :meth:`append` never blocks and never raises (after close it drops);
+    :meth:`close` sends what is queued (waiting at most ``request_timeout``) and is
+    idempotent. Use it as ``async with AccessLog(settings) as log:`` or start/close.
     """
 
     def __init__(
@@ -179,6 +184,13 @@ class AccessLog:
         self._wake = asyncio.Event()
         self._closed = False
         self._partition = secrets.randbelow(settings.partitions)
+
+    async def __aenter__(self) -> AccessLog:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
 
     def start(self) -> None:
         """Start the background sender (it connects, and creates the topic, by itself)."""
@@ -304,7 +316,7 @@ async def read_access(
     finally:
         await admin.stop()
     if partitions is None:
-        raise KafkaError(
+        raise NoAccessLogError(
             f"no access log: topic {settings.access_topic} does not exist (evstate serve "
             "writes it when started with --auth or --access-log)"
         )
@@ -343,3 +355,39 @@ def _matches(
         path = entry.scope or ""
         return path == scope or path.startswith(scope + "/")
     return True
+
+
+QUERY_LIMIT: Final = 1000
+"""Entries ``query`` answers by default (the newest); at most ``10 * QUERY_LIMIT``."""
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+async def query(
+    settings: Settings, scope: str, options: dict[str, object]
+) -> list[dict[str, object]]:
+    """The newest entries on ``scope`` (and nested scopes), as ``evstate serve``'s
+    ``accessLog`` method answers them (JSON objects, oldest first).
+
+    Args:
+        options: ``since`` (epoch ms), ``principal`` (a name), ``limit`` (1 to 10,000;
+            default :data:`QUERY_LIMIT`).
+
+    Raises:
+        ValidationError: a bad option.
+        NoAccessLogError: no access log was written.
+    """
+    since, principal = options.get("since"), options.get("principal")
+    limit = options.get("limit", QUERY_LIMIT)
+    if since is not None and not (_whole(since) and isinstance(since, int)):
+        raise ValidationError(f"option since must be epoch milliseconds, got {since!r}")
+    if principal is not None and not isinstance(principal, str):
+        raise ValidationError("option principal must be a principal's name")
+    if not (isinstance(limit, int) and _whole(limit) and 1 <= limit <= 10 * QUERY_LIMIT):
+        raise ValidationError(f"option limit must be 1 to {10 * QUERY_LIMIT}, got {limit!r}")
+    when = None if since is None else datetime.fromtimestamp(since / 1000, UTC)
+    found = [r async for r in read_access(settings, since=when, principal=principal, scope=scope)]
+    found.sort(key=lambda r: r.time)
+    return [json.loads(r.to_json()) for r in found[-limit:]]

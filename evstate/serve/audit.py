@@ -24,11 +24,9 @@ def install(app: web.Application, settings: Settings) -> None:
     """Keep an access log while ``app`` runs, and record every request in it."""
 
     async def life(app: web.Application) -> AsyncIterator[None]:
-        access = AccessLog(settings)
-        app[ACCESS_LOG] = access
-        access.start()
-        yield
-        await access.close()
+        async with AccessLog(settings) as access:
+            app[ACCESS_LOG] = access
+            yield
 
     app.cleanup_ctx.append(life)
     app.middlewares.insert(1, _record)
@@ -48,7 +46,8 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
         AccessRecord(
             time=arrived,
             principal=None if principal is None else principal.name,
-            method=call.method if call is not None else f"{request.method} {request.path}",
+            # A path is the caller's text: bounded (it never holds the query string).
+            method=call.method if call is not None else f"{request.method} {request.path}"[:200],
             scope=None if call is None else call.scope.path,
             key=None if call is None else call.key,
             status=response.status,

@@ -30,6 +30,7 @@ method         params       result
 ``unlock``     ``[token]``  ``null`` (the lease is released)
 ``locks``      ``[]``       live leases on the scope, covering it or nested in it
 ``breakLock``  ``[token]``  ``null`` (someone else's lease is broken: admin only)
+``accessLog``  ``[]``       the newest access-log entries on the scope: admin only
 =============  ===========  ==========================================================
 
 Each method needs a permission on the chain's scope (:data:`PERMISSIONS`; see
@@ -84,6 +85,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from evstate import access
 from evstate.client import EvstateClient
 from evstate.errors import (
     ClosedError,
@@ -147,6 +149,7 @@ METHODS: Final[dict[str, tuple[str, ...]]] = {
     "unlock": (_LEASE,),
     "locks": (),
     "breakLock": (_LEASE,),
+    "accessLog": (),
 }
 
 # method -> the permission it needs on the chain's scope (None: listScopes, filtered).
@@ -167,6 +170,7 @@ PERMISSIONS: Final[dict[str, Permission | None]] = {
     "unlock": "lock",
     "locks": "read",
     "breakLock": "admin",
+    "accessLog": "admin",
 }
 # context fields a caller may add to what its writes record, and their limit in chars.
 _NOTES: Final = {"reason": 1000, "correlationId": 200, "onBehalfOf": 200}
@@ -178,6 +182,7 @@ OPTIONS: Final[dict[str, tuple[str, ...]]] = {
     "delete": _WRITE_OPTIONS,
     "lock": ("ttl", "info"),
     "renew": ("ttl",),
+    "accessLog": ("since", "principal", "limit"),  # checked by access.query
 }
 
 # First match wins, so subclasses come before their bases.
@@ -543,6 +548,11 @@ async def dispatch(client: EvstateClient, call: _Call, principal: Principal) -> 
         case "breakLock", [token]:
             await client.break_lock(call.scope, token, actor=actor)
             return None
+        case "accessLog", []:
+            try:
+                return await access.query(client.settings, call.scope.path, call.options)
+            except access.NoAccessLogError as exc:
+                raise Refused(404, str(exc)) from None
         case "locks", []:
             return [lease.to_json() for lease in await client.locks(call.scope)]
         case "listScopes", []:

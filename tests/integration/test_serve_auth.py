@@ -489,6 +489,23 @@ async def test_the_access_log_records_reads_writes_and_refusals(
         assert r.remote == "127.0.0.1"
     (get,) = [r for r in found if r.method == "get" and r.status == 200]
     assert (get.on_behalf_of, get.correlation_id) == ("alice", "c-1")
+    # Over HTTP, for admins only: the newest entries on a scope.
+    status, answer = await caller.post(TOKENS["ops"], "accessLog", [{"limit": 50}], ["app"])
+    assert status == 200, answer
+    assert {(e["principal"], e["method"], e["scope"]) for e in answer["result"]} >= {
+        ("ci-dev", "set", "app/dev"),
+        ("reader", "set", "app/prod"),
+    }
+    assert all(e["scope"].startswith("app/") for e in answer["result"])
+    status, answer = await caller.post(
+        TOKENS["ops"], "accessLog", [{"principal": "reader"}], ["app", "prod"]
+    )
+    assert {e["principal"] for e in answer["result"]} == {"reader"}
+    for who in ("ci", "reader"):
+        status, answer = await caller.post(TOKENS[who], "accessLog", [], ["app"])
+        assert (status, answer["permission"]) == (403, "admin")
+    status, _ = await caller.post(TOKENS["ops"], "accessLog", [{"limit": 0}], ["app"])
+    assert status == 400
     # The command line: filters by principal and scope; never a token.
     env = subprocess_env(
         bootstrap_servers=settings.bootstrap_servers, topic_prefix=settings.topic_prefix
