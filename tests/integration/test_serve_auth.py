@@ -12,7 +12,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ from tests._util import (
     running_server,
     spawn_serve,
     subprocess_env,
-    topic_record_count,
     wait_ready,
 )
 from tests.contract import make_state
@@ -121,13 +120,34 @@ def tree(chain: list[str], key: str) -> dict[str, Any]:
     return serialize_state(scope, make_state(scope, key, n=1))
 
 
-async def records(settings: Settings) -> int:
-    return sum(
-        [
-            await topic_record_count(settings.bootstrap_servers, settings.state_topic),
-            await topic_record_count(settings.bootstrap_servers, settings.history_topic),
-        ]
-    )
+Count = Callable[[], Awaitable[int]]
+
+
+@pytest.fixture
+async def records(settings: Settings) -> AsyncIterator[Count]:
+    """How many offsets the state and history topics hold, asked of one consumer kept
+    open for the test (refusals are checked by the hundred)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    await consumer.start()
+    tps = [
+        TopicPartition(topic, p)
+        for topic in (settings.state_topic, settings.history_topic)
+        for p in range(settings.partitions)
+    ]
+
+    async def count() -> int:
+        if consumer.partitions_for_topic(settings.history_topic) is None:
+            await consumer._client.force_metadata_update()
+        if consumer.partitions_for_topic(settings.history_topic) is None:
+            return 0
+        return sum((await consumer.end_offsets(tps)).values())
+
+    try:
+        yield count
+    finally:
+        await consumer.stop()
 
 
 def params_of(method: str, chain: list[str]) -> list[Any]:
@@ -165,9 +185,12 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
 CHAINS = {"dev": DEV, "prod": PROD, "other": OTHER}
 
 
-async def test_principals_by_methods_by_scopes(caller: Caller, settings: Settings) -> None:
+async def test_principals_by_methods_by_scopes(
+    caller: Caller, settings: Settings, records: Count
+) -> None:
     # Something to read, delete and list in every scope, written with the Python API.
     await seed(settings, *CHAINS.values())
+    assert await records() >= 2 * 2 * len(CHAINS)  # the count sees the seeds (two topics)
     methods = (*READS, *WRITES, *LOCKS, "breakLock")
     wrong: list[str] = []
     for (who, where), allowed in ALLOWED.items():
@@ -175,7 +198,7 @@ async def test_principals_by_methods_by_scopes(caller: Caller, settings: Setting
         for method in methods:
             if method in ("deinit",) and method in allowed:
                 continue  # it would empty the scope the other rows read; run below
-            before = await records(settings) if method not in allowed else None
+            before = await records() if method not in allowed else None
             status, answer = await caller.post(TOKENS[who], method, params_of(method, chain), chain)
             if method in allowed:
                 if status not in (200, 409):  # 409: renew/unlock/breakLock of no lease
@@ -189,16 +212,16 @@ async def test_principals_by_methods_by_scopes(caller: Caller, settings: Setting
             assert answer["principal"] in answer["error"]
             assert permission in answer["error"]
             assert answer["scope"] == "/".join(chain)
-            assert before == await records(settings), f"{who} {method} {where} wrote"
+            assert before == await records(), f"{who} {method} {where} wrote"
     assert not wrong, "\n".join(wrong)
     # An unknown token, or none, is 401 for every method, and writes nothing.
-    before = await records(settings)
+    before = await records()
     for method in methods:
         for token in (UNKNOWN, ""):
             status, answer = await caller.post(token, method, params_of(method, DEV), DEV)
             assert status == 401, (method, answer)
             assert UNKNOWN not in json.dumps(answer)
-    assert before == await records(settings)
+    assert before == await records()
     # deinit, allowed for ci-dev in app/dev only, once ops broke the lease ci-dev took.
     (lease,) = (await caller.post(TOKENS["ci"], "locks", [], DEV))[1]["result"]
     assert (await caller.post(TOKENS["ops"], "breakLock", [lease["token"]], DEV))[0] == 200
@@ -239,7 +262,7 @@ async def test_listings_show_only_what_the_principal_may_read(
 
 
 async def test_the_actor_is_the_principal_whatever_the_client_claims(
-    caller: Caller, settings: Settings
+    caller: Caller, settings: Settings, records: Count
 ) -> None:
     status, answer = await caller.post(
         TOKENS["ci"],
@@ -276,11 +299,11 @@ async def test_the_actor_is_the_principal_whatever_the_client_claims(
     assert by_op["DELETE"].actor == "ci-dev"
     assert by_op["DELETE"].on_behalf_of is None
     # A bad note is a 400, and writes nothing.
-    before = await records(settings)
+    before = await records()
     for note in ({"reason": ""}, {"onBehalfOf": "a\x1bb"}, {"correlationId": 7}):
         status, _ = await caller.post(TOKENS["ci"], "set", ["w", tree(DEV, "w")], DEV, **note)
         assert status == 400
-    assert before == await records(settings)
+    assert before == await records()
 
 
 # Chains that try to leave app/dev, where ci-dev may write: refused by the name rule (400)
@@ -309,20 +332,21 @@ TRICKS: list[tuple[list[str], int]] = [
 
 
 async def test_path_tricks_are_refused_and_write_nothing(
-    caller: Caller, settings: Settings
+    caller: Caller, settings: Settings, records: Count
 ) -> None:
     status, _ = await caller.post(TOKENS["ci"], "init", [], DEV)
     assert status == 200
-    before = await records(settings)
+    before = await records()
     for chain, wanted in TRICKS:
         body_tree = tree(DEV, "k")  # the state's own scope does not matter to the check
         for method, params in (("set", ["k", body_tree]), ("delete", ["k"]), ("lock", [])):
             status, answer = await caller.post(TOKENS["ci"], method, params, chain)
             assert status == wanted, (chain, method, answer)
-    assert before == await records(settings)
+    assert before == await records()
     # The same scope spelled as one name with '/' is the same scope, and allowed.
     status, answer = await caller.post(TOKENS["ci"], "set", ["k", tree(DEV, "k")], ["app/dev"])
     assert status == 200, answer
+    assert await records() == before + 2 + 2  # a SET in both topics, and its commit markers
 
 
 async def _until(check: Any, timeout: float = 10.0) -> None:
@@ -342,6 +366,15 @@ async def test_tokens_rotate_without_a_restart_and_a_bad_file_keeps_the_rules(
 
     assert await status_of(old) == 200
     assert await status_of(new) == 401
+    # Requests keep flowing with the old token through both swaps below: none may fail.
+    seen: list[int] = []
+    stop = asyncio.Event()
+
+    async def steady() -> None:
+        while not stop.is_set():
+            seen.append(await status_of(old))
+
+    flowing = asyncio.create_task(steady())
     _replace(auth_file, principals_toml({"ci": [old, new]}))
     await _until(lambda: _is(status_of(new), 200))
     assert await status_of(old) == 200
@@ -350,6 +383,10 @@ async def test_tokens_rotate_without_a_restart_and_a_bad_file_keeps_the_rules(
     await asyncio.sleep(0.5)
     assert await status_of(old) == 200
     assert await status_of(new) == 200
+    stop.set()
+    await flowing
+    assert len(seen) > 10
+    assert set(seen) == {200}
     _replace(auth_file, principals_toml({"ci": [new]}))
     await _until(lambda: _is(status_of(old), 401))
     assert await status_of(new) == 200
