@@ -581,3 +581,19 @@ async def test_the_js_client_states_reason_correlation_and_end_user(
     assert event.reason == "deploy #42"
     assert event.correlation_id == "ci-run-7"
     assert event.on_behalf_of == "alice@example.com"
+
+
+async def test_serve_refuses_a_bad_principals_file_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[[principal]]\nname = "x"\ntokens_sha256 = ["plain-secret-token"]\n')
+    env = subprocess_env(EVSTATE_VIEW_DIR=str(tmp_path / "v"))
+    for args in (("--auth", str(path)), ("--auth", str(tmp_path / "missing.toml"))):
+        done = await run_cli("serve", "--port", "0", *args, env=env)
+        assert done.returncode == 2, done.stderr
+        assert "principals file" in done.stderr
+        assert "plain-secret-token" not in done.stderr + done.stdout
+        assert "Traceback" not in done.stderr
+    # Without a token or a file, serve says what it needs.
+    done = await run_cli("serve", "--port", "0", env=env)
+    assert done.returncode == 2
+    assert "EVSTATE_AUTH_FILE" in done.stderr
