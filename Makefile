@@ -28,12 +28,15 @@ demo: $(STAMP)
 # pytest's session fixture starts one real broker (and a three-node cluster for the
 # tests that need one) and stops them at the end; lint and the JavaScript client's type
 # check run first.
-test: $(STAMP) lint js-types
+test: $(STAMP) lint js-types tools
 	$(BIN)/pytest
 
 # make test needs Node.js and npm: the Alchemy interop tests run the real alchemy from npm,
 # and the JavaScript client (clients/alchemy) is type-checked and run against the store
-# contract. A missing tool is named here, before anything else runs.
+# contract. It also needs a chromium: the console's browser tests drive Debian's chromium
+# through Playwright (which downloads no browser here); as root with apt-get, a missing
+# chromium is installed. A missing tool is named here, before anything else runs.
+CHROMIUM ?= $(or $(EVSTATE_CHROMIUM),/usr/bin/chromium)
 NODE_MIN   := 18.17
 NODE_CHECK := const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 18 || (a === 18 && b >= 17) ? 0 : 1)
 tools:
@@ -46,6 +49,15 @@ tools:
 	  exit 1; fi; \
 	node -e '$(NODE_CHECK)' || { \
 	  echo "make test needs Node.js $(NODE_MIN)+; node on PATH is $$(node --version)" >&2; \
+	  exit 1; }; \
+	[ -x "$(CHROMIUM)" ] || [ "$(CHROMIUM)" != /usr/bin/chromium ] || [ "$$(id -u)" != 0 ] || \
+	  ! command -v apt-get >/dev/null || { \
+	  echo "installing Debian's chromium for the console's browser tests (apt-get)"; \
+	  apt-get update -qq >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	[ -x "$(CHROMIUM)" ] || { \
+	  echo "make test needs chromium for the console's browser tests; not found at" \
+	    "$(CHROMIUM) (apt-get install chromium, or set EVSTATE_CHROMIUM to its path)" >&2; \
 	  exit 1; }
 
 # The JavaScript client's index.d.ts is written by hand: tsc checks it against Alchemy's

@@ -14,6 +14,7 @@ Writes wait for the first part too, since a key's next version comes from the vi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from types import TracebackType
 from evstate import keys, metrics
 from evstate.applier import Applier, Progress
 from evstate.config import Settings
-from evstate.errors import ClosedError, ValidationError
+from evstate.errors import ClosedError, ConsistencyTimeout, ValidationError
 from evstate.kafka import Admin, TopicSpec
 from evstate.layout_check import check_layout
 from evstate.model import (
@@ -120,16 +121,18 @@ class Engine:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
-        # Each resource is released even if stopping another one failed.
-        applier, writer, admin, view = self._applier, self._writer, self._admin, self._view
-        self._applier = self._writer = self._admin = self._view = None
+        # Each resource is released even if stopping another one failed. The writer goes
+        # first: its queued writes may need the applier to catch a partition up.
+        writer, self._writer = self._writer, None
         try:
-            if applier is not None:
-                await applier.stop()
+            if writer is not None:
+                await writer.stop()
         finally:
+            applier, admin, view = self._applier, self._admin, self._view
+            self._applier = self._admin = self._view = None
             try:
-                if writer is not None:
-                    await writer.stop()
+                if applier is not None:
+                    await applier.stop()
             finally:
                 try:
                     if admin is not None:
@@ -220,6 +223,8 @@ class Engine:
                 max_bytes=min(limits),
                 ledger=ViewLedger(self.view, self._leases_seen),
                 catch_up=self._catch_up_partition,
+                end_offset=self._end_offset,
+                settle=self._settle,
                 applied=self._applied,
             )
             await writer.start()
@@ -272,7 +277,8 @@ class Engine:
         """
         await self.ensure_topics()
         assert self._writer is not None
-        await self.ready(intent.scope)
+        # No wait for the start mark here: the partition's sequencer first fences every
+        # other writer (aborting a dead one's open transaction at once), then catches up.
         if intent.lock_token is None and intent.op in ("SET", "DELETE") and self._held:
             token = self.held_token(intent.scope.path)
             if token is not None:
@@ -312,11 +318,27 @@ class Engine:
                 found.append(lease)
         return found
 
-    async def _catch_up_partition(self, partition: int) -> None:
-        """Wait until the view holds everything committed to ``partition`` so far."""
-        assert self._applier is not None
-        await self._applier.ready(partition)
-        await self._applier.wait_until(partition, await self._applier.end_offset(partition))
+    async def _catch_up_partition(self, partition: int) -> int:
+        """Wait until the view holds everything committed to ``partition`` so far; its end."""
+        end = await self._end_offset(partition)
+        applier = self._applier
+        assert applier is not None
+        await applier.ready(partition)
+        await applier.wait_until(partition, end)
+        return end
+
+    async def _settle(self, partition: int, position: int) -> None:
+        """Wait up to 25 ms for the view to apply ``partition`` up to ``position``."""
+        applier = self._applier
+        if applier is not None and applier.applied(partition) < position:
+            with contextlib.suppress(ConsistencyTimeout):
+                await applier.wait_until(partition, position, timeout=0.025)
+
+    async def _end_offset(self, partition: int) -> int:
+        applier = self._applier
+        if applier is None:
+            raise ClosedError("this EvstateClient is closed")
+        return await applier.end_offset(partition)
 
     def _leases_seen(self) -> int:
         return self._applier.leases_seen if self._applier is not None else 0

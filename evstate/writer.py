@@ -1,9 +1,9 @@
 """Getting events decided and acknowledged: one sequencer per partition, fenced by Kafka.
 
-Every write goes through its partition's *sequencer*. A sequencer owns two transactional
-ids shared by every evstate process writing to the topics (``{base}-p{N}`` and
-``{base}-p{N}-b``): registering them fences whichever process used them before, so at
-any moment at most one process can commit to the partition. Having registered them, the
+Every write goes through its partition's *sequencer*. A sequencer owns a transactional id
+shared by every evstate process writing to the topics (``{base}-p{N}``): registering it
+fences whichever process used it before, so at any moment at most one process can commit
+to the partition. Having registered it, the
 sequencer waits until the view holds everything committed to the partition (its high
 watermark), then decides each queued event against it with :mod:`evstate.rules` —
 locks, compare-and-set, idempotency, the key's next version — and writes the accepted
@@ -14,9 +14,11 @@ fenced, nothing of it is visible, and the sequencer registers again, catches up 
 decides the batch again. Every record in the log was thus decided against every record
 before it: the log's order is the decision's order.
 
-Two ids per partition take turns, so a lone writer's next transaction does not wait for
-the previous one's commit markers (CONCURRENT_TRANSACTIONS, KAFKA-5477). One transaction
-is in flight per partition at a time (a batch is decided on the previous one's effects).
+One id, not a pool taking turns: two processes registering two ids at once can each end
+up holding one, and both commit (a test saw lost compare-and-set updates that way). So a
+lone writer's next transaction may wait for the previous one's commit markers
+(CONCURRENT_TRANSACTIONS, KAFKA-5477). One transaction is in flight per partition at a
+time (a batch is decided on the previous one's effects).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,8 +44,6 @@ __all__ = ["Intent", "Outcome", "Writer", "transactional_base"]
 
 # Events per transaction at most; more wait for the next one.
 MAX_GROUP = 500
-# Times a batch is decided again after another process fenced this one, before failing.
-MAX_FENCED = 8
 
 
 def transactional_base(settings: Settings) -> str:
@@ -111,14 +112,8 @@ class _Overlay:
         return mine[0] if mine is not None else self.base.version(record_key)
 
     def leases_in(self, stage: str) -> list[Lease]:
-        found = {lease.scope: lease for lease in self.base.leases(stage)}
-        for path, (lease, _) in self.leases.items():
-            if keys.stage_of(path) == stage:
-                if lease is None:
-                    found.pop(path, None)
-                else:
-                    found[path] = lease
-        return list(found.values())
+        changed = ((path, lease) for path, (lease, _) in self.leases.items())
+        return _layered(self.base.leases(stage), changed, stage)
 
     def idempotent(self, key: str) -> Position | None:
         mine = self.written.get(key)
@@ -129,6 +124,20 @@ class _Overlay:
         _forget(self.versions, applied)
         _forget(self.leases, applied)
         _forget(self.written, applied)
+
+
+def _layered(
+    below: Iterable[Lease], changed: Iterable[tuple[str, Lease | None]], stage: str
+) -> list[Lease]:
+    """The leases of ``stage``: those ``below``, with the ``changed`` ones over them."""
+    found = {lease.scope: lease for lease in below}
+    for path, lease in changed:
+        if keys.stage_of(path) == stage:
+            if lease is None:
+                found.pop(path, None)
+            else:
+                found[path] = lease
+    return list(found.values())
 
 
 def _forget(table: dict[Any, tuple[Any, int]], applied: int) -> None:
@@ -150,20 +159,14 @@ class _Tentative:
         return mine if mine is not None else self.overlay.version(record_key)
 
     def leases_in(self, stage: str) -> list[Lease]:
-        found = {lease.scope: lease for lease in self.overlay.leases_in(stage)}
-        for path, lease in self.leases.items():
-            if keys.stage_of(path) == stage:
-                if lease is None:
-                    found.pop(path, None)
-                else:
-                    found[path] = lease
-        return list(found.values())
+        return _layered(self.overlay.leases_in(stage), self.leases.items(), stage)
 
 
 @dataclass
 class _Pending:
     intent: Intent
     done: asyncio.Future[Outcome]
+    queued_at: float = field(default_factory=time.monotonic)
     fenced: int = 0
 
 
@@ -173,21 +176,22 @@ class _Sequencer:
     def __init__(self, writer: Writer, partition: int) -> None:
         self._writer = writer
         self.partition = partition
-        base = f"{transactional_base(writer.settings)}-p{partition}"
-        self._lanes = [
-            TransactionalProducer(writer.settings, tid, max_request_size=writer.max_bytes)
-            for tid in (base, f"{base}-b")
-        ]
-        self._turn = 0
+        self._lane = TransactionalProducer(
+            writer.settings,
+            f"{transactional_base(writer.settings)}-p{partition}",
+            max_request_size=writer.max_bytes,
+        )
         self._owned = False
         self._fresh = False  # the view was just caught up to the partition's end
+        # The partition's end if nobody else wrote since this sequencer caught up or last
+        # committed (its records, then their commit marker); None: unknown.
+        self._expected_end: int | None = None
         self.queue: deque[_Pending] = deque()
         self.task: asyncio.Task[None] | None = None
         self.overlay = _Overlay(writer.ledger, partition)
 
     async def stop(self) -> None:
-        for lane in self._lanes:
-            await lane.stop()
+        await self._lane.stop()
 
     def kick(self) -> None:
         if self.task is None or self.task.done():
@@ -206,22 +210,27 @@ class _Sequencer:
             except WriterFencedError as exc:
                 self._lost()
                 again = [p for p in group if not p.done.done()]
+                limit = self._writer.settings.request_timeout
                 for p in again:
                     p.fenced += 1
-                    if p.fenced > MAX_FENCED:
+                    if time.monotonic() - p.queued_at > limit:
                         p.done.set_exception(
                             WriteFailedError(
-                                f"{exc}; other writers took partition {self.partition} "
-                                f"{MAX_FENCED} times in a row: retry later"
+                                f"{exc}; other writers kept taking partition {self.partition} "
+                                f"for {limit:g}s ({p.fenced} times): nothing was written, "
+                                "retry later"
                             )
                         )
                 self.queue.extendleft(reversed([p for p in again if not p.done.done()]))
                 # Writers that fence each other back off at random, so one gets through.
-                await asyncio.sleep(random.uniform(0.005, 0.05) * min(8, group[0].fenced))
+                await asyncio.sleep(random.uniform(0.002, 0.01) * min(10, group[0].fenced))
             except BaseException as exc:
                 # Not acknowledged (or unknown): the overlay may hold what was not written.
                 self._lost()
-                failure = exc if isinstance(exc, Exception) else WriteFailedError(repr(exc))
+                failure: BaseException = exc
+                if not isinstance(exc, EvstateError):  # a bug or a cancellation: say so
+                    failure = WriteFailedError(f"the write failed unexpectedly: {exc!r}")
+                    failure.__cause__ = exc
                 for p in group:
                     if not p.done.done():
                         p.done.set_exception(failure)
@@ -233,9 +242,9 @@ class _Sequencer:
         self.overlay = _Overlay(self._writer.ledger, self.partition)
 
     async def _own(self) -> None:
-        """Register both ids (fencing every other writer), then catch the view up."""
-        await asyncio.gather(*(lane.restart() for lane in self._lanes))
-        await self._writer.catch_up(self.partition)
+        """Register the id (fencing every other writer), then catch the view up."""
+        await self._lane.restart()
+        self._expected_end = await self._writer.catch_up(self.partition)
         self.overlay = _Overlay(self._writer.ledger, self.partition)
         self._owned = True
         self._fresh = True
@@ -270,17 +279,29 @@ class _Sequencer:
             )
             if confirmed or not unwritten:
                 break
-            await self._writer.catch_up(self.partition)
-            self.overlay = _Overlay(self._writer.ledger, self.partition)
             confirmed = True
-        for p, refusal in refused:
-            if not p.done.done():
-                p.done.set_exception(refusal)
+            # Nobody else wrote if the partition ends where this sequencer left it: the
+            # ledger was complete, and the answers stand. Else catch up and decide again.
+            end = await self._writer.end_offset(self.partition)
+            if self._expected_end is not None and end <= self._expected_end:
+                break
+            self._expected_end = await self._writer.catch_up(self.partition)
+            self.overlay = _Overlay(self._writer.ledger, self.partition)
         positions: list[tuple[int, int]] = []
         if records:
-            lane = self._lanes[self._turn]
-            self._turn = 1 - self._turn
+            lane = self._lane
+            if self._expected_end is not None:
+                # The id's last commit must have its markers written before it can begin
+                # again (else the broker answers CONCURRENT_TRANSACTIONS and aiokafka backs
+                # off 20 ms): the view applying that commit says they are.
+                await self._writer.settle(self.partition, self._expected_end - 1)
+            self._expected_end = None  # unknown until this commit is known to have ended
             positions = await lane.commit(records)
+            state_topic = self._writer.settings.state_topic
+            last = max(
+                o for r, (_, o) in zip(records, positions, strict=True) if r.topic == state_topic
+            )
+            self._expected_end = last + 2  # the commit marker follows the last record
         outcomes: list[Outcome] = []
         i = 0
         for p, event, count in planned:
@@ -290,6 +311,11 @@ class _Sequencer:
             outcomes.append(outcome)
             if not p.done.done():
                 p.done.set_result(outcome)
+        # Refusals and answers are given once the batch is committed: they were decided on
+        # the batch's earlier events, and a caller who retries must see those applied.
+        for p, refusal in refused:
+            if not p.done.done():
+                p.done.set_exception(refusal)
         for p, answer in answered:
             if p.done.done():
                 continue
@@ -332,7 +358,9 @@ class Writer:
         partitions: int,
         max_bytes: int,
         ledger: Ledger,
-        catch_up: Callable[[int], Awaitable[None]],
+        catch_up: Callable[[int], Awaitable[int]],
+        end_offset: Callable[[int], Awaitable[int]],
+        settle: Callable[[int, int], Awaitable[None]],
         applied: Callable[[int], int | None],
     ) -> None:
         """Args:
@@ -340,13 +368,18 @@ class Writer:
         partitions: partitions of the state (and history) topic.
         max_bytes: the topics' ``max.message.bytes``.
         ledger: the view's side of the write rules.
-        catch_up: waits until the view holds everything committed to a partition.
+        catch_up: waits until the view holds everything committed to a partition; the
+            partition's end it caught up to.
+        end_offset: a partition's end (high watermark), asked of the broker now.
+        settle: waits briefly until the view has applied a partition up to a position.
         applied: the view's position in a partition (its next offset), if known.
         """
         self.settings = settings
         self.max_bytes = max_bytes
         self.ledger = ledger
         self.catch_up = catch_up
+        self.end_offset = end_offset
+        self.settle = settle
         self.applied = applied
         self._partitions = partitions
         self._sequencers: dict[int, _Sequencer] = {}

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import aiokafka.errors as kerr
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.client import ConnectionGroup
 from aiokafka.protocol.offset import OffsetRequest
 
 from evstate.config import Settings
@@ -198,7 +199,9 @@ class Tail(_Reader):
             for leader, partitions in by_leader.items():
                 # Latest offset (-1), read_uncommitted (0).
                 request = OffsetRequest(-1, 0, [(self._topic, [(p, -1) for p in partitions])])
-                response = await client.send(leader, request)
+                # Not on the fetch connection: a broker answers a connection's requests in
+                # order, so this would wait behind the long-polling fetch (up to 100 ms).
+                response = await client.send(leader, request, group=ConnectionGroup.COORDINATION)
                 for _, answers in response.topics:
                     for partition, error_code, *rest in answers:
                         if error_code:

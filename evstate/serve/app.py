@@ -43,6 +43,8 @@ from evstate.serve.protocol import (
     parse_call,
     status_of,
 )
+from evstate.serve.ui import PREFIX as CONSOLE_PREFIX
+from evstate.serve.ui import console_app
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +152,9 @@ def create_app(
         ConfigError: no token and no principals file, a principals file that is not
             valid, or ``max_body`` below 1.
     """
-    gate = auth.Gate.open(
-        token=token if token is not None else settings.token,
-        auth_file=auth_file if auth_file is not None else settings.auth_file,
-    )
+    token = token if token is not None else settings.token
+    auth_file = auth_file if auth_file is not None else settings.auth_file
+    gate = auth.Gate.open(token=token, auth_file=auth_file)
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ConfigError(f"max_body must be an int >= 1, got {max_body!r}")
     app = web.Application(
@@ -182,6 +183,11 @@ def create_app(
         ),
     )
     app.router.add_post("/", _post)
+    if gate.path is None and token:
+        # The console signs in with the one token; it knows no principals yet.
+        app.add_subapp(CONSOLE_PREFIX, console_app(lambda: app[_BACKEND], token.encode()))
+    else:
+        log.info("evstate serve: the console (/ui/) is off with a principals file")
     return app
 
 

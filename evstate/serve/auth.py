@@ -21,6 +21,7 @@ from evstate.errors import ConfigError
 from evstate.principals import Principal, Principals, parse_principals
 from evstate.serve import metrics as serve_metrics
 from evstate.serve.protocol import Refused
+from evstate.serve.ui import is_console
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,9 @@ def install(app: web.Application, gate: Gate, *, poll_interval: float = POLL_INT
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 unless ``Authorization: Bearer <token>`` names a principal; else put it on the
-    request (:data:`PRINCIPAL`). ``GET /metrics`` checks its own token."""
-    if request.path == serve_metrics.PATH:
+    request (:data:`PRINCIPAL`). ``GET /metrics`` checks its own token; the console under
+    ``/ui/`` signs in on its own (:mod:`evstate.serve.ui`)."""
+    if request.path == serve_metrics.PATH or is_console(request.path):
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same

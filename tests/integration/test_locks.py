@@ -263,12 +263,13 @@ async def test_a_cas_counter_raced_by_two_processes_loses_no_increment(
                 "4",
                 "25",
                 stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
                 env=subprocess_env(),
             )
             for i in range(2)
         ]
         outs = [await asyncio.wait_for(p.communicate(), 300) for p in procs]
-        assert [p.returncode for p in procs] == [0, 0]
+        assert [p.returncode for p in procs] == [0, 0], [e.decode()[-3000:] for _, e in outs]
         reports = [json.loads(out) for out, _ in outs]
         assert sum(rep["increments"] for rep in reports) == 200
         counter = await r.store(STAGE).get("counter", consistency="strong")

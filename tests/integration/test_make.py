@@ -1,6 +1,7 @@
-"""What ``make test`` needs before it runs: Node.js and npm (named when missing, no
-traceback), and the JavaScript client's hand-written ``index.d.ts`` type-checked by tsc
-against Alchemy's own types (it fails when the declarations drift)."""
+"""What ``make test`` needs before it runs: Node.js and npm, and chromium for the console's
+browser tests (named when missing, no traceback), and the JavaScript client's hand-written
+``index.d.ts`` type-checked by tsc against Alchemy's own types (it fails when the
+declarations drift)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,13 @@ def test_make_names_a_missing_node_or_npm(
     assert "make test needs Node.js 18.17+ and npm" in proc.stderr
     assert f"not on PATH: {missing} (" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_make_names_a_missing_chromium(tmp_path: Path) -> None:
+    proc = make("tools", f"CHROMIUM={tmp_path / 'no-chromium'}")
+    assert proc.returncode != 0
+    assert "make test needs chromium for the console's browser tests" in proc.stderr
+    assert "apt-get install chromium" in proc.stderr
 
 
 def test_make_finds_the_tools_here() -> None:

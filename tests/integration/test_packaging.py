@@ -1,4 +1,5 @@
-"""Building evstate's wheel, as ``pip install`` does, prints no deprecation warning."""
+"""Building evstate's wheel, as ``pip install`` does, prints no deprecation warning, and
+the wheel holds the console's templates and static files."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def test_building_the_wheel_prints_no_deprecation_warning(tmp_path: Path) -> Non
     assert "deprecat" not in output.lower(), output
     wheel = next(tmp_path.glob("evstate-*.whl"))
     with zipfile.ZipFile(wheel) as archive:
-        metadata = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        names = archive.namelist()
+        metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
         text = archive.read(metadata).decode()
     assert "License-Expression: Apache-2.0" in text
+    # The console's templates and static files are package data (evstate serve runs
+    # from an installed wheel, not only from a checkout).
+    ui = Path(__file__).resolve().parents[2] / "evstate" / "serve" / "ui"
+    for kind in ("templates", "static"):
+        for path in (ui / kind).iterdir():
+            assert f"evstate/serve/ui/{kind}/{path.name}" in names, path.name

@@ -597,3 +597,11 @@ async def test_serve_refuses_a_bad_principals_file_at_start(tmp_path: Path) -> N
     done = await run_cli("serve", "--port", "0", env=env)
     assert done.returncode == 2
     assert "EVSTATE_AUTH_FILE" in done.stderr
+
+
+async def test_the_console_is_off_with_a_principals_file(caller: Caller, url: str) -> None:
+    # It signs in with the one token and knows no principals: nothing under /ui/ answers.
+    async with caller.session.get(url + "ui/", allow_redirects=False) as r:
+        assert r.status == 404
+    async with caller.session.post(url + "ui/sign-in", data={"token": TOKENS["ops"]}) as r:
+        assert r.status == 404

@@ -1,0 +1,191 @@
+"""The console's pure parts: secrets masked, field diffs, deploys, the scope tree, sessions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from evstate.model import ChangeEvent
+from evstate.serve.ui.sessions import Sessions
+from evstate.serve.ui.shape import (
+    MASK,
+    FieldChange,
+    changes_of,
+    deploys,
+    field_changes,
+    flatten,
+    masked,
+    nested_scopes,
+    scope_tree,
+    show,
+    timeline,
+    walk_tree,
+)
+
+SECRET = {"@secret": {"ciphertext": "Zm9v", "iv": "aXY=", "salt": "c2FsdA=="}}
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def tree(**props: Any) -> dict[str, Any]:
+    return {
+        "status": "created",
+        "kind": "k",
+        "id": "x",
+        "fqn": "a/b/x",
+        "seq": 1,
+        "data": {"provider": 1},
+        "props": props,
+        "output": {"arn": "a"},
+    }
+
+
+def event(
+    op: str,
+    key: str,
+    version: int,
+    state: dict[str, Any] | None,
+    *,
+    minutes: float = 0,
+    actor: str = "alice",
+    correlation_id: str | None = None,
+) -> ChangeEvent:
+    return ChangeEvent(
+        event_id="e",
+        op=op,
+        scope=("a", "b"),
+        key=key,
+        state=state,  # type: ignore[arg-type]
+        version=version,
+        expected_version=None,
+        timestamp=T0 + timedelta(minutes=minutes),
+        actor=actor,
+        reason=None,
+        correlation_id=correlation_id,
+    )
+
+
+def test_secrets_are_masked_wherever_they_are() -> None:
+    value = {"a": [SECRET, {"b": SECRET}], "c": "plain"}
+    assert masked(value) == {"a": [MASK, {"b": MASK}], "c": "plain"}
+    assert "Zm9v" not in show(value)
+    assert "@secret" not in show(value)
+    assert show(SECRET) == MASK
+
+
+def test_flatten_keeps_markers_and_empty_objects_whole() -> None:
+    flat = flatten(tree(a={"b": 1, "d": {"@date": "2026-01-01T00:00:00Z"}}, e={}, s=SECRET))
+    assert flat["props.a.b"] == 1
+    assert flat["props.a.d"] == {"@date": "2026-01-01T00:00:00Z"}
+    assert flat["props.e"] == {}
+    assert flat["props.s"] == SECRET
+    assert "data.provider" not in flat  # the provider's data is not diffed
+
+
+def test_field_changes_show_old_and_new_with_secrets_masked() -> None:
+    rotated = {"@secret": {"ciphertext": "YmFy", "iv": "aXY=", "salt": "c2FsdA=="}}
+    changes = field_changes(tree(size=1, pw=SECRET, gone=True), tree(size=2, pw=rotated, new="n"))
+    assert changes == [
+        FieldChange("props.gone", "true", None),
+        FieldChange("props.new", None, "n"),
+        FieldChange("props.pw", MASK, MASK, secret=True),
+        FieldChange("props.size", "1", "2"),
+    ]
+    assert field_changes(tree(pw=SECRET), tree(pw=SECRET)) == []
+    assert [c.path for c in field_changes(None, tree())] == [
+        "kind",
+        "output.arn",
+        "props",  # an empty object is one value
+        "status",
+    ]
+
+
+def test_changes_are_added_changed_removed_or_lock_events() -> None:
+    events = [
+        event("SET", "x", 1, tree(v=1)),
+        event("LOCK", "", 0, {"scope": "a/b"}),
+        event("SET", "x", 2, tree(v=2)),
+        event("DELETE", "x", 3, None),
+        event("SET", "x", 4, tree(v=4)),
+    ]
+    kinds = [(c.kind, [f.path for f in c.fields]) for c in changes_of(events)]
+    assert kinds == [
+        ("added", ["kind", "output.arn", "props.v", "status"]),
+        ("lock", []),
+        ("changed", ["props.v"]),
+        ("removed", ["kind", "output.arn", "props.v", "status"]),
+        ("added", ["kind", "output.arn", "props.v", "status"]),
+    ]
+
+
+def test_deploys_group_by_correlation_id_else_by_actor_and_gap() -> None:
+    events = [
+        event("SET", "a", 1, tree(), correlation_id="d1"),
+        event("SET", "b", 1, tree(), correlation_id="d1", actor="bob"),
+        event("SET", "a", 2, tree(v=2), minutes=1),
+        event("SET", "b", 2, tree(v=2), minutes=3),
+        event("SET", "a", 3, tree(v=3), minutes=9),  # a gap: a new deploy
+        event("DELETE", "b", 3, None, minutes=9.5, actor="bob"),  # another actor
+    ]
+    groups = deploys(changes_of(events))
+    assert [(g.correlation_id, g.actor, len(g.changes)) for g in groups] == [
+        ("d1", "alice", 2),
+        (None, "alice", 2),
+        (None, "alice", 1),
+        (None, "bob", 1),
+    ]
+    assert groups[0].actors == ["alice", "bob"]
+    assert (groups[0].count("added"), groups[1].count("changed")) == (2, 2)
+    assert groups[3].count("removed") == 1
+
+
+def test_the_scope_tree_has_every_parent() -> None:
+    roots = scope_tree(["app/prod", "app/prod/db", "other/dev/x"])
+    assert [(n.path, n.depth, n.has_states) for n in walk_tree(roots)] == [
+        ("app", 0, False),
+        ("app/prod", 1, True),
+        ("app/prod/db", 2, True),
+        ("other", 0, False),
+        ("other/dev", 1, False),
+        ("other/dev/x", 2, True),
+    ]
+    assert nested_scopes("app", ["app/prod", "app/prod/db", "app2/x"]) == [
+        "app/prod",
+        "app/prod/db",
+    ]
+
+
+def test_sessions_are_signed_expire_and_carry_a_csrf_token() -> None:
+    sessions = Sessions(b"token", ttl=60)
+    cookie, session = sessions.issue(now=1000)
+    assert sessions.check(cookie, now=1059) == session
+    assert sessions.check(cookie, now=1060) is None  # expired
+    expires, nonce, signature = cookie.split(".")
+    assert sessions.check(f"{int(expires) + 999}.{nonce}.{signature}", now=1000) is None
+    assert sessions.check(cookie[:-2] + "xx", now=1000) is None
+    assert Sessions(b"another", ttl=60).check(cookie, now=1000) is None
+    assert sessions.check(None) is None
+    assert sessions.check("junk") is None
+    assert Sessions.csrf_ok(session, session.csrf)
+    assert not Sessions.csrf_ok(session, None)
+    assert not Sessions.csrf_ok(session, "x")
+    assert sessions.issue(now=1000)[1].csrf != session.csrf  # one per session
+    assert sessions.token_matches("token")
+    assert not sessions.token_matches("tokenx")
+
+
+def test_a_timeline_page_is_diffed_against_the_versions_before() -> None:
+    events = [
+        event("SET", "x", 1, tree(v=1)),
+        event("SET", "x", 2, tree(v=2)),
+        event("DELETE", "x", 3, None),
+        event("SET", "x", 4, tree(v=4)),
+    ]
+    page = timeline(events, 0, 4)
+    assert [(c.event.version, c.kind) for c in page] == [
+        (4, "added"),
+        (3, "removed"),
+        (2, "changed"),
+        (1, "added"),
+    ]
+    assert page == list(reversed(list(changes_of(events))))
+    assert [c.event.version for c in timeline(events, 1, 3)] == [3, 2]
