@@ -13,7 +13,9 @@ Python side sets and gets the ``State``. Also shown: the Python API's tree metho
 (``set_tree``, ``get_tree``), which do what the server does per request, so the rest is
 HTTP, JSON and the hop between processes; and ``HEAD /``, a request that calls no store.
 
-No goal is set for these ratios: they say what the hop costs.
+No goal is set for those ratios: they say what the hop costs. One more server runs with a
+principals file of 50 principals (``--auth``, so with the access log on): its ``get`` and
+``set`` p50 against the single-token server's, goal <= 1.1x.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import aiohttp
 from _common import (
     BrokerInfo,
     Row,
+    at_most,
     base_parser,
     broker_for,
     interleave,
@@ -85,18 +88,49 @@ class Server:
         return answer["result"]
 
 
+PRINCIPALS = 50
+
+
+def principals_file(path: Path, token: str) -> None:
+    """A principals file of ``PRINCIPALS`` principals, each with two tokens and grants on
+    scopes of their own; ``token`` is the one in the middle, allowed to write SCOPE."""
+    from evstate.principals import hash_token
+
+    lines = []
+    for i in range(PRINCIPALS):
+        mine = token if i == PRINCIPALS // 2 else secrets.token_urlsafe(24)
+        hashes = [hash_token(mine), hash_token(secrets.token_urlsafe(24))]
+        write = [SCOPE.path] if mine == token else [f"team-{i}/prod", f"team-{i}/dev"]
+        lines += [
+            "[[principal]]",
+            f'name = "team-{i}"',
+            f"tokens_sha256 = {json.dumps(hashes)}",
+            f'read = ["team-{i}", "shared/docs"]',
+            f"write = {json.dumps(write)}",
+            f"lock = {json.dumps(write)}",
+            "",
+        ]
+    path.write_text("\n".join(lines))
+
+
 @contextlib.asynccontextmanager
-async def serving(bootstrap: str, tmp: Path) -> AsyncIterator[Server]:
-    """``evstate serve`` as a subprocess on a free port, with topics of its own."""
+async def serving(bootstrap: str, tmp: Path, *, auth: bool = False) -> AsyncIterator[Server]:
+    """``evstate serve`` as a subprocess on a free port, with topics of its own; with
+    ``auth``, a 50-principal file (and so the access log) instead of the single token."""
     token = secrets.token_urlsafe(24)
+    name = "auth" if auth else "token"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVSTATE_")}
     env.update(
         EVSTATE_BOOTSTRAP_SERVERS=bootstrap,
-        EVSTATE_VIEW_DIR=str(tmp / "serve-view"),
-        EVSTATE_TOPIC_PREFIX=unique_name("bench-serve-http"),
-        EVSTATE_TOKEN=token,  # not on the command line, where others could read it
+        EVSTATE_VIEW_DIR=str(tmp / f"serve-view-{name}"),
+        EVSTATE_TOPIC_PREFIX=unique_name(f"bench-serve-http-{name}"),
         EVSTATE_ACTOR="bench",
     )
+    if auth:
+        principals_file(tmp / "principals.toml", token)
+        env.update(EVSTATE_AUTH_FILE=str(tmp / "principals.toml"))
+    else:
+        env.update(EVSTATE_TOKEN=token)  # not on the command line, where others could read it
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -147,22 +181,33 @@ async def compare(plan: Plan, broker: BrokerInfo, tmp: Path) -> list[Row]:
     trees = [serialize_state(SCOPE, s) for s in states]
     size = len(json.dumps(trees[0], separators=(",", ":")))
     note(f"state tree: {size:,} bytes of JSON")
-    async with serving(bootstrap, tmp) as server, EvstateClient(settings) as client:
+    async with (
+        serving(bootstrap, tmp) as server,
+        serving(bootstrap, tmp, auth=True) as guarded,
+        EvstateClient(settings) as client,
+    ):
         store = client.store(SCOPE)
         await store.init()
         await server.call("init")
+        await guarded.call("init")
 
-        async def http_set() -> list[float]:
-            return [await timed(server.call("set", t["id"], t)) for t in trees]
+        def setter(on: Server) -> Any:
+            async def measure() -> list[float]:
+                return [await timed(on.call("set", t["id"], t)) for t in trees]
 
-        async def http_get() -> list[float]:
-            out = []
-            for t in trees:
-                start = time.perf_counter()
-                got = await server.call("get", t["id"])
-                out.append(time.perf_counter() - start)
-                _check(got is not None and got["id"] == t["id"], t["id"])
-            return out
+            return measure
+
+        def getter(on: Server) -> Any:
+            async def measure() -> list[float]:
+                out = []
+                for t in trees:
+                    start = time.perf_counter()
+                    got = await on.call("get", t["id"])
+                    out.append(time.perf_counter() - start)
+                    _check(got is not None and got["id"] == t["id"], t["id"])
+                return out
+
+            return measure
 
         async def http_head() -> list[float]:
             out = []
@@ -193,10 +238,12 @@ async def compare(plan: Plan, broker: BrokerInfo, tmp: Path) -> list[Row]:
 
         measures = {
             "py_set": py_set,
-            "http_set": http_set,
+            "http_set": setter(server),
+            "auth_set": setter(guarded),
             "py_set_tree": py_set_tree,
             "py_get": py_getter(False),
-            "http_get": http_get,
+            "http_get": getter(server),
+            "auth_get": getter(guarded),
             "py_get_tree": py_getter(True),
             "http_head": http_head,
         }
@@ -228,6 +275,20 @@ async def compare(plan: Plan, broker: BrokerInfo, tmp: Path) -> list[Row]:
                 "ms",
                 note=f"raw column: store.{op}_tree, what the server does per request: the "
                 "rest is HTTP, JSON and the hop between processes"
+                if op == "set"
+                else "",
+            )
+        )
+    for op in ("set", "get"):
+        rows.append(
+            Row(
+                f"{op} p50: 50 principals + access log vs one token",
+                p[f"http_{op}"][50] * MS,
+                p[f"auth_{op}"][50] * MS,
+                "ms",
+                goal=at_most(1.1),
+                note="raw column: evstate serve with EVSTATE_TOKEN; evstate column: with "
+                "--auth (50 principals, 100 token hashes) and the access log; goal <= 1.1x"
                 if op == "set"
                 else "",
             )

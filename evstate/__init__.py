@@ -12,6 +12,7 @@ from evstate.errors import (
     ConsistencyTimeout,
     EvstateError,
     FencedError,
+    ForbiddenError,
     LockHeldError,
     NoSuchLeaseError,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "EvstateClient",
     "EvstateError",
     "FencedError",
+    "ForbiddenError",
     "HeldLease",
     "KafkaStateStore",
     "Lease",

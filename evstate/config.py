@@ -28,6 +28,7 @@ ENV_VARS: Mapping[str, str] = {
     "actor": "EVSTATE_ACTOR",
     "token": "EVSTATE_TOKEN",
     "metrics_token": "EVSTATE_METRICS_TOKEN",
+    "auth_file": "EVSTATE_AUTH_FILE",
     "lock_scope": "EVSTATE_LOCK_SCOPE",
     "lock_token": "EVSTATE_LOCK_TOKEN",
 }
@@ -107,6 +108,8 @@ class Settings:
         metrics_token: The bearer token ``GET /metrics`` of ``evstate serve`` requires
             (env ``EVSTATE_METRICS_TOKEN``); ``None``: the metrics need no token. Never
             in repr.
+        auth_file: The principals file of ``evstate serve`` (TOML, env
+            ``EVSTATE_AUTH_FILE``); ``None``: the single ``token`` opens every scope.
         lock_scope, lock_token: a lease held for this process by its parent (``evstate
             run --lock`` sets ``EVSTATE_LOCK_SCOPE`` and ``EVSTATE_LOCK_TOKEN``): writes
             under that scope carry the token.
@@ -138,6 +141,7 @@ class Settings:
     transaction_timeout: float = 15.0
     token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
+    auth_file: str | None = None
     lock_scope: str | None = None
     lock_token: int | None = None
 
@@ -149,6 +153,7 @@ class Settings:
         for name in (
             "token",
             "metrics_token",
+            "auth_file",
             "password",
             "sasl_mechanism",
             "sasl_plain_username",
@@ -258,6 +263,11 @@ class Settings:
         """The append-only topic holding every event."""
         return f"{self.topic_prefix}.history"
 
+    @property
+    def access_topic(self) -> str:
+        """The append-only topic of ``evstate serve``'s access log."""
+        return f"{self.topic_prefix}.access"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
         """Build settings from the environment, then apply overrides.
@@ -284,8 +294,9 @@ class Settings:
         for name, var in ENV_VARS.items():
             if env.get(var):
                 values[name] = env[var]
-        if "view_dir" in values:
-            values["view_dir"] = os.path.expanduser(values["view_dir"])
+        for name in ("view_dir", "auth_file"):
+            if name in values:
+                values[name] = os.path.expanduser(values[name])
         if "lock_token" in values:
             text = values["lock_token"]
             if not text.isdecimal():

@@ -40,6 +40,7 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     │   ├── ViewLockedError                    another process holds the view dir
     │   └── ViewUnavailableError               dir missing, read-only or deleted under us
     ├── ConflictError                          compare-and-set: the key is at another version
+    ├── ForbiddenError (PermissionError)       a principal lacks a grant on a scope (serve)
     ├── LockError                              a lock refused a write, lock, renew or release
     │   ├── LockHeldError                      someone else's lease covers the scope
     │   ├── FencedError                        the caller's lease was broken or taken over
@@ -234,6 +235,23 @@ class ConflictError(EvstateError):
         self.key = key
         self.expected = expected
         self.actual = actual
+
+
+class ForbiddenError(EvstateError, PermissionError):
+    """A principal of ``evstate serve`` has no grant of a permission on a scope.
+
+    Nothing was read or written. The message names the principal, the permission and the
+    scope, never a token.
+    """
+
+    def __init__(self, principal: str, permission: str, scope: str) -> None:
+        super().__init__(
+            f"principal {principal!r} may not {permission} scope {scope!r}: no {permission} "
+            "grant covers it (see the principals file, `evstate auth check`)"
+        )
+        self.principal = principal
+        self.permission = permission
+        self.scope = scope
 
 
 class LockError(EvstateError):

@@ -188,7 +188,11 @@ async def spawn_serve(env: dict[str, str], *args: str) -> asyncio.subprocess.Pro
 
 @asynccontextmanager
 async def serve_process(
-    env: dict[str, str], *args: str, token: str, ready_timeout: float = 60.0
+    env: dict[str, str],
+    *args: str,
+    token: str,
+    ready_timeout: float = 60.0,
+    ca_file: str | None = None,
 ) -> AsyncIterator[str]:
     """``evstate serve`` as a process: yields its URL once ``HEAD /`` answers 200.
 
@@ -200,6 +204,7 @@ async def serve_process(
         *args: more ``evstate serve`` options.
         token: the bearer token (passed in the environment, as users are told to).
         ready_timeout: seconds to wait for the server to be ready.
+        ca_file: the CA to trust when the server speaks HTTPS (``--tls-cert``).
     """
     import signal
 
@@ -209,9 +214,12 @@ async def serve_process(
     drain = asyncio.create_task(proc.stderr.read())
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), ready_timeout)).decode()
-        assert line.startswith("listening on http://"), (line, await _early_exit(proc, drain))
+        assert line.startswith(("listening on http://", "listening on https://")), (
+            line,
+            await _early_exit(proc, drain),
+        )
         url = line.split()[-1] + "/"
-        await wait_ready(url, token, ready_timeout)
+        await wait_ready(url, token, ready_timeout, ca_file=ca_file)
         yield url
     finally:
         if proc.returncode is None:
@@ -229,16 +237,24 @@ async def _early_exit(proc: asyncio.subprocess.Process, drain: asyncio.Task[byte
     return (await drain).decode(errors="replace")
 
 
-async def wait_ready(url: str, token: str, timeout: float = 30.0) -> None:
-    """Wait until ``HEAD /`` of an ``evstate serve`` answers 200."""
+async def wait_ready(
+    url: str, token: str, timeout: float = 30.0, *, ca_file: str | None = None
+) -> None:
+    """Wait until ``HEAD /`` of an ``evstate serve`` answers 200 (over HTTPS trusting
+    ``ca_file``, when given)."""
+    import ssl
+
     import aiohttp
+
+    tls = ssl.create_default_context(cafile=ca_file) if ca_file else None
 
     deadline = asyncio.get_running_loop().time() + timeout
     status = None
     async with aiohttp.ClientSession() as session:
         while True:
             try:
-                async with session.head(url, headers={"Authorization": f"Bearer {token}"}) as r:
+                headers = {"Authorization": f"Bearer {token}"}
+                async with session.head(url, headers=headers, ssl=tls or True) as r:
                     status = r.status
                     if status == 200:
                         return

@@ -35,6 +35,7 @@ import concurrent.futures
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ from pathlib import Path
 
 from evstate.broker import runtime
 from evstate.broker.properties import (
+    BROKER_USER,
     DEFAULT_HEAP,
     DEFAULT_PORT,
     LOG4J2,
@@ -58,6 +60,7 @@ from evstate.broker.properties import (
     scram_credential,
     server_properties,
 )
+from evstate.config import Settings
 from evstate.errors import (
     BrokerAlreadyRunningError,
     BrokerError,
@@ -67,6 +70,7 @@ from evstate.errors import (
     PortInUseError,
 )
 from evstate.kafka import count_brokers
+from evstate.kafka.acls import Acl, create_acls
 
 
 def _port_free(port: int) -> bool:
@@ -107,6 +111,29 @@ def _probe(bootstrap_servers: str, timeout: float) -> int:
         return pool.submit(asyncio.run, count_brokers(bootstrap_servers, timeout=timeout)).result()
 
 
+def acl_plan(writer: str, users: list[str]) -> list[Acl]:
+    """The ACLs of ``--acl``: ``writer`` may do anything; every other user may read and
+    describe topics (and their configs) and read in consumer groups; nobody else a thing."""
+    w = f"User:{writer}"
+    acls = [
+        Acl(w, "topic", "*", "all"),
+        Acl(w, "group", "*", "all"),
+        Acl(w, "transactional_id", "*", "all"),
+        Acl(w, "cluster", "kafka-cluster", "all"),
+    ]
+    for user in users:
+        if user != writer:
+            r = f"User:{user}"
+            acls += [
+                Acl(r, "topic", "*", "read"),
+                Acl(r, "topic", "*", "describe"),
+                Acl(r, "topic", "*", "describe_configs"),
+                Acl(r, "group", "*", "read"),
+                Acl(r, "group", "*", "describe"),
+            ]
+    return acls
+
+
 class LocalBroker:
     """A real Kafka cluster of 1 or 3 nodes on loopback, owned by one data dir.
 
@@ -127,6 +154,7 @@ class LocalBroker:
         mvn: str | None = None,
         cache_dir: Path | None = None,
         sasl_users: Mapping[str, str] | None = None,
+        acl_writer: str | None = None,
     ) -> None:
         """Describe a cluster; nothing starts until :meth:`start`.
 
@@ -143,6 +171,10 @@ class LocalBroker:
                 SASL_PLAINTEXT listener (SCRAM-SHA-256 and SCRAM-SHA-512) on
                 ``port + 2 * nodes + i`` and these users are created when the data dir is
                 formatted. A data dir formatted earlier keeps the users it was made with.
+            acl_writer: turn Kafka's authorizer on (``--acl``): this SASL user may do
+                anything (evstate serve's), every other SASL user may only read and
+                describe topics and use consumer groups, anonymous clients nothing. Kept
+                in the data dir: later starts keep it on. One node only.
 
         Raises:
             BrokerError: ``nodes`` is not 1 or 3, or a SASL user name or password is
@@ -151,6 +183,15 @@ class LocalBroker:
         if nodes not in (1, 3):
             raise BrokerError(f"--nodes must be 1 or 3, not {nodes}")
         self.sasl_users = check_sasl_users(sasl_users or {})
+        if acl_writer is not None:
+            if nodes != 1:
+                raise BrokerError("--acl runs a single node (--nodes 1)")
+            if acl_writer not in self.sasl_users:
+                raise BrokerError(
+                    f"--acl: the writer {acl_writer!r} must be one of the SASL users "
+                    f"(--sasl-user {acl_writer}=PASSWORD)"
+                )
+        self.acl_writer = acl_writer
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.port = port
         self.nodes = nodes
@@ -177,6 +218,7 @@ class LocalBroker:
             cluster_id=raw["cluster_id"],
             nodes=[Node(**n) for n in raw["nodes"]],
             sasl_users=list(raw.get("sasl_users", [])),
+            acl_writer=raw.get("acl_writer"),
         )
 
     def _save(self, state: ClusterState) -> None:
@@ -236,6 +278,8 @@ class LocalBroker:
         state.version = self.version
         if not formatted:
             state.sasl_users = sorted(self.sasl_users)
+        state.acl_writer = self.acl_writer or state.acl_writer
+        acl_password = secrets.token_urlsafe(24) if state.acl_writer else None
         state.nodes = self._plan_nodes(bool(state.sasl_users))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # One salt per user and mechanism, the same on every node's bootstrap metadata.
@@ -245,17 +289,35 @@ class LocalBroker:
             for mechanism in SCRAM_MECHANISMS
         ]
         for node in state.nodes:
-            self._prepare(node, state, java.executable, libs, scram)
+            self._prepare(node, state, java.executable, libs, scram, acl_password)
         self._save(state)
         try:
             for node in state.nodes:
                 self._launch(node, java.executable, libs)
                 self._save(state)
             self._wait_ready(state.nodes, state.bootstrap_servers, len(state.nodes), timeout)
+            if acl_password is not None:
+                self._grant(state, acl_password)
         except BaseException:
             self.stop()
             raise
         return state.bootstrap_servers
+
+    def _grant(self, state: ClusterState, password: str) -> None:
+        """Set the ACLs of ``--acl`` (logged in as the broker's own super user)."""
+
+        assert state.sasl_bootstrap_servers is not None
+        settings = Settings(
+            bootstrap_servers=state.sasl_bootstrap_servers,
+            security_protocol="SASL_PLAINTEXT",
+            sasl_mechanism="PLAIN",
+            sasl_plain_username=BROKER_USER,
+            sasl_plain_password=password,
+            view_dir=str(self.data_dir),
+        )
+        acls = acl_plan(state.acl_writer or "", state.sasl_users)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, create_acls(settings, acls)).result()
 
     def _check_restart(self, state: ClusterState | None) -> bool:
         """Refuse to start over a running or different cluster; True if already formatted."""
@@ -330,12 +392,23 @@ class LocalBroker:
         ]
 
     def _prepare(
-        self, node: Node, state: ClusterState, java: str, libs: Path, scram: list[str]
+        self,
+        node: Node,
+        state: ClusterState,
+        java: str,
+        libs: Path,
+        scram: list[str],
+        acl_password: str | None = None,
     ) -> None:
         """Write the node's configs; format its log dir (with ``scram`` users) if new."""
         ndir = Path(node.dir)
         ndir.mkdir(parents=True, exist_ok=True)
-        node.properties.write_text(server_properties(node, state.nodes))
+        text = server_properties(node, state.nodes, acl_password=acl_password)
+        # Under --acl the file holds the broker user's password: for this user only.
+        fd = os.open(node.properties, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(node.properties, 0o600)
         (ndir / "log4j2.properties").write_text(LOG4J2)
         if (ndir / "kraft-logs" / "meta.properties").exists():
             return  # formatted at an earlier start: keep its data

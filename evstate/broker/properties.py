@@ -112,6 +112,7 @@ class ClusterState:
     cluster_id: str
     nodes: list[Node] = field(default_factory=list)
     sasl_users: list[str] = field(default_factory=list)  # SCRAM users made at format time
+    acl_writer: str | None = None  # --acl: the one SASL user that may write
 
     @property
     def bootstrap_servers(self) -> str:
@@ -126,12 +127,14 @@ class ClusterState:
         return ",".join(f"127.0.0.1:{n.sasl_port}" for n in self.nodes)
 
 
-def server_properties(node: Node, nodes: list[Node]) -> str:
+def server_properties(node: Node, nodes: list[Node], *, acl_password: str | None = None) -> str:
     """The ``server.properties`` of one node of a loopback cluster.
 
     Args:
         node: the node to configure.
         nodes: every node of the cluster (for the controller and replication factors).
+        acl_password: turn Kafka's authorizer on (see :func:`_with_acl`); the password of
+            the broker's own user :data:`BROKER_USER`. Needs the SASL listener.
 
     Returns:
         The file's text, commented so a reader knows why each line is there.
@@ -193,7 +196,58 @@ replica.lag.time.max.ms=5000
 """
     if node.sasl_port is not None:
         text = _with_sasl_listener(text, node)
+        if acl_password is not None:
+            text = _with_acl(text, acl_password)
+    elif acl_password is not None:
+        raise BrokerError("--acl needs SASL users (--sasl-user NAME=PASSWORD)")
     return text
+
+
+BROKER_USER = "evstate-broker"
+"""The broker's own SASL user under ``--acl``: the only super user (PLAIN, a password made
+at each start and kept in ``server.properties`` only)."""
+
+
+def _with_acl(text: str, password: str) -> str:
+    """Kafka's StandardAuthorizer, denying whatever no ACL allows.
+
+    The broker's own traffic (controller quorum, replication, transaction markers) moves
+    to SASL as :data:`BROKER_USER`, the one super user; the PLAINTEXT listener stays (for
+    the readiness probe) but its anonymous clients are allowed nothing.
+    """
+    plain = (
+        "org.apache.kafka.common.security.plain.PlainLoginModule required "
+        f'username="{BROKER_USER}" password="{password}" user_{BROKER_USER}="{password}";'
+    )
+    text = text.replace("inter.broker.listener.name=PLAINTEXT\n", "")
+    text = re.sub(
+        r"(?m)^listener\.security\.protocol\.map=.*$",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:SASL_PLAINTEXT,"
+        "SASL_PLAINTEXT:SASL_PLAINTEXT",
+        text,
+    )
+    mechanisms = ",".join(SCRAM_MECHANISMS)
+    text = text.replace(
+        f"listener.name.sasl_plaintext.sasl.enabled.mechanisms={mechanisms}\n",
+        f"listener.name.sasl_plaintext.sasl.enabled.mechanisms={mechanisms},PLAIN\n",
+    )
+    return (
+        text
+        + f"""
+# --acl: only what an ACL allows (evstate sets them: one writer, readers). The broker's
+# own traffic logs in as {BROKER_USER}, the only super user; anonymous PLAINTEXT clients
+# get nothing.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:{BROKER_USER}
+inter.broker.listener.name=SASL_PLAINTEXT
+sasl.mechanism.inter.broker.protocol=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config={plain}
+sasl.mechanism.controller.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config={plain}
+"""
+    )
 
 
 def _with_sasl_listener(text: str, node: Node) -> str:

@@ -18,7 +18,9 @@ from rich.table import Table
 from rich.text import Text
 
 from evstate.broker import DEFAULT_PORT, KAFKA_VERSION, LocalBroker
+from evstate.cli import access as cli_access
 from evstate.cli import alchemy as cli_alchemy
+from evstate.cli import auth as cli_auth
 from evstate.cli import history as cli_history
 from evstate.cli import locks as cli_locks
 from evstate.cli import migrate as cli_migrate
@@ -39,7 +41,9 @@ broker_app = typer.Typer(
 )
 app.add_typer(broker_app, name="broker")
 cli_store.register(app)
+cli_access.register(app)
 cli_alchemy.register(app)
+cli_auth.register(app)
 cli_history.register(app)
 cli_locks.register(app)
 cli_migrate.register(app)
@@ -91,6 +95,18 @@ def broker_start(
             "nodes. Users are created when the data dir is first formatted.",
         ),
     ] = None,
+    acl: Annotated[
+        bool,
+        typer.Option(
+            "--acl",
+            help="Kafka's authorizer on, ACLs set by evstate: only the --acl-writer user "
+            "may write (give it to evstate serve), other SASL users may only read, anonymous "
+            "clients nothing. Stays on for this data dir. One node.",
+        ),
+    ] = False,
+    acl_writer: Annotated[
+        str, typer.Option("--acl-writer", help="The one SASL user that may write under --acl.")
+    ] = "serve",
 ) -> None:
     """Start a real Apache Kafka (KRaft) on loopback and print its bootstrap address."""
     try:
@@ -102,6 +118,7 @@ def broker_start(
             version=kafka_version,
             heap=heap,
             sasl_users=users,
+            acl_writer=acl_writer if acl else None,
         )
         with err.status(f"starting Apache Kafka {kafka_version} ({nodes} node(s))..."):
             bootstrap = broker.start(timeout=timeout)

@@ -33,6 +33,7 @@ from evstate.serve import (
     HEADER_TIMEOUT,
     create_app,
     run_server,
+    tls_context,
 )
 
 __all__ = ["register"]
@@ -62,6 +63,37 @@ def serve(
             "none: the metrics need no token).",
             show_default=False,
         ),
+    ] = None,
+    auth_file: Annotated[
+        str | None,
+        typer.Option(
+            "--auth",
+            help="Principals file (TOML; default: $EVSTATE_AUTH_FILE): each principal's token "
+            "hashes and the scopes it may read, write, lock and administer. Re-read on SIGHUP "
+            "and when it changes. Without it, the one token opens every scope.",
+            show_default=False,
+        ),
+    ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="Record every request in the topic {prefix}.access (read it with evstate "
+            "access-log). Default: on with --auth, off without.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-cert",
+            help="Serve HTTPS with this PEM certificate (chain); needs --tls-key.",
+            show_default=False,
+        ),
+    ] = None,
+    tls_key: Annotated[
+        str | None,
+        typer.Option("--tls-key", help="The PEM private key of --tls-cert.", show_default=False),
     ] = None,
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
@@ -95,6 +127,9 @@ def serve(
                 f"--max-body-mib must be a number above 0 and at most {_MAX_BODY_MIB}, "
                 f"got {max_body_mib}"
             )
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        tls = None if tls_cert is None or tls_key is None else tls_context(tls_cert, tls_key)
         settings = Settings.from_env(
             **settings_overrides(bootstrap_servers, view_dir, topic_prefix)
         )
@@ -102,6 +137,8 @@ def serve(
             settings,
             token=token,
             metrics_token=metrics_token,
+            auth_file=auth_file,
+            access_log=access_log,
             max_body=max(1, int(max_body_mib * _MIB)),
         )
 
@@ -121,6 +158,7 @@ def serve(
                 port=port,
                 on_listening=listening,
                 header_timeout=header_timeout,
+                tls=tls,
             )
         )
     except EvstateError as exc:

@@ -97,6 +97,40 @@ class Producer:
             )
         return meta.partition, meta.offset
 
+    async def send_many(self, records: Sequence[OutRecord]) -> None:
+        """Write records together (aiokafka batches them per partition) and wait until
+        every one is acknowledged.
+
+        Raises:
+            EventTooLargeError, WriteFailedError, BrokerUnavailableError: as :meth:`send`;
+                some of the records may have been written.
+        """
+        if not records:
+            return
+        where = ", ".join(sorted({f"{r.topic}[{r.partition}]" for r in records}))
+        places = sorted({(r.topic, r.partition) for r in records})
+        biggest = max(len(r.value or b"") for r in records)
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            async with (
+                write_errors(self._settings, where, places, biggest),
+                asyncio.timeout(self._settings.request_timeout),
+            ):
+                for r in records:
+                    futures.append(
+                        await self._producer.send(
+                            r.topic,
+                            value=r.value,
+                            key=r.key,
+                            partition=r.partition,
+                            headers=list(r.headers),
+                        )
+                    )
+                await asyncio.gather(*futures)
+        finally:
+            for future in futures:
+                future.add_done_callback(_seen)
+
 
 def _seen(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():

@@ -4,10 +4,12 @@ service.
 :mod:`~evstate.serve.protocol` (methods, statuses, the JSON envelope),
 :mod:`~evstate.serve.backend` (the server's client and its readiness),
 :mod:`~evstate.serve.app` (the aiohttp application and its runner),
-:mod:`~evstate.serve.metrics` (``GET /metrics``).
+:mod:`~evstate.serve.metrics` (``GET /metrics``),
+:mod:`~evstate.serve.auth` (the principals in force, who is calling),
+:mod:`~evstate.serve.audit` (the access log).
 """
 
-from evstate.serve.app import create_app, make_runner, run_server
+from evstate.serve.app import create_app, make_runner, run_server, tls_context
 from evstate.serve.protocol import (
     DEFAULT_HOST,
     DEFAULT_MAX_BODY,
@@ -31,4 +33,5 @@ __all__ = [
     "make_runner",
     "run_server",
     "status_of",
+    "tls_context",
 ]

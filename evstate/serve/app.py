@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import logging
 import math
 import signal
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from http import HTTPStatus
 from typing import Any, Final
@@ -25,9 +25,11 @@ from evstate.errors import (
     ConfigError,
     EvstateError,
 )
+from evstate.serve import audit, auth
 from evstate.serve import metrics as serve_metrics
 from evstate.serve.backend import Backend
 from evstate.serve.protocol import (
+    CALL,
     DEFAULT_HOST,
     DEFAULT_MAX_BODY,
     DEFAULT_PORT,
@@ -42,12 +44,11 @@ from evstate.serve.protocol import (
     status_of,
 )
 from evstate.serve.ui import PREFIX as CONSOLE_PREFIX
-from evstate.serve.ui import console_app, is_console
+from evstate.serve.ui import console_app
 
 log = logging.getLogger(__name__)
 
 _BACKEND: Final = web.AppKey("backend", Backend)
-_TOKEN: Final = web.AppKey("token", bytes)
 _MAX_BODY: Final = web.AppKey("max_body", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,26 +88,6 @@ def _text(exc: web.HTTPException) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-@web.middleware
-async def _bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 unless ``Authorization: Bearer <token>`` matches (constant-time compare).
-
-    ``GET /metrics`` checks its own token (see :mod:`evstate.serve.metrics`); the console
-    under ``/ui/`` signs in with the token and keeps a session (:mod:`evstate.serve.ui`).
-    """
-    if request.path == serve_metrics.PATH or is_console(request.path):
-        return await handler(request)
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    expected = request.app[_TOKEN]
-    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same
-    # way gives the bytes sent, so a non-UTF-8 token is simply a wrong one (401).
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("utf-8", "surrogateescape"), expected
-    ):
-        raise Refused(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
-    return await handler(request)
-
-
 async def _head(request: web.Request) -> web.StreamResponse:
     request.app[_BACKEND].check_caught_up()
     return envelope(200)
@@ -124,6 +105,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
         log.info("evstate serve: %s left before sending the whole body (%s)", request.remote, exc)
         raise Refused(400, "the request body ended early") from None
     call = parse_call(parse_body(raw))
+    request[CALL] = call
     await backend.wait_ready()
     partitions = backend.client.settings.partitions
     if call.min_position is not None and call.min_position.partition >= partitions:
@@ -132,7 +114,7 @@ async def _post(request: web.Request) -> web.StreamResponse:
             f"context.minPosition {call.min_position.token!r} names partition "
             f"{call.min_position.partition}; the state topic has partitions 0-{partitions - 1}",
         )
-    return envelope(200, result=await dispatch(backend.client, call))
+    return envelope(200, result=await dispatch(backend.client, call, request[auth.PRINCIPAL]))
 
 
 def create_app(
@@ -141,6 +123,9 @@ def create_app(
     token: str | None = None,
     metrics_token: str | None = None,
     max_body: int = DEFAULT_MAX_BODY,
+    auth_file: str | None = None,
+    auth_poll_interval: float = auth.POLL_INTERVAL,
+    access_log: bool | None = None,
 ) -> web.Application:
     """Build the aiohttp application of ``evstate serve``.
 
@@ -149,27 +134,36 @@ def create_app(
 
     Args:
         settings: where Kafka and the view are.
-        token: the bearer token clients must send; ``settings.token`` when None.
+        token: the bearer token clients must send (the principal ``default``, with every
+            permission); ``settings.token`` when None. Not used with a principals file.
         metrics_token: the bearer token ``GET /metrics`` needs; ``settings.metrics_token``
             when None; no token at all when both are None.
         max_body: largest request body in bytes; larger ones get 413.
+        auth_file: the principals file (:mod:`evstate.principals`); ``settings.auth_file``
+            when None. Re-read when it changes (looked at every ``auth_poll_interval``
+            seconds) and on SIGHUP (:func:`run_server`).
+        access_log: record every request in the topic ``{prefix}.access``
+            (:mod:`evstate.access`); None: when there is a principals file.
 
     Returns:
         The application, to run with :func:`run_server` or any aiohttp runner.
 
     Raises:
-        ConfigError: no token, or ``max_body`` below 1.
+        ConfigError: no token and no principals file, a principals file that is not
+            valid, or ``max_body`` below 1.
     """
     token = token if token is not None else settings.token
-    if not token:
-        raise ConfigError("evstate serve needs a bearer token: set EVSTATE_TOKEN (or pass --token)")
+    auth_file = auth_file if auth_file is not None else settings.auth_file
+    gate = auth.Gate.open(token=token, auth_file=auth_file)
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ConfigError(f"max_body must be an int >= 1, got {max_body!r}")
     app = web.Application(
-        middlewares=[serve_metrics.count_requests, _errors_as_json, _bearer_token],
+        middlewares=[serve_metrics.count_requests, _errors_as_json, auth.authenticate],
         client_max_size=max_body,
     )
-    app[_TOKEN] = token.encode("utf-8")
+    auth.install(app, gate, poll_interval=auth_poll_interval)
+    if access_log if access_log is not None else gate.path is not None:
+        audit.install(app, settings)
     app[_MAX_BODY] = max_body
 
     async def backend_life(app: web.Application) -> AsyncIterator[None]:
@@ -189,7 +183,11 @@ def create_app(
         ),
     )
     app.router.add_post("/", _post)
-    app.add_subapp(CONSOLE_PREFIX, console_app(lambda: app[_BACKEND], app[_TOKEN]))
+    if gate.path is None and token:
+        # The console signs in with the one token; it knows no principals yet.
+        app.add_subapp(CONSOLE_PREFIX, console_app(lambda: app[_BACKEND], token.encode()))
+    else:
+        log.info("evstate serve: the console (/ui/) is off with a principals file")
     return app
 
 
@@ -282,6 +280,24 @@ def make_runner(app: web.Application, *, header_timeout: float = HEADER_TIMEOUT)
     )
 
 
+def tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A server-side TLS context (TLS 1.2 or later) from a PEM certificate chain and key.
+
+    Raises:
+        ConfigError: a file is missing or unreadable, or the key does not match.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate {cert_file} and key {key_file}: "
+            f"{getattr(exc, 'reason', None) or exc.strerror or exc}"
+        ) from None
+    return context
+
+
 async def run_server(
     app: web.Application,
     *,
@@ -289,8 +305,10 @@ async def run_server(
     port: int = DEFAULT_PORT,
     on_listening: Callable[[str], None] | None = None,
     header_timeout: float = HEADER_TIMEOUT,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Serve ``app`` until SIGINT/SIGTERM, or until its client fails for good.
+    """Serve ``app`` until SIGINT/SIGTERM, or until its client fails for good; SIGHUP
+    re-reads the principals file.
 
     The socket is bound once the client's first attempt to open is over (or after a few
     seconds): a view dir that another process holds is an error before anything listens.
@@ -301,6 +319,7 @@ async def run_server(
         port: port to bind; 0 picks a free one (passed to ``on_listening``).
         on_listening: called with the base URL once the socket is bound.
         header_timeout: see :func:`make_runner`.
+        tls: serve HTTPS with this context (:func:`tls_context`); plain HTTP when None.
 
     Raises:
         EvstateError: the client could not be opened and retrying would not help.
@@ -313,16 +332,18 @@ async def run_server(
             await asyncio.wait_for(backend.settled.wait(), SETTLE_TIMEOUT)
         if backend.fatal.done():
             raise backend.fatal.result()
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
         await site.start()
         bound = runner.addresses[0]
-        url = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
+        scheme = "https" if tls is not None else "http"
+        url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
         if on_listening is not None:
             on_listening(url)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, app[auth.GATE].reload)
         try:
             fatal = backend.fatal
             stopped = asyncio.create_task(stop.wait())
@@ -332,7 +353,7 @@ async def run_server(
             if fatal.done():
                 raise fatal.result()
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
     finally:
         await runner.cleanup()

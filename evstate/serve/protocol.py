@@ -29,7 +29,18 @@ method         params       result
 ``renew``      ``[token]``  the lease, extended by ``ttl`` from now
 ``unlock``     ``[token]``  ``null`` (the lease is released)
 ``locks``      ``[]``       live leases on the scope, covering it or nested in it
+``breakLock``  ``[token]``  ``null`` (someone else's lease is broken: admin only)
+``accessLog``  ``[]``       the newest access-log entries on the scope: admin only
 =============  ===========  ==========================================================
+
+Each method needs a permission on the chain's scope (:data:`PERMISSIONS`; see
+:mod:`evstate.principals`): the reads ``read``, ``init``/``deinit``/``set``/``delete``
+``write``, ``lock``/``renew``/``unlock`` ``lock``, ``breakLock`` ``admin``. ``listScopes``
+needs none on the scope itself and names only the nested scopes the caller may read (or
+holds a grant inside). A refusal is 403, naming the principal, the permission and the
+scope; nothing is read or written. Every event written carries the principal as its
+actor; ``context`` may add ``reason``, ``correlationId`` and ``onBehalfOf`` (the end user
+the principal acted for, recorded as such, never as the actor).
 
 Some methods take one more param, an object of options (``OPTIONS``): ``set`` and
 ``delete`` ``{"expectedVersion", "idempotencyKey"}`` (compare-and-set; a retry with the
@@ -49,17 +60,18 @@ it started; 503 before, saying which. ``GET /metrics`` serves the Prometheus met
 (:mod:`evstate.serve.metrics`; no token unless a metrics token is set). Requests are
 served once it is connected: each waits until the view has caught up with the partition
 it needs (``session`` consistency). Every other request needs ``Authorization: Bearer
-<token>`` (compared in constant time). Statuses:
-400 bad JSON, method or params (a key or scope name evstate refuses, a marker that would
-not decode, a ``minPosition`` in a partition that does not exist, a request aiohttp cannot
-parse, such as a header over 8 KiB: never echoed); 401 token missing or wrong (a token
-that is not UTF-8 included); 404/405 other paths and verbs; 409 refused by a lock or a
-compare-and-set (nothing written; the answer also carries ``code`` and the error's data,
-see :func:`details_of`); 413 body over the limit (or an event over the broker's); 503
-Kafka unreachable, a write not acknowledged, a read not consistent in time (all
-retriable); 500 anything else, with no stack trace (that goes to the server's log). A
-connection that does not send its headers within ``header_timeout`` is closed, and the
-access log never holds a query string.
+<token>`` naming a principal (:mod:`evstate.serve.auth`). Statuses: 400 bad JSON, method
+or params (a key or scope name evstate refuses, a marker that would not decode, a
+``minPosition`` in a partition that does not exist, a request aiohttp cannot parse, such
+as a header over 8 KiB: never echoed); 401 token missing or wrong (a token that is not
+UTF-8 included); 403 no grant for the method on the scope (nothing read or written;
+``code``, ``principal``, ``permission``, ``scope``); 404/405 other paths and verbs; 409
+refused by a lock or a compare-and-set (nothing written; the answer also carries
+``code`` and the error's data, see :func:`details_of`); 413 body over the limit (or an
+event over the broker's); 503 Kafka unreachable, a write not acknowledged, a read not
+consistent in time (all retriable); 500 anything else, with no stack trace (that goes to
+the server's log). A connection that does not send its headers within ``header_timeout``
+is closed, and the access log never holds a query string.
 """
 
 from __future__ import annotations
@@ -73,6 +85,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from evstate import access
 from evstate.client import EvstateClient
 from evstate.errors import (
     ClosedError,
@@ -82,6 +95,7 @@ from evstate.errors import (
     EventTooLargeError,
     EvstateError,
     FencedError,
+    ForbiddenError,
     KafkaError,
     LockError,
     LockHeldError,
@@ -93,6 +107,8 @@ from evstate.errors import (
     ViewError,
 )
 from evstate.model import CONSISTENCIES, Consistency, Position, Scope
+from evstate.names import printable
+from evstate.principals import Permission, Principal, decide, may_see
 from evstate.store import KafkaStateStore
 
 log = logging.getLogger(__name__)
@@ -132,7 +148,32 @@ METHODS: Final[dict[str, tuple[str, ...]]] = {
     "renew": (_LEASE,),
     "unlock": (_LEASE,),
     "locks": (),
+    "breakLock": (_LEASE,),
+    "accessLog": (),
 }
+
+# method -> the permission it needs on the chain's scope (None: listScopes, filtered).
+PERMISSIONS: Final[dict[str, Permission | None]] = {
+    "init": "write",
+    "deinit": "write",
+    "list": "read",
+    "count": "read",
+    "get": "read",
+    "getBatch": "read",
+    "all": "read",
+    "set": "write",
+    "delete": "write",
+    "listScopes": None,
+    "version": "read",
+    "lock": "lock",
+    "renew": "lock",
+    "unlock": "lock",
+    "locks": "read",
+    "breakLock": "admin",
+    "accessLog": "admin",
+}
+# context fields a caller may add to what its writes record, and their limit in chars.
+_NOTES: Final = {"reason": 1000, "correlationId": 200, "onBehalfOf": 200}
 
 _WRITE_OPTIONS: Final = ("expectedVersion", "idempotencyKey")
 # method -> the names its optional last param (an object) may hold
@@ -141,6 +182,7 @@ OPTIONS: Final[dict[str, tuple[str, ...]]] = {
     "delete": _WRITE_OPTIONS,
     "lock": ("ttl", "info"),
     "renew": ("ttl",),
+    "accessLog": ("since", "principal", "limit"),  # checked by access.query
 }
 
 # First match wins, so subclasses come before their bases.
@@ -148,6 +190,7 @@ _STATUSES: Final[tuple[tuple[type[EvstateError], int], ...]] = (
     (EventTooLargeError, 413),
     (ValidationError, 400),
     (ConflictError, 409),
+    (ForbiddenError, 403),
     (LockError, 409),  # LockHeldError, FencedError, NoSuchLeaseError
     (MalformedEventError, 500),
     (SerdeError, 400),
@@ -203,6 +246,13 @@ def details_of(exc: EvstateError) -> dict[str, Any]:
                 "expected": exc.expected,
                 "actual": exc.actual,
             }
+        case ForbiddenError():
+            return {
+                "code": "forbidden",
+                "principal": exc.principal,
+                "permission": exc.permission,
+                "scope": exc.scope,
+            }
     return {}
 
 
@@ -247,6 +297,17 @@ class _Call:
     min_position: Position | None
     lock_token: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str | None:
+        """The key (or lease token) the call is about, if any (for the access log)."""
+        first = self.params[0] if self.params else None
+        return first if isinstance(first, str) else None if first is None else str(first)
+
+
+CALL: Final = web.RequestKey("call", _Call)
+"""The parsed call of a ``POST /`` (for the access log), once it parsed."""
 
 
 def _reject_constant(name: str) -> None:
@@ -364,6 +425,23 @@ def parse_call(payload: Any) -> _Call:
             "context.lockToken must be the token of a lease (an int >= 0, as `lock` answers "
             f"it or EVSTATE_LOCK_TOKEN holds it), got {json.dumps(lock_token)[:100]}",
         )
+    notes = {}
+    for name, limit in _NOTES.items():
+        value = context.get(name)
+        if value is None:
+            continue
+        if (
+            not isinstance(value, str)
+            or not value
+            or len(value) > limit
+            or printable(value) != value
+        ):
+            raise Refused(
+                400,
+                f"context.{name} must be a non-empty string of at most {limit} characters "
+                "without control characters",
+            )
+        notes[name] = value
     return _Call(
         method=method,
         params=params,
@@ -372,32 +450,64 @@ def parse_call(payload: Any) -> _Call:
         min_position=None if token is None else Position.parse(token),
         lock_token=lock_token,
         options=options,
+        notes=notes,
     )
 
 
-def _child_scopes(client: EvstateClient, scope: Scope) -> list[str]:
+def _child_scopes(client: EvstateClient, scope: Scope, principal: Principal) -> list[str]:
     # Paths join names with '/', so a name holding '/' reads as two levels here.
     prefix = scope.path + "/"
     names = {p[len(prefix) :].split("/")[0] for p in client.scopes() if p.startswith(prefix)}
-    return sorted(names)
+    return sorted(n for n in names if may_see(principal, prefix + n))
 
 
-async def _deinit(store: KafkaStateStore, lock_token: int) -> None:
-    # KafkaStateStore.deinit takes no lock token: the same DELETEs, each carrying it.
+async def _deinit(store: KafkaStateStore, writes: dict[str, Any]) -> None:
+    # KafkaStateStore.deinit records the client's actor and takes no lock token: the same
+    # DELETEs, each carrying the principal (and the token, if any).
     gate = asyncio.Semaphore(_DEINIT_CONCURRENCY)
+    notes = {**writes, "reason": writes.get("reason") or "deinit"}
 
     async def one(key: str) -> None:
         async with gate:
-            await store.delete(key, reason="deinit", lock_token=lock_token)
+            await store.delete(key, **notes)
 
     await asyncio.gather(*(one(k) for k in await store.list()))
 
 
-async def dispatch(client: EvstateClient, call: _Call) -> Any:
+def authorize(principal: Principal, call: _Call) -> None:
+    """Refuse (:class:`ForbiddenError`, 403) a call the principal has no grant for.
+
+    ``listScopes`` is let through when the principal may see the scope (it may read it, or
+    holds a grant nested in it); its answer is filtered by :func:`_child_scopes`.
+    """
+    permission = PERMISSIONS[call.method]
+    if permission is not None:
+        decide(principal, permission, call.scope.path)
+    elif not may_see(principal, call.scope.path):
+        raise ForbiddenError(principal.name, "read", call.scope.path)
+
+
+async def dispatch(client: EvstateClient, call: _Call, principal: Principal) -> Any:
+    """Run ``call`` for ``principal``: authorized first, then its writes recorded with the
+    principal as their actor.
+
+    Raises:
+        ForbiddenError: the principal has no grant for it; nothing was read or written.
+        EvstateError: what the store raised.
+    """
+    authorize(principal, call)
     store: KafkaStateStore = client.store(call.scope)
+    actor = principal.name
     reads: dict[str, Any] = {"consistency": call.consistency, "min_position": call.min_position}
     writes: dict[str, Any] = {
         "lock_token": call.lock_token,
+        "actor": actor,
+        "reason": call.notes.get("reason"),
+        "correlation_id": call.notes.get("correlationId"),
+        "on_behalf_of": call.notes.get("onBehalfOf"),
+    }
+    once: dict[str, Any] = {
+        **writes,
         "expected_version": call.options.get("expectedVersion"),
         "idempotency_key": call.options.get("idempotencyKey"),
     }
@@ -408,10 +518,7 @@ async def dispatch(client: EvstateClient, call: _Call) -> Any:
             await store.init()
             return None
         case "deinit", []:
-            if call.lock_token is None:
-                await store.deinit()
-            else:
-                await _deinit(store, call.lock_token)
+            await _deinit(store, writes)
             return None
         case "list", []:
             return await store.list(**reads)
@@ -424,19 +531,28 @@ async def dispatch(client: EvstateClient, call: _Call) -> Any:
         case "all", []:
             return await store.all_trees(**reads)
         case "set", [key, tree]:
-            return (await store.set_tree(key, tree, **writes)).token
+            return (await store.set_tree(key, tree, **once)).token
         case "delete", [key]:
-            return (await store.delete(key, **writes)).token
+            return (await store.delete(key, **once)).token
         case "version", [key]:
             return await store.version(key, consistency=call.consistency)
         case "lock", []:
-            lease = await client.take_lease(call.scope, ttl=ttl, info=call.options.get("info"))
+            info = call.options.get("info")
+            lease = await client.take_lease(call.scope, ttl=ttl, info=info, actor=actor)
             return lease.to_json()
         case "renew", [token]:
-            return (await client.renew_lease(call.scope, token, ttl=ttl)).to_json()
+            return (await client.renew_lease(call.scope, token, ttl=ttl, actor=actor)).to_json()
         case "unlock", [token]:
-            await client.release_lease(call.scope, token)
+            await client.release_lease(call.scope, token, actor=actor)
             return None
+        case "breakLock", [token]:
+            await client.break_lock(call.scope, token, actor=actor)
+            return None
+        case "accessLog", []:
+            try:
+                return await access.query(client.settings, call.scope.path, call.options)
+            except access.NoAccessLogError as exc:
+                raise Refused(404, str(exc)) from None
         case "locks", []:
             return [lease.to_json() for lease in await client.locks(call.scope)]
         case "listScopes", []:
@@ -445,5 +561,5 @@ async def dispatch(client: EvstateClient, call: _Call) -> Any:
             await client.consistent(call.scope, call.consistency, call.min_position)
             if call.consistency != "eventual":
                 await client.catch_up()
-            return _child_scopes(client, call.scope)
+            return _child_scopes(client, call.scope, principal)
     raise AssertionError(f"unhandled method {call.method}")  # pragma: no cover

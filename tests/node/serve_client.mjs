@@ -8,6 +8,7 @@
 //   errors:  what the store throws for a wrong token, a bad key, no server, a slow one
 //            (tried twice)
 //   badTokens: what it throws for tokens with a newline at the end or inside
+//   notes:   a set through a store with reason, correlationId and onBehalfOf options
 //   hold:    two stores of one stage with `lock`, holding its lease for "holdMs"
 import { isSecret, secret } from "alchemy";
 import { EvstateStateStore, EvstateStateStoreError } from "@evstate/alchemy";
@@ -90,6 +91,17 @@ if (input.op === "methods") {
   out.childAfterDeinit = await child.list();
   out.parentAfterChildDeinit = await store.list();
   out.tokenHidden = !JSON.stringify(store).includes(input.token) && !Object.values(store).includes(input.token);
+} else if (input.op === "notes") {
+  const notes = { reason: "deploy #42", correlationId: "ci-run-7", onBehalfOf: "alice@example.com" };
+  const store = new EvstateStateStore(scope, { ...options, ...notes });
+  await store.set("noted", {
+    status: "created", kind: "test::Note", id: "noted", fqn: "noted", seq: 1, data: {},
+    props: {}, output: {},
+  });
+  out.ok = true;
+  out.badOption = await failure(
+    Promise.resolve().then(() => new EvstateStateStore(scope, { ...options, reason: 7 })),
+  );
 } else if (input.op === "read") {
   const store = new EvstateStateStore(scope, options);
   out.all = describe(await store.all());

@@ -29,6 +29,15 @@ export interface EvstateStateStoreOptions {
    * Default: false.
    */
   lock?: boolean | EvstateLockOptions;
+  /** Why (a deploy's title, a ticket): recorded as the `reason` of every event written. */
+  reason?: string;
+  /** Ties the events to a run (a CI job id): recorded as their `correlation_id`. */
+  correlationId?: string;
+  /**
+   * The end user this app acts for, recorded as the events' `on_behalf_of`. The events'
+   * actor is always the principal `evstate serve` authenticated by the token.
+   */
+  onBehalfOf?: string;
 }
 
 /** `lock: { ... }`: the lease's settings. */

@@ -36,6 +36,18 @@ export class EvstateStateStore {
     this.attempts = Math.max(1, options.attempts ?? DEFAULT_ATTEMPTS);
     this.consistency = options.consistency;
     this.lock = Boolean(options.lock);
+    // What every request tells the server about itself (recorded on the events it writes).
+    this.notes = {};
+    for (const name of ["reason", "correlationId", "onBehalfOf"]) {
+      const value = options[name];
+      if (value === undefined || value === null) continue;
+      if (typeof value !== "string" || value === "") {
+        throw new EvstateStateStoreError(
+          `[EvstateStateStore] option ${name} must be a non-empty string`,
+        );
+      }
+      this.notes[name] = value;
+    }
     this.#endpoint = {
       url: this.url,
       token: checkToken(plain(options.token) ?? process.env.EVSTATE_TOKEN),
@@ -123,7 +135,7 @@ export class EvstateStateStore {
   }
 
   async #call(method, params) {
-    const context = { chain: this.scope.chain };
+    const context = { chain: this.scope.chain, ...this.notes };
     if (this.consistency) context.consistency = this.consistency;
     const lockToken = await this.#lockToken();
     if (lockToken !== undefined) context.lockToken = lockToken;
