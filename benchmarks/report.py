@@ -341,6 +341,14 @@ def peers_section(data: dict[str, Any], has_chart: bool) -> list[str]:
     out = [f"**{data['title']}**", "", *rows_table(data, peers=True), ""]
     if has_chart:
         out += ["![evstate's advantage over each peer, per figure](benchmarks.png)", ""]
+        out += [
+            "Cold is compared with cold and warm with warm: an *empty view* row sets a "
+            "fresh evstate view against Faust recovering into an empty data dir, a *warm "
+            "view* row against a Faust worker restarting on the data dir it kept (its "
+            "RocksDB and the changelog offsets stored in it). ktables keeps its table in "
+            "memory only, so every ktables start is a full replay, against either view.",
+            "",
+        ]
     out += ["### Where evstate is behind", "", *behind(data), ""]
     out += how_peers_ran(data.get("peers", {}))
     skipped = data.get("peers", {}).get("skipped", {})
