@@ -151,7 +151,7 @@ def machine(outcomes: list[Outcome], kafka: str, mode: str) -> list[str]:
     lines = [
         "| | |",
         "| --- | --- |",
-        f"| run | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {mode} mode |",
+        f"| run | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {mode} mode, commit {commit()} |",
         f"| CPUs | {os.cpu_count()} {TIMES} {cpu_model()} ({platform.machine()}) |",
         f"| memory | {memory_gib()} |",
         f"| OS | {platform.platform()} |",
@@ -166,6 +166,26 @@ def machine(outcomes: list[Outcome], kafka: str, mode: str) -> list[str]:
             f"median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f} |"
         )
     return lines
+
+
+def commit() -> str:
+    """The checked-out commit (and whether the tree differs from it)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with local changes" if dirty else "")
 
 
 def memory_gib() -> str:
