@@ -17,7 +17,7 @@ from aiohttp import web
 
 from evstate.errors import EvstateError, ForbiddenError
 from evstate.principals import hash_token, may
-from evstate.serve.auth import Gate
+from evstate.serve.auth import PRINCIPAL, Gate
 from evstate.serve.protocol import Refused, status_of
 from evstate.serve.ui import pages
 from evstate.serve.ui.context import (
@@ -133,6 +133,7 @@ async def _sign_in(request: web.Request) -> web.Response:
     if principal is None:
         await asyncio.sleep(0.2)  # a guesser gets five tries a second per connection
         return render(request, "sign_in.html", 401, next=target, error="Wrong token.")
+    request[PRINCIPAL] = principal  # the access log records who signed in
     cookie, _ = console.sessions.issue(principal.name, hash_token(token))
     response = web.HTTPSeeOther(target)
     response.set_cookie(
