@@ -180,6 +180,10 @@ async def test_a_reader_of_app_dev_sees_only_app_dev_and_403_elsewhere(ui: Conso
     await page.get_by_role("link", name="app/dev", exact=True).click()
     await expect(page.get_by_role("link", name="dev-bucket", exact=True)).to_be_visible()
     await expect(page.get_by_role("link", name="app/dev/db", exact=True)).to_be_visible()
+    crumbs = page.get_by_role("navigation", name="Breadcrumb")
+    await expect(crumbs.get_by_role("link", name="dev", exact=True)).to_be_visible()
+    await expect(crumbs.get_by_role("link", name="app", exact=True)).to_have_count(0)
+    await expect(crumbs).to_contain_text("app")
     # Typed directly: every page of app/prod is 403, naming principal, permission, scope.
     hour_ago = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S")
     for path in (

@@ -16,7 +16,7 @@ from aiohttp import web
 from evstate.client import EvstateClient
 from evstate.errors import ValidationError
 from evstate.model import Scope
-from evstate.principals import Permission, Principal, decide
+from evstate.principals import Permission, Principal, decide, may
 from evstate.serve import audit
 from evstate.serve.auth import PRINCIPAL, Gate
 from evstate.serve.ui.live import LiveHub
@@ -159,10 +159,15 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     console = request.config_dict[CONSOLE]
     page = console.templates.get_template(template)
     session = current_session(request)
-    principal = request.get(PRINCIPAL) if session is not None else None
+    principal = request[PRINCIPAL] if session is not None else None
+
+    def readable(path: str) -> bool:  # a link to a scope only where it may be followed
+        return principal is not None and may(principal, "read", path)
+
     text = page.render(
         session=session,
         principal=None if principal is None else principal.name,
+        readable=readable,
         path_qs=request.path_qs,
         **context,
     )
