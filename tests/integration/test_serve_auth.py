@@ -599,7 +599,15 @@ async def test_serve_refuses_a_bad_principals_file_at_start(tmp_path: Path) -> N
     assert "EVSTATE_AUTH_FILE" in done.stderr
 
 
-async def test_the_console_signs_in_with_the_principals(caller: Caller, url: str) -> None:
+def _reader_reads_other(path: Path) -> None:
+    """The test's file, with the principal ``reader`` reading ``other`` instead of ``app``."""
+    head, name, tail = principals_toml().partition('name = "reader"')
+    path.write_text(head + name + tail.replace('read = ["app"]', 'read = ["other"]', 1))
+
+
+async def test_the_console_signs_in_with_the_principals(
+    caller: Caller, url: str, auth_file: Path
+) -> None:
     # The console is on with a principals file: a principal's token signs in, an unknown
     # one does not, and the API's bearer header is no console session.
     async with caller.session.get(url + "ui/", allow_redirects=False) as r:
@@ -628,3 +636,12 @@ async def test_the_console_signs_in_with_the_principals(caller: Caller, url: str
             assert "principal &#39;reader&#39; may not read scope &#39;other/x&#39;" in (
                 await r.text()
             )
+        # A grant changed in the file applies to the signed-in session at once.
+        _reader_reads_other(auth_file)
+
+        async def status_of(path: str) -> int:
+            async with signed_in.get(url + "ui/scope", params={"path": path}) as r:
+                return r.status
+
+        await _until(lambda: _is(status_of("app/prod"), 403))
+        assert await status_of("other/x") == 200
