@@ -12,9 +12,10 @@ from __future__ import annotations
 import io
 import json
 import re
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,9 +30,11 @@ __all__ = [
     "DELETE_HEADER",
     "IDEMPOTENCY_HEADER",
     "SCHEMA_HEADER",
+    "TIME_HEADER",
     "EventSummary",
     "decode",
     "encode",
+    "header_time_ms",
     "register_writer_schema",
     "schema_fingerprint",
     "state_record",
@@ -118,6 +121,22 @@ def _load_shipped() -> tuple[bytes, dict[str, Any]]:
 CURRENT_FINGERPRINT, _CURRENT_SCHEMA = _load_shipped()
 _HEADERS: list[tuple[str, bytes]] = [(SCHEMA_HEADER, CURRENT_FINGERPRINT)]
 
+TIME_HEADER = "evstate.time"
+"""Header with the event's own timestamp, ms since the epoch as 8 bytes big-endian: a time
+bound is checked against it without decoding the event (records written before it
+existed have none, and are decoded)."""
+_TIME = struct.Struct(">q")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+def header_time_ms(headers: Sequence[tuple[str, bytes]] | None) -> int | None:
+    """The event's timestamp from its ``evstate.time`` header (ms), or None without one."""
+    for name, value in headers or ():
+        if name == TIME_HEADER and len(value) == _TIME.size:
+            return int(_TIME.unpack(value)[0])
+    return None
+
 
 # Compact JSON, as Alchemy writes it. One encoder for every event: json.dumps with options
 # builds a new one per call, which costs more than encoding a small state.
@@ -166,7 +185,12 @@ def encode(event: ChangeEvent) -> tuple[bytes, list[tuple[str, bytes]]]:
         fastavro.schemaless_writer(out, _CURRENT_SCHEMA, record)
     except Exception as exc:  # fastavro's errors for a bad datum are not one type
         raise SerdeError(f"event for key {event.key!r} does not fit the schema: {exc}") from exc
-    return out.getvalue(), list(_HEADERS)
+    return out.getvalue(), [*_HEADERS, (TIME_HEADER, _TIME.pack(_ms_since_epoch(event)))]
+
+
+def _ms_since_epoch(event: ChangeEvent) -> int:
+    # The Avro field is timestamp-millis: the header holds the same number.
+    return (event.timestamp - _EPOCH) // _MS
 
 
 def _where(position: Position | None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from evstate import events, keys
 from evstate.config import Settings
@@ -68,6 +68,10 @@ def _check_point(point: Point | None, partition: int, name: str) -> None:
         )
     if isinstance(point, datetime) and point.tzinfo is None:
         raise ValidationError(f"{name} must be a timezone-aware datetime, got {point!r}")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
 
 def _ms(when: datetime) -> int:
@@ -171,8 +175,9 @@ async def replay_trees(
 
     A key's state is its last event up to ``at``, so only that event is decoded in full:
     the others are passed over as bytes. With a datetime, a record stamped more than
-    ``CLOCK_SLACK`` before ``at`` is surely in; for one stamped later, the Avro record
-    alone (not the state's JSON) is read to compare its event's own timestamp.
+    ``CLOCK_SLACK`` before ``at`` is surely in; for one stamped later, the event's own
+    timestamp is read from its ``evstate.time`` header (or, in a record written before
+    that header existed, from its Avro record; never from the state's JSON).
 
     Raises:
         ValidationError: ``at`` is a Position in another partition, or a naive datetime.
@@ -186,11 +191,8 @@ async def replay_trees(
     )
     async for record in records:
         assert record.key is not None  # _scope_records yields keyed records only
-        if when is not None and record.timestamp_ms > surely_in:
-            position = Position(record.partition, record.offset)
-            summary = events.summarize(_event_bytes(record), record.headers, position)
-            if summary.timestamp > when:
-                continue
+        if when is not None and record.timestamp_ms > surely_in and happened_after(record, when):
+            continue
         last[record.key] = record
     trees: dict[str, Tree] = {}
     for item in last.values():
@@ -198,6 +200,20 @@ async def replay_trees(
         if event.op == "SET" and event.state is not None:
             trees[event.key] = event.state
     return trees
+
+
+def happened_after(record: Record, when: datetime) -> bool:
+    """Whether the event in ``record`` happened after ``when`` (by its own timestamp).
+
+    Read from the ``evstate.time`` header when the record has one; a record written
+    before that header existed is decoded (its Avro record, not its state's JSON).
+    """
+    stamped = events.header_time_ms(record.headers)
+    if stamped is not None:
+        # The event's time has ms precision; ``when`` may have µs.
+        return stamped * 1000 > (when - _EPOCH) // _MICROSECOND
+    position = Position(record.partition, record.offset)
+    return events.summarize(_event_bytes(record), record.headers, position).timestamp > when
 
 
 def diff_trees(before: dict[str, Tree], after: dict[str, Tree]) -> Diff:

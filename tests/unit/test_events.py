@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 from datetime import UTC, datetime
@@ -115,11 +116,22 @@ class TestRoundTrip:
 
 
 class TestHeader:
-    def test_header_carries_fingerprint(self) -> None:
-        _, headers = encode(make_event())
-        assert headers == [(SCHEMA_HEADER, CURRENT_FINGERPRINT)]
+    def test_header_carries_fingerprint_and_the_event_time(self) -> None:
+        at = datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+        event = dataclasses.replace(make_event(), timestamp=at)
+        _, headers = encode(event)
+        assert headers[0] == (SCHEMA_HEADER, CURRENT_FINGERPRINT)
         assert SCHEMA_HEADER == "evstate.schema"
         assert len(CURRENT_FINGERPRINT) == 8
+        assert [name for name, _ in headers] == [SCHEMA_HEADER, events.TIME_HEADER]
+        assert events.header_time_ms(headers) == 1704164645678
+        assert events.header_time_ms(headers) == int(event.timestamp.timestamp() * 1000)
+
+    def test_records_without_a_time_header_have_no_header_time(self) -> None:
+        assert events.header_time_ms([(SCHEMA_HEADER, CURRENT_FINGERPRINT)]) is None
+        assert events.header_time_ms(None) is None
+        # A header of the wrong size is not trusted either: the event is decoded instead.
+        assert events.header_time_ms([(events.TIME_HEADER, b"\x00\x01")]) is None
 
     def test_fingerprint_is_rabin_of_canonical_form(self) -> None:
         parsed = fastavro.parse_schema(current_schema(), named_schemas={})
