@@ -25,6 +25,9 @@ from evstate.serve.ui import is_console
 
 log = logging.getLogger(__name__)
 
+OPEN_PATHS: Final = frozenset({"/version"})
+"""Paths answered without a token: Alchemy v2's version probe (:mod:`evstate.serve.stacks`)."""
+
 POLL_INTERVAL: Final = 1.0
 """Seconds between looks at the principals file for a change."""
 
@@ -157,8 +160,8 @@ def install(app: web.Application, gate: Gate, *, poll_interval: float = POLL_INT
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 unless ``Authorization: Bearer <token>`` names a principal; else put it on the
     request (:data:`PRINCIPAL`). ``GET /metrics`` checks its own token; the console under
-    ``/ui/`` signs in on its own (:mod:`evstate.serve.ui`)."""
-    if request.path == serve_metrics.PATH or is_console(request.path):
+    ``/ui/`` signs in on its own (:mod:`evstate.serve.ui`); :data:`OPEN_PATHS` need none."""
+    if request.path == serve_metrics.PATH or request.path in OPEN_PATHS or is_console(request.path):
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same
