@@ -43,6 +43,7 @@ __all__ = [
     "STACK_PREFIX",
     "check_record",
     "fqn_key",
+    "holds_redacted",
     "id_of",
     "is_reserved",
     "key_fqn",
@@ -190,6 +191,11 @@ def _check_unsealed(value: Any) -> None:
         )
 
 
+def holds_redacted(tree: Any) -> bool:
+    """Whether a record holds any ``__redacted__`` value (a secret to seal)."""
+    return _holds(tree, REDACTED)
+
+
 def _holds(node: Any, name: str) -> bool:
     stack = [node]
     while stack:
@@ -212,27 +218,55 @@ def _map(node: Any, change: Callable[[Any], Any]) -> Any:
     return node
 
 
-def seal_record(tree: Tree, keys: SecretKeys, where: bytes) -> Tree:
+def seal_record(tree: Tree, keys: SecretKeys, where: bytes, previous: Tree | None = None) -> Tree:
     """A copy of ``tree`` whose ``__redacted__`` values are sealed with ``keys``.
+
+    A value that ``previous`` (the record stored at the same place) already holds, sealed
+    with the current key, keeps its payload: an unchanged secret stays the same bytes, so
+    the history and its diffs show it unchanged. Anything else gets a fresh IV.
 
     Args:
         tree: a record checked by :func:`check_record`.
         keys: the server's secret keys; the current one seals.
         where: :func:`place` of the record.
+        previous: the stored record at ``where``, if any.
 
     Raises:
         InvalidRecordError: the record is nested too deeply to walk.
     """
+    known: dict[bytes, Any] = {}
+    for payload in _payloads(previous):
+        if isinstance(payload, dict) and payload.get("kid") == keys.current:
+            try:
+                known.setdefault(keys.open(payload, where), payload)
+            except SealedSecretError:
+                continue
 
     def seal(value: Any) -> Any:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-        return {SEALED: keys.seal(text.encode("utf-8"), where)}
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return {SEALED: known.get(text) or keys.seal(text, where)}
 
     try:
         sealed: Tree = _map(tree, seal)
     except RecursionError:
         raise InvalidRecordError("the record is nested too deeply") from None
     return sealed
+
+
+def _payloads(tree: Any) -> list[Any]:
+    """Every sealed payload in a stored record."""
+    found = []
+    stack = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if len(item) == 1 and SEALED in item:
+                found.append(item[SEALED])
+            else:
+                stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
 
 
 def open_record(tree: Tree, keys: SecretKeys | None, where: bytes) -> Tree:

@@ -121,11 +121,13 @@ class Stacks:
         except (ValueError, RecursionError) as exc:
             raise Refused(400, f"the body is not JSON: {exc}") from None
 
-    def seal(self, scope: Scope, key: str, tree: Tree) -> Tree:
+    async def seal(self, store: KafkaStateStore, key: str, tree: Tree) -> Tree:
+        """``tree`` with its secrets sealed, unchanged ones keeping their stored bytes."""
         if self.keys is None:  # the server was told to keep secrets as sent
             return tree
-        stack, stage = _names(scope)
-        return stacks.seal_record(tree, self.keys, stacks.place(stack, stage, key))
+        previous = await store.get_tree(key) if stacks.holds_redacted(tree) else None
+        stack, stage = _names(store.scope)
+        return stacks.seal_record(tree, self.keys, stacks.place(stack, stage, key), previous)
 
     def open(self, scope: Scope, key: str, tree: Tree) -> Tree:
         stack, stage = _names(scope)
@@ -225,9 +227,9 @@ async def _set_state(request: web.Request) -> web.StreamResponse:
     scope, key = here.place(request, "v2.set", "write", fqn=True)
     assert key is not None
     record = stacks.check_record(stacks.key_fqn(key), await here.body(request))
-    sealed = here.seal(scope, key, record)
     backend = await here.client_ready()
-    await _store(backend, scope).set_record(key, sealed, **_writes(request))
+    store = _store(backend, scope)
+    await store.set_record(key, await here.seal(store, key, record), **_writes(request))
     return _json(record)
 
 
@@ -262,9 +264,11 @@ async def _set_output(request: web.Request) -> web.StreamResponse:
     here = request.app[_STACKS]
     scope, _ = here.place(request, "v2.setOutput", "write")
     value = await here.body(request)
-    tree = here.seal(scope, stacks.OUTPUT_KEY, stacks.output_record(value))
+    record = stacks.output_record(value)
     backend = await here.client_ready()
-    await _store(backend, scope).set_record(stacks.OUTPUT_KEY, tree, **_writes(request))
+    store = _store(backend, scope)
+    tree = await here.seal(store, stacks.OUTPUT_KEY, record)
+    await store.set_record(stacks.OUTPUT_KEY, tree, **_writes(request))
     return _json(value)
 
 
