@@ -382,7 +382,7 @@ class SecretKeys:
     @classmethod
     def parse(cls, text: str, source: str) -> SecretKeys:
         """Keys from text: ``<key id>:<base64 of 32 bytes>`` entries, separated by
-        newlines or commas (blank lines and ``#`` comments skipped); the first seals.
+        newlines or commas (``#`` starts a comment); the first seals.
 
         Args:
             text: the key file's content, or the environment variable's value.
@@ -392,10 +392,10 @@ class SecretKeys:
             ConfigError: an entry that is not ``id:base64``, or what :meth:`__init__` refuses.
         """
         keys: list[tuple[str, bytes]] = []
-        for number, line in enumerate(text.replace(",", "\n").splitlines(), 1):
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
+        entries = (
+            e.strip() for line in text.splitlines() for e in line.partition("#")[0].split(",")
+        )
+        for number, entry in enumerate((e for e in entries if e), 1):
             kid, sep, b64 = entry.partition(":")
             try:
                 key = binascii.a2b_base64(b64.strip(), strict_mode=True) if sep else b""
