@@ -82,7 +82,7 @@ async def server(
         bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, view_dir=view_dir
     )
     log: list[str] = []
-    args = ("--auth", str(auth), "--secret-key-file", str(keys), "--no-access-log")
+    args = ("--auth", str(auth), "--secret-key-file", str(keys))
     async with serve_process(env, *args, token=DEPLOYER, log=log) as url:
         yield Server(url.rstrip("/"), view_dir, bootstrap_servers, topic_prefix, log)
 
@@ -182,6 +182,21 @@ async def test_deploy_redeploy_update_list_destroy(
             assert plaintext.encode() not in data, path
             assert nested_plaintext.encode() not in data, path
     assert plaintext not in "".join(server.log)
+
+    # The access log has the v2 calls, by principal, on the stage's scope.
+    logged = await run_cli(
+        "access-log",
+        "--principal",
+        "deployer",
+        "--scope",
+        scope.path,
+        "--json",
+        env=server.cli_env(tmp_path / "access"),
+    )
+    assert logged.returncode == 0, logged.stderr
+    methods = {json.loads(line)["method"] for line in logged.stdout.splitlines()}
+    assert {"v2.get", "v2.set", "v2.delete", "v2.setOutput"} <= methods
+    assert plaintext not in logged.stdout
 
 
 async def test_a_bad_token_fails_the_deploy_and_writes_nothing(
