@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -55,7 +54,7 @@ from evstate.principals import Permission, Principal, decide, may_see
 from evstate.secrets import SecretKeys
 from evstate.serve.auth import PRINCIPAL
 from evstate.serve.backend import Backend
-from evstate.serve.protocol import Refused, note_call
+from evstate.serve.protocol import Refused, note_call, parse_body
 from evstate.store import KafkaStateStore
 
 log = logging.getLogger(__name__)
@@ -114,12 +113,7 @@ class Stacks:
             raw = await request.read()
         except (ConnectionError, asyncio.IncompleteReadError, ClientPayloadError):
             raise Refused(400, "the request body ended early") from None
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise Refused(400, f"the body is not JSON: {exc}") from None
+        return None if not raw.strip() else parse_body(raw)
 
     async def seal(self, store: KafkaStateStore, key: str, tree: Tree) -> Tree:
         """``tree`` with its secrets sealed, unchanged ones keeping their stored bytes."""
