@@ -154,7 +154,35 @@ async def test_deploy_redeploy_update_list_destroy(
     listed = ok(await app.run(*app.argv("state", "ls", "-r"), env=env))
     assert f"{STACK}/{stage}/Group/Nested" in listed.out
     assert f"{STACK}/{stage}/Secret" in listed.out
+
+    # evstate's own CLI reads the same records: kind is the resourceType, secrets masked.
+    cli_env = server.cli_env(tmp_path / "cli", COLUMNS="200")
+    shown = await run_cli("ls", "--long", scope.path, env=cli_env)
+    assert shown.returncode == 0, shown.stderr
+    assert "Alchemy.Random" in shown.stdout
+    assert "Group/Nested" in shown.stdout
+    got = await run_cli("get", scope.path, "Secret", env=cli_env)
+    assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["attr"]["text"] == "********"
+    async with await reader(server, tmp_path) as client:
+        last = [e async for e in client.history(scope)][-1].position
+    assert last is not None
+
     ok(await app.run(*app.argv("destroy", "--stage", stage, "--yes"), env=env))
+
+    replayed = await run_cli("replay", scope.path, "--at", last.token, env=cli_env)
+    assert replayed.returncode == 0, replayed.stderr
+    then = json.loads(replayed.stdout)
+    assert sorted(then) == [OUTPUT_KEY, "Group/Nested", "Secret"]
+    assert then["Secret"]["status"] == "created"
+    assert plaintext not in replayed.stdout
+    diffed = await run_cli("diff", scope.path, "--from", last.token, "--to", "now", env=cli_env)
+    assert diffed.returncode == 0, diffed.stderr
+    assert diffed.stdout.count("removed") == 3
+    told = await run_cli("history", scope.path, env=cli_env)
+    assert told.returncode == 0, told.stderr
+    assert "deployer" in told.stdout
+    assert "deleting" in told.stdout
 
     status, body = await get(server.url, f"/state/stacks/{STACK}/stages/{stage}/resources/Secret")
     assert (status, json.loads(body)) == (200, None)  # missing: null, not 404
