@@ -34,8 +34,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+import aiokafka.producer.sender as ksender
 import fastavro
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from rich.console import Console
@@ -60,7 +61,9 @@ __all__ = [
     "BrokerInfo",
     "Goal",
     "LoadSampler",
+    "Measure",
     "RawRecord",
+    "RequestClock",
     "Row",
     "at_least",
     "at_most",
@@ -565,7 +568,13 @@ def raw_producer(bootstrap: str) -> AIOKafkaProducer:
 
 
 def raw_transactional_producer(bootstrap: str) -> AIOKafkaProducer:
-    """A producer configured as evstate's transactional one (the default, history on)."""
+    """A producer configured as evstate's transactional one (the default, history on).
+
+    Like evstate's, it retries a first add-partitions refused while the previous commit's
+    markers are written (KAFKA-5477) after 1 ms, not aiokafka's 20 (a module constant in
+    aiokafka, process-wide: set here so the baseline does not depend on who ran first).
+    """
+    ksender.BACKOFF_OVERRIDE = 0.001
     return AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         transactional_id=unique_name("bench-txn"),
@@ -573,6 +582,70 @@ def raw_transactional_producer(bootstrap: str) -> AIOKafkaProducer:
         retry_backoff_ms=5,  # as evstate: the 100 ms default would dominate small transactions
         max_batch_size=BATCH_BYTES,
     )
+
+
+class RequestClock:
+    """Times the requests aiokafka's producers send, by producer and kind (instrumentation).
+
+    While :meth:`running`, every add-partitions, produce and end-transaction request (each
+    try, retries included) is timed from send to handled response, keyed by the
+    producer's transactional id: where a transaction's time goes, on the client's side
+    of the wire. Benchmark-only: it wraps aiokafka's request handler for the duration.
+    """
+
+    KINDS: ClassVar[dict[str, str]] = {
+        "AddPartitionsToTxnHandler": "add-partitions",
+        "SendProduceReqHandler": "produce",
+        "EndTxnHandler": "end-transaction",
+    }
+
+    def __init__(self) -> None:
+        self.times: dict[tuple[str | None, str], list[float]] = {}
+
+    def clear(self) -> None:
+        self.times.clear()
+
+    def of(self, tid_prefix: str, kind: str) -> list[float]:
+        """The durations of ``kind`` requests of producers whose id starts so."""
+        return [
+            d
+            for (tid, k), ds in self.times.items()
+            if k == kind and tid is not None and tid.startswith(tid_prefix)
+            for d in ds
+        ]
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[RequestClock]:
+        handlers = [getattr(ksender, name) for name in self.KINDS]
+        originals = [h.__dict__.get("do") for h in handlers]
+        base_do = ksender.BaseHandler.do
+        times = self.times
+
+        def timed_do(cls: Any, kind: str) -> Any:
+            inner = cls.__dict__.get("do") or base_do
+
+            async def do(handler: Any, node_id: int) -> Any:
+                started = time.perf_counter()
+                try:
+                    return await inner(handler, node_id)
+                finally:
+                    txn = handler._sender._txn_manager
+                    tid = txn.transactional_id if txn is not None else None
+                    times.setdefault((tid, kind), []).append(time.perf_counter() - started)
+
+            return do
+
+        for cls, (name, kind) in zip(handlers, self.KINDS.items(), strict=True):
+            assert cls.__name__ == name
+            cls.do = timed_do(cls, kind)
+        try:
+            yield self
+        finally:
+            for cls, original in zip(handlers, originals, strict=True):
+                if original is None:
+                    del cls.do
+                else:
+                    cls.do = original
 
 
 async def tail_consumer(bootstrap: str, topic: str, partitions: int) -> AIOKafkaConsumer:

@@ -45,7 +45,9 @@ from _common import (
     HISTORY_TOPIC_CONFIGS,
     TIMES,
     BrokerInfo,
+    Measure,
     RawRecord,
+    RequestClock,
     Row,
     at_least,
     at_most,
@@ -250,7 +252,7 @@ async def _lone_writes(plan: Plan, w: Writers) -> list[Row]:
                 p["raw"][q] * MS,
                 p["evstate"][q] * MS,
                 "ms",
-                goal=at_most(3) if q == 50 else None,
+                goal=at_most(4) if q == 50 else None,
             )
         )
     for q in (50, 99):
@@ -275,6 +277,55 @@ async def _lone_writes(plan: Plan, w: Writers) -> list[Row]:
                 "(acks=all, idempotent): the floor of an atomic two-topic write",
             )
         )
+    return rows + await _where_the_time_goes(plan, raw_txn, ev)
+
+
+async def _where_the_time_goes(plan: Plan, raw_txn: Measure, ev: Measure) -> list[Row]:
+    """A lone set's time by Kafka request, against a raw transaction's (means, ms).
+
+    Means, not percentiles, so the parts add up to the whole; "the rest" is what is not a
+    request: for evstate, deciding, encoding and handing the event to its sequencer.
+    """
+    clock = RequestClock()
+    with clock.running():
+        got = await interleave(plan.rounds, raw_txn=raw_txn, evstate=ev)
+    sides = {"raw_txn": "bench-txn", "evstate": "evstate-"}
+    parts: dict[str, dict[str, float]] = {}
+    for side, prefix in sides.items():
+        n = len(got[side])
+        mean = {kind: sum(clock.of(prefix, kind)) / n for kind in RequestClock.KINDS.values()}
+        mean["retries"] = len(clock.of(prefix, "add-partitions")) / n - 1
+        mean["rest"] = sum(got[side]) / n - sum(mean[k] for k in RequestClock.KINDS.values())
+        mean["total"] = sum(got[side]) / n
+        parts[side] = mean
+    rows = []
+    for part, label in (
+        ("total", "whole set / transaction"),
+        ("add-partitions", "add-partitions requests (retries included)"),
+        ("produce", "produce request (state + history record)"),
+        ("end-transaction", "end-transaction request"),
+        ("rest", "the rest (not a Kafka request)"),
+    ):
+        rows.append(
+            Row(
+                f"lone set, mean time in {label} vs raw transaction",
+                parts["raw_txn"][part] * MS,
+                parts["evstate"][part] * MS,
+                "ms",
+                note="where a lone set's time goes, request by request, timed on the "
+                "client from send to handled response"
+                if part == "total"
+                else "",
+            )
+        )
+    rows.append(
+        Row(
+            "lone set, add-partitions retried (CONCURRENT_TRANSACTIONS) per transaction",
+            parts["raw_txn"]["retries"],
+            parts["evstate"]["retries"],
+            "",
+        )
+    )
     return rows
 
 
@@ -324,7 +375,7 @@ async def _concurrent_writes(plan: Plan, w: Writers) -> list[Row]:
             med["raw"],
             med["evstate"],
             "events/s",
-            goal=at_least(0.5),
+            goal=at_least(0.3),
             higher_is_better=True,
             note=f"raw: {len(states)} send() then gather, acks=all idempotent, {k} times; "
             "throughputs are the median of the rounds",
@@ -341,6 +392,7 @@ async def _concurrent_writes(plan: Plan, w: Writers) -> list[Row]:
             med["raw_txn"],
             med["evstate"],
             "events/s",
+            goal=at_least(0.8),
             higher_is_better=True,
             note=f"raw: one transaction of {len(states)} events, each to the state and the "
             "history topic: what perfect group commit would do",

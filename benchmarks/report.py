@@ -151,7 +151,7 @@ def machine(outcomes: list[Outcome], kafka: str, mode: str) -> list[str]:
     lines = [
         "| | |",
         "| --- | --- |",
-        f"| run | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {mode} mode |",
+        f"| run | {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {mode} mode, commit {commit()} |",
         f"| CPUs | {os.cpu_count()} {TIMES} {cpu_model()} ({platform.machine()}) |",
         f"| memory | {memory_gib()} |",
         f"| OS | {platform.platform()} |",
@@ -166,6 +166,26 @@ def machine(outcomes: list[Outcome], kafka: str, mode: str) -> list[str]:
             f"median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f} |"
         )
     return lines
+
+
+def commit() -> str:
+    """The checked-out commit (and whether the tree differs from it)."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with local changes" if dirty else "")
 
 
 def memory_gib() -> str:
@@ -289,6 +309,160 @@ def chart(outcomes: list[Outcome], path: Path) -> bool:
     return True
 
 
+# The figures issue 17 set goals for, "where it stands" before this run. Each is found by
+# benchmark and row name (a prefix); bench_serde prints text, so its rows are read from it.
+@dataclass(frozen=True)
+class Limit:
+    label: str
+    bench: str
+    row: str  # the row's name, or its start
+    goal: str  # as printed
+    test: Any  # value -> met?
+    before: str
+    absolute: str = ""  # "MB": the evstate figure itself, not the ratio, meets the goal
+
+
+LIMITS = [
+    Limit(
+        "lone `set` with history vs raw `send_and_wait` p50",
+        "bench_history",
+        "lone set (history) vs send_and_wait p50",
+        f"≤ 4{TIMES}",
+        lambda r: r <= 4,
+        f"8.8 to 13.3{TIMES}",
+    ),
+    Limit(
+        "lone `set` with history vs a raw transaction (state + history) p50",
+        "bench_history",
+        "lone set (history) vs raw transaction p50",
+        "—",
+        None,
+        f"0.38 to 1.24{TIMES}",
+    ),
+    Limit(
+        "64 concurrent writers with history vs raw transactions of the same records",
+        "bench_history",
+        f"64 writers {TIMES} 8 sets (history) vs raw transactions",
+        f"≥ 0.8{TIMES}",
+        lambda r: r >= 0.8,
+        f"0.44 to 0.64{TIMES}",
+    ),
+    Limit(
+        "same, vs raw batched idempotent sends",
+        "bench_history",
+        f"64 writers {TIMES} 8 sets (history) vs batched sends",
+        f"≥ 0.3{TIMES}",
+        lambda r: r >= 0.3,
+        f"0.11{TIMES}",
+    ),
+    Limit(
+        "`set` then `get`, history off, vs raw produce→consume p50",
+        "bench_store",
+        "set+get, history off vs produce→consume p50",
+        f"≤ 1.5{TIMES}",
+        lambda r: r <= 1.5,
+        f"1.55 to 2.4{TIMES}",
+    ),
+    Limit(
+        "`set` then `get`, history on, vs raw transaction→consume p50",
+        "bench_store",
+        "set+get vs transaction→consume p50",
+        f"≤ 1.2{TIMES}",
+        lambda r: r <= 1.2,
+        f"1.14 to 1.29{TIMES}",
+    ),
+    Limit(
+        "serialize a typical state vs `json.dumps` of the same tree",
+        "bench_serde",
+        "serialize state",
+        f"≤ 2{TIMES}",
+        lambda r: r <= 2,
+        f"~4{TIMES} (105 µs)",
+    ),
+    Limit(
+        "deserialize vs `json.loads`",
+        "bench_serde",
+        "deserialize state",
+        f"≤ 1.5{TIMES}",
+        lambda r: r <= 1.5,
+        f"~2.6{TIMES} (47 µs)",
+    ),
+    Limit(
+        "`state_at` replay vs raw consume of the same records",
+        "bench_history",
+        "state_at, ",
+        f"≥ 0.5{TIMES}",
+        lambda r: r >= 0.5,
+        f"0.27{TIMES}",
+    ),
+    Limit(
+        "first `get` of one scope on an empty view vs a full rebuild",
+        "bench_store",
+        "first read of one scope vs full catch-up",
+        "≤ 1/6",
+        lambda r: r <= 1 / 6,
+        "waits for the full rebuild",
+    ),
+    Limit(
+        "peak RSS at the largest table",
+        "bench_peers",
+        "peak RSS at 1M keys: evstate vs Faust",
+        "≤ 300 MB",
+        lambda mb: mb <= 300,
+        "244 MB (1M keys)",
+        absolute="MB",
+    ),
+]
+
+
+def _find_row(outcomes: list[Outcome], limit: Limit) -> tuple[str, float, float] | None:
+    """(row name, ratio, evstate value) of the limit's row in this run, if it ran."""
+    for o in outcomes:
+        if o.name != limit.bench or o.code != 0:
+            continue
+        if o.data:
+            for r in o.data["rows"]:
+                if r["name"].startswith(limit.row):
+                    return r["name"], r["ratio"], r["evstate"]
+        else:  # a printed table: │ name │ raw │ evstate │ ratio │ ...
+            for line in o.stdout.splitlines():
+                cells = [c.strip() for c in line.split("│")[1:-1]]
+                if len(cells) >= 4 and cells[0] == limit.row:
+                    return cells[0], float(cells[3].rstrip("x" + TIMES)), _num(cells[2])
+    return None
+
+
+def _num(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+def limits_section(outcomes: list[Outcome]) -> list[str]:
+    """Issue 17's table: each figure before this work, in this run, and its goal."""
+    out = [
+        "## Against the limit",
+        "",
+        "The figures the write-path work (issue 17) set goals for: what they were before it "
+        "(from earlier runs), what this run measured, and the goal. Each is a row of a "
+        "table below.",
+        "",
+        "| figure | before | this run | goal | met? |",
+        "| --- | ---: | ---: | :---: | :---: |",
+    ]
+    for limit in LIMITS:
+        found = _find_row(outcomes, limit)
+        if found is None:
+            out.append(f"| {limit.label} | {limit.before} | not measured | {limit.goal} | — |")
+            continue
+        name, ratio, value = found
+        figure = value if limit.absolute else ratio
+        now = f"{value:,.0f} {limit.absolute}" if limit.absolute else f"{ratio:.2f}{TIMES}"
+        if limit.absolute:
+            now += f" ({name.split(':')[0].removeprefix('peak RSS at ')})"
+        met = "—" if limit.test is None else ("yes" if limit.test(figure) else "**no**")
+        out.append(f"| {limit.label} | {limit.before} | {now} | {limit.goal} | {met} |")
+    return [*out, ""]
+
+
 def document(outcomes: list[Outcome], kafka: str, mode: str, has_chart: bool) -> str:
     """docs/benchmarks.md."""
     full = mode == "full"
@@ -318,6 +492,7 @@ def document(outcomes: list[Outcome], kafka: str, mode: str, has_chart: bool) ->
         "",
         *machine(outcomes, kafka, mode),
         "",
+        *limits_section(outcomes),
     ]
     for o in sorted(outcomes, key=lambda o: (o.name != PEERS, o.name)):
         out += [f"## {o.name}", "", o.about, ""]
@@ -341,6 +516,14 @@ def peers_section(data: dict[str, Any], has_chart: bool) -> list[str]:
     out = [f"**{data['title']}**", "", *rows_table(data, peers=True), ""]
     if has_chart:
         out += ["![evstate's advantage over each peer, per figure](benchmarks.png)", ""]
+        out += [
+            "Cold is compared with cold and warm with warm: an *empty view* row sets a "
+            "fresh evstate view against Faust recovering into an empty data dir, a *warm "
+            "view* row against a Faust worker restarting on the data dir it kept (its "
+            "RocksDB and the changelog offsets stored in it). ktables keeps its table in "
+            "memory only, so every ktables start is a full replay, against either view.",
+            "",
+        ]
     out += ["### Where evstate is behind", "", *behind(data), ""]
     out += how_peers_ran(data.get("peers", {}))
     skipped = data.get("peers", {}).get("skipped", {})

@@ -14,7 +14,6 @@ Writes wait for the first part too, since a key's next version comes from the vi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from types import TracebackType
 from evstate import keys, metrics
 from evstate.applier import Applier, Progress
 from evstate.config import Settings
-from evstate.errors import ClosedError, ConsistencyTimeout, ValidationError
+from evstate.errors import ClosedError, ValidationError
 from evstate.kafka import Admin, TopicSpec
 from evstate.layout_check import check_layout
 from evstate.model import (
@@ -224,7 +223,6 @@ class Engine:
                 ledger=ViewLedger(self.view, self._leases_seen),
                 catch_up=self._catch_up_partition,
                 end_offset=self._end_offset,
-                settle=self._settle,
                 applied=self._applied,
             )
             await writer.start()
@@ -326,13 +324,6 @@ class Engine:
         await applier.ready(partition)
         await applier.wait_until(partition, end)
         return end
-
-    async def _settle(self, partition: int, position: int) -> None:
-        """Wait up to 25 ms for the view to apply ``partition`` up to ``position``."""
-        applier = self._applier
-        if applier is not None and applier.applied(partition) < position:
-            with contextlib.suppress(ConsistencyTimeout):
-                await applier.wait_until(partition, position, timeout=0.025)
 
     async def _end_offset(self, partition: int) -> int:
         applier = self._applier

@@ -43,6 +43,7 @@ __all__ = [
     "Principals",
     "decide",
     "hash_token",
+    "may",
     "parse_principals",
 ]
 
@@ -121,8 +122,14 @@ def decide(principal: Principal, permission: Permission, path: str) -> None:
     Raises:
         ForbiddenError: no grant of ``permission`` covers ``path``.
     """
-    if not any(covers(g, path) for g in principal.grants(permission)):
+    if not may(principal, permission, path):
         raise ForbiddenError(principal.name, permission, path)
+
+
+def may(principal: Principal, permission: Permission, path: str) -> bool:
+    """Whether :func:`decide` allows ``permission`` on ``path`` (for what a page offers,
+    such as the console's break form; a request is still checked with :func:`decide`)."""
+    return any(covers(g, path) for g in principal.grants(permission))
 
 
 def may_see(principal: Principal, path: str) -> bool:
@@ -140,6 +147,7 @@ class Principals:
 
     principals: tuple[Principal, ...]
     _by_hash: Mapping[str, Principal] = field(default_factory=dict, repr=False, compare=False)
+    _by_name: Mapping[str, Principal] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, principals: Iterable[Principal]) -> Principals:
@@ -162,7 +170,7 @@ class Principals:
                         f"(sha256 {digest[:12]}...); a token must name one principal"
                     )
                 by_hash[digest] = p
-        return cls(listed, by_hash)
+        return cls(listed, by_hash, {p.name: p for p in listed})
 
     @classmethod
     def single(cls, token: str) -> Principals:
@@ -195,6 +203,11 @@ class Principals:
             if hmac.compare_digest(known, digest):
                 return found
         return None  # pragma: no cover - the index holds only its own principals' hashes
+
+    def named(self, name: str) -> Principal | None:
+        """The principal called ``name`` now, or None (the console re-checks a session
+        against the principals in force on every request)."""
+        return self._by_name.get(name)
 
     def table(self) -> list[tuple[str, int, dict[Permission, tuple[str, ...]]]]:
         """``(name, token count, {permission: prefixes})`` per principal, for a listing."""

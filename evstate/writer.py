@@ -16,9 +16,10 @@ before it: the log's order is the decision's order.
 
 One id, not a pool taking turns: two processes registering two ids at once can each end
 up holding one, and both commit (a test saw lost compare-and-set updates that way). So a
-lone writer's next transaction may wait for the previous one's commit markers
-(CONCURRENT_TRANSACTIONS, KAFKA-5477). One transaction is in flight per partition at a
-time (a batch is decided on the previous one's effects).
+lone writer's next transaction may find the previous one's commit markers unwritten
+(CONCURRENT_TRANSACTIONS, KAFKA-5477); its first add-partitions is then retried after a
+millisecond (:mod:`evstate.kafka.produce`), not aiokafka's 20. One transaction is in
+flight per partition at a time (a batch is decided on the previous one's effects).
 """
 
 from __future__ import annotations
@@ -290,11 +291,6 @@ class _Sequencer:
         positions: list[tuple[int, int]] = []
         if records:
             lane = self._lane
-            if self._expected_end is not None:
-                # The id's last commit must have its markers written before it can begin
-                # again (else the broker answers CONCURRENT_TRANSACTIONS and aiokafka backs
-                # off 20 ms): the view applying that commit says they are.
-                await self._writer.settle(self.partition, self._expected_end - 1)
             self._expected_end = None  # unknown until this commit is known to have ended
             positions = await lane.commit(records)
             state_topic = self._writer.settings.state_topic
@@ -360,7 +356,6 @@ class Writer:
         ledger: Ledger,
         catch_up: Callable[[int], Awaitable[int]],
         end_offset: Callable[[int], Awaitable[int]],
-        settle: Callable[[int, int], Awaitable[None]],
         applied: Callable[[int], int | None],
     ) -> None:
         """Args:
@@ -371,7 +366,6 @@ class Writer:
         catch_up: waits until the view holds everything committed to a partition; the
             partition's end it caught up to.
         end_offset: a partition's end (high watermark), asked of the broker now.
-        settle: waits briefly until the view has applied a partition up to a position.
         applied: the view's position in a partition (its next offset), if known.
         """
         self.settings = settings
@@ -379,7 +373,6 @@ class Writer:
         self.ledger = ledger
         self.catch_up = catch_up
         self.end_offset = end_offset
-        self.settle = settle
         self.applied = applied
         self._partitions = partitions
         self._sequencers: dict[int, _Sequencer] = {}

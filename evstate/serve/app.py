@@ -180,7 +180,7 @@ def create_app(
         middlewares=[serve_metrics.count_requests, _errors_as_json, auth.authenticate],
         client_max_size=max_body,
     )
-    auth.install(app, gate, poll_interval=auth_poll_interval)
+    auth.install(app, gate, poll_interval=auth_poll_interval, own_sign_in=(CONSOLE_PREFIX,))
     if access_log if access_log is not None else gate.path is not None:
         audit.install(app, settings)
     app[_MAX_BODY] = max_body
@@ -204,11 +204,8 @@ def create_app(
     app.router.add_post("/", _post)
     if alchemy_v2:
         stacks.install(app, lambda: app[_BACKEND], keys=secret_keys, max_body=max_body)
-    if gate.path is None and token:
-        # The console signs in with the one token; it knows no principals yet.
-        app.add_subapp(CONSOLE_PREFIX, console_app(lambda: app[_BACKEND], token.encode()))
-    else:
-        log.info("evstate serve: the console (/ui/) is off with a principals file")
+    # The console signs in through the same gate: the same principals and grants.
+    app.add_subapp(CONSOLE_PREFIX, console_app(lambda: app[_BACKEND], gate))
     return app
 
 

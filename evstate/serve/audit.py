@@ -16,6 +16,10 @@ from evstate.serve.auth import PRINCIPAL
 from evstate.serve.protocol import CALL
 
 ACCESS_LOG: Final = web.AppKey("access_log", AccessLog)
+SCOPE: Final = web.RequestKey("access_scope", str)
+"""The scope a request that is no protocol call touched (a console page), for its record."""
+KEY: Final = web.RequestKey("access_key", str)
+"""The key such a request touched, if one."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -36,10 +40,19 @@ def install(app: web.Application, settings: Settings) -> None:
 async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.perf_counter()
     arrived = int(time.time() * 1000)
-    response = await handler(request)
-    access = request.app.get(ACCESS_LOG)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # a redirect (the console's) is answered by raising
+        _append(request, exc.status, started, arrived)
+        raise
+    _append(request, response.status, started, arrived)
+    return response
+
+
+def _append(request: web.Request, status: int, started: float, arrived: int) -> None:
+    access = request.config_dict.get(ACCESS_LOG)
     if access is None:
-        return response
+        return
     principal = request.get(PRINCIPAL)
     call = request.get(CALL)
     access.append(
@@ -48,13 +61,12 @@ async def _record(request: web.Request, handler: Handler) -> web.StreamResponse:
             principal=None if principal is None else principal.name,
             # A path is the caller's text: bounded (it never holds the query string).
             method=call.method if call is not None else f"{request.method} {request.path}"[:200],
-            scope=None if call is None else call.scope.path,
-            key=None if call is None else call.key,
-            status=response.status,
+            scope=request.get(SCOPE) if call is None else call.scope.path,
+            key=request.get(KEY) if call is None else call.key,
+            status=status,
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
             remote=request.remote,
             on_behalf_of=None if call is None else call.notes.get("onBehalfOf"),
             correlation_id=None if call is None else call.notes.get("correlationId"),
         )
     )
-    return response

@@ -21,7 +21,6 @@ from evstate.errors import ConfigError
 from evstate.principals import Principal, Principals, parse_principals
 from evstate.serve import metrics as serve_metrics
 from evstate.serve.protocol import Refused
-from evstate.serve.ui import is_console
 
 log = logging.getLogger(__name__)
 
@@ -139,11 +138,28 @@ class Gate:
 
 
 GATE: Final = web.AppKey("gate", Gate)
+_OWN_SIGN_IN: Final = web.AppKey("own_sign_in", tuple[str, ...])
 
 
-def install(app: web.Application, gate: Gate, *, poll_interval: float = POLL_INTERVAL) -> None:
-    """Put ``gate`` on ``app`` and watch its file while the app runs."""
+def install(
+    app: web.Application,
+    gate: Gate,
+    *,
+    poll_interval: float = POLL_INTERVAL,
+    own_sign_in: tuple[str, ...] = (),
+) -> None:
+    """Put ``gate`` on ``app`` and watch its file while the app runs.
+
+    Args:
+        app: the server's application.
+        gate: the principals in force.
+        poll_interval: seconds between looks at the principals file.
+        own_sign_in: path prefixes (``/ui``) of parts that authenticate their requests
+            themselves, through the same gate (the console's sign-in and sessions):
+            :func:`authenticate` lets them by without a bearer token.
+    """
     app[GATE] = gate
+    app[_OWN_SIGN_IN] = own_sign_in
 
     async def watching(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(gate.watch(poll_interval), name="evstate-serve-auth")
@@ -159,9 +175,17 @@ def install(app: web.Application, gate: Gate, *, poll_interval: float = POLL_INT
 @web.middleware
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 unless ``Authorization: Bearer <token>`` names a principal; else put it on the
-    request (:data:`PRINCIPAL`). ``GET /metrics`` checks its own token; the console under
-    ``/ui/`` signs in on its own (:mod:`evstate.serve.ui`); :data:`OPEN_PATHS` need none."""
-    if request.path == serve_metrics.PATH or request.path in OPEN_PATHS or is_console(request.path):
+    request (:data:`PRINCIPAL`). ``GET /metrics`` checks its own token; the parts given as
+    ``own_sign_in`` to :func:`install` (the console) sign in on their own, with the gate;
+    :data:`OPEN_PATHS` need none."""
+    if (
+        request.path == serve_metrics.PATH
+        or request.path in OPEN_PATHS
+        or any(
+            request.path == p or request.path.startswith(p + "/")
+            for p in request.config_dict.get(_OWN_SIGN_IN, ())
+        )
+    ):
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same

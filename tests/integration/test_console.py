@@ -3,12 +3,13 @@ against a real ``evstate serve`` process and the real broker.
 
 Writes come from this process (another process than the server), through the Python API.
 Each test saves a screenshot of the page it looks at under ``docs/`` (shown in the README).
+The ``browser`` fixture is in ``conftest.py``; the console with a principals file is
+``test_console_auth.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
 from evstate import EvstateClient, FencedError, Scope, Secret, Settings, State
 from tests._util import free_port_block, running_server, serve_process, subprocess_env
@@ -27,8 +28,6 @@ from tests._util import free_port_block, running_server, serve_process, subproce
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 TOKEN = "console-token-0123456789"
-CHROMIUM = os.environ.get("EVSTATE_CHROMIUM", "/usr/bin/chromium")
-HAVE_CHROMIUM = Path(CHROMIUM).exists()
 PASSWORD = "console-test-password"
 APP = Scope("shop", "prod")
 
@@ -44,21 +43,6 @@ def bucket(key: str, **props: Any) -> State:
         props={"name": key, **props},
         output={"arn": f"arn:aws:s3:::{key}"},
     )
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not HAVE_CHROMIUM:
-        pytest.fail(
-            f"the console tests need chromium at {CHROMIUM} "
-            "(apt-get install chromium, or set EVSTATE_CHROMIUM)"
-        )
-    async with async_playwright() as pw:
-        launched = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            await launched.close()
 
 
 @dataclass

@@ -599,9 +599,49 @@ async def test_serve_refuses_a_bad_principals_file_at_start(tmp_path: Path) -> N
     assert "EVSTATE_AUTH_FILE" in done.stderr
 
 
-async def test_the_console_is_off_with_a_principals_file(caller: Caller, url: str) -> None:
-    # It signs in with the one token and knows no principals: nothing under /ui/ answers.
+def _reader_reads_other(path: Path) -> None:
+    """The test's file, with the principal ``reader`` reading ``other`` instead of ``app``."""
+    head, name, tail = principals_toml().partition('name = "reader"')
+    path.write_text(head + name + tail.replace('read = ["app"]', 'read = ["other"]', 1))
+
+
+async def test_the_console_signs_in_with_the_principals(
+    caller: Caller, url: str, auth_file: Path
+) -> None:
+    # The console is on with a principals file: a principal's token signs in, an unknown
+    # one does not, and the API's bearer header is no console session.
     async with caller.session.get(url + "ui/", allow_redirects=False) as r:
-        assert r.status == 404
-    async with caller.session.post(url + "ui/sign-in", data={"token": TOKENS["ops"]}) as r:
-        assert r.status == 404
+        assert r.status == 303
+        assert r.headers["Location"].startswith("/ui/sign-in")
+    bearer = {"Authorization": f"Bearer {TOKENS['ops']}"}
+    async with caller.session.get(url + "ui/", headers=bearer, allow_redirects=False) as r:
+        assert r.status == 303
+    async with caller.session.post(
+        url + "ui/sign-in", data={"token": UNKNOWN}, allow_redirects=False
+    ) as r:
+        assert r.status == 401
+        assert "Set-Cookie" not in r.headers
+    async with caller.session.post(
+        url + "ui/sign-in", data={"token": TOKENS["reader"]}, allow_redirects=False
+    ) as r:
+        assert r.status == 303
+        cookie = r.cookies["evstate_console"].value
+    assert TOKENS["reader"] not in cookie
+    async with aiohttp.ClientSession(cookies={"evstate_console": cookie}) as signed_in:
+        async with signed_in.get(url + "ui/scope?path=app/prod") as r:
+            assert r.status == 200
+            assert "Signed in as <strong>reader</strong>" in await r.text()
+        async with signed_in.get(url + "ui/scope?path=other/x") as r:
+            assert r.status == 403
+            assert "principal &#39;reader&#39; may not read scope &#39;other/x&#39;" in (
+                await r.text()
+            )
+        # A grant changed in the file applies to the signed-in session at once.
+        _reader_reads_other(auth_file)
+
+        async def status_of(path: str) -> int:
+            async with signed_in.get(url + "ui/scope", params={"path": path}) as r:
+                return r.status
+
+        await _until(lambda: _is(status_of("app/prod"), 403))
+        assert await status_of("other/x") == 200

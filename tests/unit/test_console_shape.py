@@ -1,4 +1,5 @@
-"""The console's pure parts: secrets masked, field diffs, deploys, the scope tree, sessions."""
+"""The console's pure parts: secrets masked, field diffs, deploys, the scope tree (sessions:
+``test_console_sessions.py``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from evstate.model import ChangeEvent
-from evstate.serve.ui.sessions import Sessions
 from evstate.serve.ui.shape import (
     MASK,
     FieldChange,
@@ -155,23 +155,19 @@ def test_the_scope_tree_has_every_parent() -> None:
     ]
 
 
-def test_sessions_are_signed_expire_and_carry_a_csrf_token() -> None:
-    sessions = Sessions(b"token", ttl=60)
-    cookie, session = sessions.issue(now=1000)
-    assert sessions.check(cookie, now=1059) == session
-    assert sessions.check(cookie, now=1060) is None  # expired
-    expires, nonce, signature = cookie.split(".")
-    assert sessions.check(f"{int(expires) + 999}.{nonce}.{signature}", now=1000) is None
-    assert sessions.check(cookie[:-2] + "xx", now=1000) is None
-    assert Sessions(b"another", ttl=60).check(cookie, now=1000) is None
-    assert sessions.check(None) is None
-    assert sessions.check("junk") is None
-    assert Sessions.csrf_ok(session, session.csrf)
-    assert not Sessions.csrf_ok(session, None)
-    assert not Sessions.csrf_ok(session, "x")
-    assert sessions.issue(now=1000)[1].csrf != session.csrf  # one per session
-    assert sessions.token_matches("token")
-    assert not sessions.token_matches("tokenx")
+def test_the_scope_tree_of_a_reader_names_unreadable_parents_only_as_the_way_down() -> None:
+    paths = ["app", "app/dev", "app/dev/db", "app/prod", "app/prod/db", "other/x"]
+    roots = scope_tree(paths, lambda p: p == "app/dev" or p.startswith("app/dev/"))
+    assert [(n.path, n.has_states, n.readable) for n in walk_tree(roots)] == [
+        ("app", False, False),  # holds states, but not this reader's: only a path
+        ("app/dev", True, True),
+        ("app/dev/db", True, True),
+    ]
+    assert scope_tree(paths, lambda p: False) == []
+    assert nested_scopes("app", paths, lambda p: not p.startswith("app/prod")) == [
+        "app/dev",
+        "app/dev/db",
+    ]
 
 
 def test_a_timeline_page_is_diffed_against_the_versions_before() -> None:

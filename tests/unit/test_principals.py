@@ -10,6 +10,7 @@ from evstate.principals import (
     Principals,
     decide,
     hash_token,
+    may,
     may_see,
     parse_principals,
 )
@@ -74,6 +75,7 @@ def test_a_file_parses_and_tokens_find_their_principal() -> None:
 )
 def test_decide(permission: str, path: str, allowed: bool) -> None:
     ci = parse_principals(FILE).principals[0]
+    assert may(ci, permission, path) is allowed  # type: ignore[arg-type]
     if allowed:
         decide(ci, permission, path)  # type: ignore[arg-type]
     else:
@@ -96,6 +98,13 @@ def test_star_covers_everything_and_the_single_token_is_default() -> None:
         decide(default, permission, "any/scope/at/all")  # type: ignore[arg-type]
     assert "s3cret" not in repr(single)
     assert "s3cret" not in repr(default)
+
+
+def test_principals_are_found_by_name() -> None:
+    parsed = parse_principals(FILE)
+    assert parsed.named("ops") is parsed.principals[1]
+    assert parsed.named("nobody") is None
+    assert parsed.named("OPS") is None
 
 
 def test_may_see_shows_the_way_down_to_a_grant() -> None:

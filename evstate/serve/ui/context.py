@@ -1,5 +1,6 @@
-"""What every console handler shares: the server's client, sessions, the live hub and
-the templates; rendering, and reading query parameters."""
+"""What every console handler shares: the server's client, the principals in force,
+sessions, the live hub and the templates; who is signed in and what they may read;
+rendering, and reading query parameters."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from aiohttp import web
 
 from evstate.client import EvstateClient
 from evstate.errors import ValidationError
+from evstate.model import Scope
+from evstate.principals import Permission, Principal, decide, may
+from evstate.serve import audit
+from evstate.serve.auth import PRINCIPAL, Gate
 from evstate.serve.ui.live import LiveHub
 from evstate.serve.ui.sessions import COOKIE, Session, Sessions
 
@@ -40,6 +45,7 @@ class Console:
     """The console's state, one per server."""
 
     backend: Callable[[], ServerBackend]
+    gate: Gate
     sessions: Sessions
     hub: LiveHub
     templates: jinja2.Environment
@@ -52,11 +58,36 @@ class Console:
 
 
 CONSOLE: Final = web.AppKey("console", Console)
+SESSION: Final = web.RequestKey("console_session", Session)
+"""The request's session, once :func:`sign_in_check` found it good."""
+
+
+def signed_in(request: web.Request) -> tuple[Session, Principal] | None:
+    """The session the request's cookie stands for and its principal as the principals in
+    force have it now; None when there is no cookie, it is forged or expired, or its
+    principal is gone or no longer has the token it signed in with."""
+    console = request.config_dict[CONSOLE]
+    session = console.sessions.check(request.cookies.get(COOKIE))
+    if session is None:
+        return None
+    principal = console.sessions.resolve(session, console.gate.principals)
+    return None if principal is None else (session, principal)
+
+
+def sign_in_check(request: web.Request) -> bool:
+    """Put the request's session and principal on it (:data:`SESSION`,
+    :data:`~evstate.serve.auth.PRINCIPAL`: the access log records who); False when it
+    has none."""
+    found = signed_in(request)
+    if found is None:
+        return False
+    request[SESSION], request[PRINCIPAL] = found
+    return True
 
 
 def current_session(request: web.Request) -> Session | None:
-    """The session the request's cookie stands for, if any (an HMAC: cheap to redo)."""
-    return request.config_dict[CONSOLE].sessions.check(request.cookies.get(COOKIE))
+    """The request's session, if it is signed in."""
+    return request.get(SESSION)
 
 
 def session_of(request: web.Request) -> Session:
@@ -65,6 +96,30 @@ def session_of(request: web.Request) -> Session:
     if found is None:
         raise web.HTTPUnauthorized(text="Sign in first.")
     return found
+
+
+def principal_of(request: web.Request) -> Principal:
+    """Who the request is signed in as."""
+    if PRINCIPAL not in request:
+        raise web.HTTPUnauthorized(text="Sign in first.")
+    return request[PRINCIPAL]
+
+
+def allowed_scope(request: web.Request, path: str, permission: Permission = "read") -> Scope:
+    """The scope at ``path``, once the signed-in principal may ``permission`` it.
+
+    The API's own check: the names are checked as :class:`~evstate.model.Scope` checks
+    every chain (``..``, empty names, control characters refused), then
+    :func:`~evstate.principals.decide` on its path. The scope goes to the access log.
+
+    Raises:
+        InvalidScopeError: a name evstate refuses (400).
+        ForbiddenError: no grant covers it (403, naming principal, permission and scope).
+    """
+    scope = Scope.parse(path)
+    request[audit.SCOPE] = scope.path
+    decide(principal_of(request), permission, scope.path)
+    return scope
 
 
 def url(page: str, /, **params: Any) -> str:
@@ -104,7 +159,18 @@ def render(request: web.Request, template: str, status: int = 200, **context: An
     console = request.config_dict[CONSOLE]
     page = console.templates.get_template(template)
     session = current_session(request)
-    text = page.render(session=session, path_qs=request.path_qs, **context)
+    principal = request[PRINCIPAL] if session is not None else None
+
+    def readable(path: str) -> bool:  # a link to a scope only where it may be followed
+        return principal is not None and may(principal, "read", path)
+
+    text = page.render(
+        session=session,
+        principal=None if principal is None else principal.name,
+        readable=readable,
+        path_qs=request.path_qs,
+        **context,
+    )
     return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
 
 

@@ -1,8 +1,13 @@
 """The console's pages: scopes, a scope (as of now or of a moment, a compare), its
-history in deploys, a resource's timeline, and breaking a lock."""
+history in deploys, a resource's timeline, and breaking a lock.
+
+Each page is for the signed-in principal: the scopes it may read (the API's check,
+:func:`~evstate.serve.ui.context.allowed_scope`: 403 otherwise), and a lock broken only
+with the ``admin`` grant on its scope, recorded with the principal as the actor."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiohttp import web
@@ -10,10 +15,14 @@ from aiohttp import web
 from evstate.client import EvstateClient
 from evstate.errors import ValidationError
 from evstate.model import LOCK_OPS, Consistency, Lease, Scope, Tree
+from evstate.principals import Principal, may
+from evstate.serve import audit
 from evstate.serve.ui.context import (
     CONSOLE,
     PAGE_SIZE,
+    allowed_scope,
     int_param,
+    principal_of,
     render,
     required,
     session_of,
@@ -73,19 +82,27 @@ def _holder(leases: list[Lease], path: str) -> Lease | None:
     return next((lease for lease in leases if lease.covers(path)), None)
 
 
+def _reads(principal: Principal) -> Callable[[str], bool]:
+    return lambda path: may(principal, "read", path)
+
+
 async def scopes_page(request: web.Request) -> web.Response:
-    """Every scope with states (and their parents) as a tree, with counts, last change
-    and lock holder; ``q`` filters by path."""
+    """Every scope with states that the principal may read (and their parents) as a tree,
+    with counts, last change and lock holder; ``q`` filters by path. A parent it may not
+    read is only the way down: its path, nothing of what it holds."""
     console = request.config_dict[CONSOLE]
+    principal = principal_of(request)
     client = await console.client()
     await console.hub.warm()
     await client.catch_up()
     paths = client.scopes()
     leases = await _leases(client, None)  # the view is caught up
     query = request.query.get("q", "").strip()
-    roots = scope_tree(paths)
+    roots = scope_tree(paths, _reads(principal))
     info = {}
     for node in walk_tree(roots):
+        if not node.readable:
+            continue
         count = 0
         if node.has_states:
             count = await client.store(Scope.parse(node.path)).count(consistency="eventual")
@@ -102,8 +119,9 @@ async def scope_page(request: web.Request) -> web.Response:
     """A scope's resources (now, or as of ``at``), nested scopes, locks, and a compare
     of two moments (``from``, ``to``)."""
     console = request.config_dict[CONSOLE]
-    path = required(request, "path")
-    scope = Scope.parse(path)
+    principal = principal_of(request)
+    scope = allowed_scope(request, required(request, "path"))
+    path = scope.path
     page = int_param(request, "page")
     at = time_param(request.query.get("at"), "at")
     start = time_param(request.query.get("from"), "from")
@@ -151,8 +169,9 @@ async def scope_page(request: web.Request) -> web.Response:
         start=start,
         end=end,
         compare=compare,
-        nested=nested_scopes(path, client.scopes()),
+        nested=nested_scopes(path, client.scopes(), _reads(principal)),
         leases=leases,
+        breakable={lease.scope for lease in leases if may(principal, "admin", lease.scope)},
         notice=request.query.get("notice"),
         csrf=session_of(request).csrf,
         live_url=url("events", scope=path) if at is None else None,
@@ -185,8 +204,8 @@ async def _as_of(
 async def history_page(request: web.Request) -> web.Response:
     """A scope's changes newest first, grouped into deploys, each with its diffs."""
     console = request.config_dict[CONSOLE]
-    path = required(request, "path")
-    scope = Scope.parse(path)
+    scope = allowed_scope(request, required(request, "path"))
+    path = scope.path
     page = int_param(request, "page")
     client = await console.client()
     await console.hub.warm()
@@ -208,9 +227,10 @@ async def history_page(request: web.Request) -> web.Response:
 async def resource_page(request: web.Request) -> web.Response:
     """Every version of one resource, newest first, each diffed against the one before."""
     console = request.config_dict[CONSOLE]
-    path = required(request, "scope")
+    scope = allowed_scope(request, required(request, "scope"))
+    path = scope.path
     key = required(request, "key")
-    scope = Scope.parse(path)
+    request[audit.KEY] = key
     page = int_param(request, "page")
     client = await console.client()
     await console.hub.warm()
@@ -234,10 +254,13 @@ async def resource_page(request: web.Request) -> web.Response:
 
 
 async def break_lock(request: web.Request) -> web.StreamResponse:
-    """Break a lease, once the form's CSRF token is right and the scope path was typed."""
+    """Break a lease, once the form's CSRF token is right, the principal holds the
+    ``admin`` grant on its scope (as the API's ``breakLock``) and the scope path was
+    typed. The BREAK event's actor is the principal."""
     console = request.config_dict[CONSOLE]
     form = await request.post()
     session = session_of(request)
+    principal = principal_of(request)
     csrf = form.get("csrf")
     if not Sessions.csrf_ok(session, csrf if isinstance(csrf, str) else None):
         return render(
@@ -249,7 +272,7 @@ async def break_lock(request: web.Request) -> web.StreamResponse:
             "Reload the page and try again.",
         )
     path, token, confirm = (str(form.get(name, "")) for name in ("scope", "token", "confirm"))
-    scope = Scope.parse(path)
+    scope = allowed_scope(request, path, "admin")
     if not token.isdecimal():
         raise ValidationError(f"the lease token must be a whole number, got {token!r}")
     if confirm != scope.path:
@@ -262,5 +285,5 @@ async def break_lock(request: web.Request) -> web.StreamResponse:
             back=url("scope", path=path),
         )
     client = await console.client()
-    await client.break_lock(scope, int(token))
+    await client.break_lock(scope, int(token), actor=principal.name)
     raise web.HTTPSeeOther(url("scope", path=path, notice="lock-broken"))

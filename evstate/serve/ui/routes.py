@@ -1,5 +1,7 @@
 """The console's aiohttp application (mounted at ``/ui/`` by :mod:`evstate.serve.app`):
-sign-in and sessions, security headers, HTML errors, static files, live events."""
+sign-in and sessions (the server's principals, through its
+:class:`~evstate.serve.auth.Gate`), security headers, HTML errors, static files, live
+events."""
 
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from evstate.errors import EvstateError
+from evstate.errors import EvstateError, ForbiddenError
+from evstate.principals import hash_token, may
+from evstate.serve.auth import PRINCIPAL, Gate
 from evstate.serve.protocol import Refused, status_of
 from evstate.serve.ui import pages
 from evstate.serve.ui.context import (
@@ -21,12 +25,14 @@ from evstate.serve.ui.context import (
     PREFIX,
     Console,
     ServerBackend,
-    current_session,
+    allowed_scope,
     environment,
     iso,
     render,
     required,
     session_of,
+    sign_in_check,
+    signed_in,
 )
 from evstate.serve.ui.live import LiveHub
 from evstate.serve.ui.sessions import COOKIE, Sessions
@@ -70,7 +76,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = status_of(exc)
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.path, exc)
-        response = render(request, "error.html", status, title="Refused", message=str(exc))
+        title = "Forbidden" if isinstance(exc, ForbiddenError) else "Refused"
+        response = render(request, "error.html", status, title=title, message=str(exc))
     except Exception:  # a fault of ours: the trace goes to the log, never the page
         log.exception("evstate console: unexpected error in %s %s", request.method, request.path)
         response = render(
@@ -86,7 +93,7 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _signed_in(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in _OPEN or request.path.startswith(f"{PREFIX}/static/"):
         return await handler(request)
-    if current_session(request) is None:
+    if not sign_in_check(request):  # every request: a principal removed is signed out
         if request.path == f"{PREFIX}/events" or request.method != "GET":
             raise web.HTTPUnauthorized(text="Sign in first.")
         raise web.HTTPSeeOther(f"{PREFIX}/sign-in?{_next(request.path_qs)}")
@@ -120,10 +127,14 @@ async def _sign_in(request: web.Request) -> web.Response:
     form = await request.post()
     given, nxt = form.get("token"), form.get("next")
     target = _safe_next(nxt if isinstance(nxt, str) else None)
-    if not isinstance(given, str) or not console.sessions.token_matches(given.strip()):
+    # The API's lookup (sha256, then compare_digest), on the principals in force now.
+    token = given.strip().encode("utf-8", "surrogateescape") if isinstance(given, str) else b""
+    principal = console.gate.principals.authenticate(token) if token else None
+    if principal is None:
         await asyncio.sleep(0.2)  # a guesser gets five tries a second per connection
         return render(request, "sign_in.html", 401, next=target, error="Wrong token.")
-    cookie, _ = console.sessions.issue()
+    request[PRINCIPAL] = principal  # the access log records who signed in
+    cookie, _ = console.sessions.issue(principal.name, hash_token(token))
     response = web.HTTPSeeOther(target)
     response.set_cookie(
         COOKIE,
@@ -157,10 +168,20 @@ async def _static(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _still_reads(request: web.Request, path: str) -> bool:
+    """Whether the stream's session still holds, and its principal may still read
+    ``path``, as the principals in force have it now."""
+    found = signed_in(request)
+    return found is not None and may(found[1], "read", path)
+
+
 async def _events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events: each new change of ``scope`` (or of ``key`` in it)."""
+    """Server-Sent Events: each new change of ``scope`` (or of ``key`` in it), for a
+    principal that may read it. The stream ends when the session no longer holds (its
+    principal removed, its token gone) or the grant is gone: the next event or
+    heartbeat finds out."""
     console = request.config_dict[CONSOLE]
-    scope = required(request, "scope")
+    scope = allowed_scope(request, required(request, "scope")).path
     sub = console.hub.subscribe(scope, request.query.get("key") or None)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", **_HEADERS, "Cache-Control": "no-store"}
@@ -172,9 +193,11 @@ async def _events(request: web.Request) -> web.StreamResponse:
             try:
                 event = await asyncio.wait_for(sub.queue.get(), _HEARTBEAT)
             except TimeoutError:
+                if not _still_reads(request, scope):
+                    break
                 await response.write(b": heartbeat\n\n")
                 continue
-            if event is None:
+            if event is None or not _still_reads(request, scope):
                 break
             data = {
                 "op": event.op,
@@ -192,17 +215,15 @@ async def _events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def is_console(path: str) -> bool:
-    """Whether a request path is the console's (it signs in on its own)."""
-    return path == PREFIX or path.startswith(f"{PREFIX}/")
-
-
-def console_app(backend: Callable[[], ServerBackend], token: bytes) -> web.Application:
+def console_app(backend: Callable[[], ServerBackend], gate: Gate) -> web.Application:
     """The console, to mount with ``app.add_subapp(PREFIX, console_app(...))``.
+
+    Sessions are signed with a random key made here: a restart signs everyone out.
 
     Args:
         backend: returns the server's backend (its client and readiness).
-        token: the server's bearer token: the sign-in credential.
+        gate: the server's principals in force (the API's): who may sign in with which
+            token, and what each may read or break.
 
     Returns:
         The application; its live feed starts with the first page served and stops when
@@ -211,7 +232,8 @@ def console_app(backend: Callable[[], ServerBackend], token: bytes) -> web.Appli
     app = web.Application(middlewares=[_guard])
     console = Console(
         backend=backend,
-        sessions=Sessions(token),
+        gate=gate,
+        sessions=Sessions(),
         hub=LiveHub(lambda: console.client()),
         templates=environment(),
     )

@@ -9,7 +9,7 @@ into a page.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -160,22 +160,39 @@ def resource_row(key: str, tree: Tree, version: int | None, last: LastChange | N
 
 @dataclass(slots=True)
 class ScopeNode:
-    """A scope in the tree of scopes; ``path`` may hold no state itself (a parent)."""
+    """A scope in the tree of scopes; ``path`` may hold no state itself (a parent).
+
+    A node that is not ``readable`` is only the way down to scopes that are: a page
+    shows its path as text, with nothing of what it holds (``has_states`` is False).
+    """
 
     path: str
     depth: int
     has_states: bool
+    readable: bool = True
     children: list[ScopeNode] = field(default_factory=list)
 
 
-def scope_tree(paths: Iterable[str]) -> list[ScopeNode]:
-    """Scopes with states, and every parent of one, as a forest sorted by path."""
-    wanted = set(paths)
+def _everyone(path: str) -> bool:
+    return True
+
+
+def scope_tree(
+    paths: Iterable[str], readable: Callable[[str], bool] = _everyone
+) -> list[ScopeNode]:
+    """The scopes with states that ``readable`` lets through, and every parent of one,
+    as a forest sorted by path.
+
+    Args:
+        paths: the scopes that hold states.
+        readable: whether the viewer may read a scope (a principal's read grants).
+    """
+    wanted = {p for p in paths if readable(p)}
     every = set(wanted)
     for path in wanted:
         names = path.split("/")
         every.update("/".join(names[:i]) for i in range(1, len(names)))
-    nodes = {p: ScopeNode(p, p.count("/"), p in wanted) for p in sorted(every)}
+    nodes = {p: ScopeNode(p, p.count("/"), p in wanted, readable(p)) for p in sorted(every)}
     roots: list[ScopeNode] = []
     for path, node in nodes.items():
         parent = path.rpartition("/")[0]
@@ -190,10 +207,13 @@ def walk_tree(roots: Iterable[ScopeNode]) -> Iterator[ScopeNode]:
         yield from walk_tree(node.children)
 
 
-def nested_scopes(path: str, paths: Iterable[str]) -> list[str]:
-    """The scopes directly or deeper inside ``path`` that hold states, sorted."""
+def nested_scopes(
+    path: str, paths: Iterable[str], readable: Callable[[str], bool] = _everyone
+) -> list[str]:
+    """The scopes directly or deeper inside ``path`` that hold states and ``readable``
+    lets through, sorted."""
     prefix = path + "/"
-    return sorted(p for p in paths if p.startswith(prefix))
+    return sorted(p for p in paths if p.startswith(prefix) and readable(p))
 
 
 # -- history: deploys -----------------------------------------------------------------
