@@ -124,6 +124,10 @@ async def test_each_route_answers_as_alchemy_v2_expects(
     assert {e.actor for e in events} == {"writer"}
     assert {e.key for e in events if e.op == "DELETE"} == {OUTPUT_KEY, "Group/Nested", "Old"}
     assert await http.call("GET", "/state/stacks") == (200, [])
+    async with http.session.get(http.url + "/metrics") as r:  # the same metrics
+        scrape = await r.text()
+    assert 'evstate_http_requests_total{method="PUT",status="200"}' in scrape
+    assert 'evstate_http_requests_total{method="DELETE",status="204"}' in scrape
 
 
 async def test_grants_and_tokens(http: Http) -> None:
