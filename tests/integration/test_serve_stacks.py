@@ -236,3 +236,36 @@ async def test_serve_refuses_an_exposed_address_without_tls(tmp_path: Path) -> N
     done = await run_cli("serve", env=bad)
     assert done.returncode == 2
     assert "32" in done.stderr
+
+
+async def test_the_console_shows_v2_records_without_their_secrets(http: Http) -> None:
+    path = STAGE + "/resources/Group%252FNested"
+    assert (await http.call("PUT", path, {**RECORD, "status": "creating"}))[0] == 200
+    assert (await http.call("PUT", path, RECORD))[0] == 200
+    scope = "~v2.app/dev"
+    pages = {
+        "": {},  # the scopes
+        "scope": {"path": scope},
+        "history": {"path": scope},
+        "resource": {"scope": scope, "key": "Group/Nested"},
+    }
+    # The console's cookie is for 127.0.0.1: a jar that keeps cookies of IP addresses.
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.post(
+            http.url + "/ui/sign-in", data={"token": READER, "next": "/ui/"}
+        ) as r:
+            assert r.status == 200
+        shown = {}
+        for page, params in pages.items():
+            async with browser.get(http.url + f"/ui/{page}", params=params) as r:
+                shown[page] = await r.text()
+                assert r.status == 200, (page, shown[page][:500])
+    for page, html in shown.items():
+        assert "Sign in</button>" not in html, page
+        assert "plain-s3cret-value" not in html, page
+        assert SEALED not in html, page
+        assert '"ct"' not in html, page
+    assert "~v2.app" in shown[""]
+    assert "Alchemy.Random" in shown["scope"]
+    assert "Group/Nested" in shown["resource"]
+    assert "writer" in shown["history"]  # who made the changes
