@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import aiohttp
 import pytest
 
 from evstate import EvstateClient, Settings
-from evstate.errors import ConfigError
+from evstate.errors import ConfigError, ValidationError
 from evstate.principals import hash_token
 from evstate.secrets import SecretKeys, new_secret_key
 from evstate.serve import create_app
@@ -118,6 +119,9 @@ async def test_each_route_answers_as_alchemy_v2_expects(
         assert stored is not None
         assert SEALED in stored["attr"]["text"]["__redacted__"]
         assert "plain-s3cret-value" not in json.dumps(stored)
+        with pytest.raises(ValidationError, match="trees_at"):
+            await client.state_at(scope, datetime.now(UTC))
+        assert "Group/Nested" in await client.trees_at(scope, datetime.now(UTC), None)
         assert await http.call("DELETE", "/state/stacks/app?stage=dev") == (204, b"")
         assert await client.store(scope).list(consistency="strong") == []
         events = [e async for e in client.history(scope)]
