@@ -19,7 +19,7 @@ from evstate import keys
 from evstate.applier import Applier, Progress
 from evstate.config import Settings
 from evstate.engine import Engine
-from evstate.errors import ClosedError
+from evstate.errors import ClosedError, ValidationError
 from evstate.history import Diff, Point, diff_trees, read_events, replay_trees
 from evstate.locks import HeldLease, LockAttempt, Locks
 from evstate.model import (
@@ -34,6 +34,7 @@ from evstate.model import (
     Tree,
 )
 from evstate.serde import deserialize_state
+from evstate.stacks import is_reserved
 from evstate.store import KafkaStateStore
 from evstate.verify import VerifyReport, verify
 from evstate.view import View
@@ -321,7 +322,14 @@ class EvstateClient:
 
         Raises:
             SecretError: a state holds secrets and the scope has no (or a wrong) password.
+            ValidationError: an Alchemy v2 stage (``~v2.<stack>/<stage>``), whose records
+                are no v1 ``State``: read them with :meth:`trees_at`.
         """
+        if is_reserved(scope.chain):
+            raise ValidationError(
+                f"{scope.path} holds Alchemy v2 records, which are no v1 States: read them "
+                "as stored trees with trees_at (evstate replay)"
+            )
         trees = await self.trees_at(scope, at, progress)
         return {key: deserialize_state(scope, tree) for key, tree in trees.items()}
 

@@ -29,6 +29,8 @@ ENV_VARS: Mapping[str, str] = {
     "token": "EVSTATE_TOKEN",
     "metrics_token": "EVSTATE_METRICS_TOKEN",
     "auth_file": "EVSTATE_AUTH_FILE",
+    "secret_keys": "EVSTATE_SECRET_KEYS",
+    "secret_key_file": "EVSTATE_SECRET_KEY_FILE",
     "lock_scope": "EVSTATE_LOCK_SCOPE",
     "lock_token": "EVSTATE_LOCK_TOKEN",
 }
@@ -110,6 +112,12 @@ class Settings:
             in repr.
         auth_file: The principals file of ``evstate serve`` (TOML, env
             ``EVSTATE_AUTH_FILE``); ``None``: the single ``token`` opens every scope.
+        secret_keys: The keys ``evstate serve`` seals Alchemy v2 secrets with (env
+            ``EVSTATE_SECRET_KEYS``): ``<key id>:<base64 of 32 bytes>`` entries separated
+            by commas, the sealing key first (:class:`evstate.secrets.SecretKeys`). Never
+            in repr.
+        secret_key_file: A file of such entries, one a line (env
+            ``EVSTATE_SECRET_KEY_FILE``); used when ``secret_keys`` is not set.
         lock_scope, lock_token: a lease held for this process by its parent (``evstate
             run --lock`` sets ``EVSTATE_LOCK_SCOPE`` and ``EVSTATE_LOCK_TOKEN``): writes
             under that scope carry the token.
@@ -142,6 +150,8 @@ class Settings:
     token: str | None = field(default=None, repr=False)
     metrics_token: str | None = field(default=None, repr=False)
     auth_file: str | None = None
+    secret_keys: str | None = field(default=None, repr=False)
+    secret_key_file: str | None = None
     lock_scope: str | None = None
     lock_token: int | None = None
 
@@ -154,6 +164,8 @@ class Settings:
             "token",
             "metrics_token",
             "auth_file",
+            "secret_keys",
+            "secret_key_file",
             "password",
             "sasl_mechanism",
             "sasl_plain_username",
@@ -294,7 +306,7 @@ class Settings:
         for name, var in ENV_VARS.items():
             if env.get(var):
                 values[name] = env[var]
-        for name in ("view_dir", "auth_file"):
+        for name in ("view_dir", "auth_file", "secret_key_file"):
             if name in values:
                 values[name] = os.path.expanduser(values[name])
         if "lock_token" in values:

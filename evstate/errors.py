@@ -14,10 +14,12 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     │   │                                      key != state.id
     │   ├── InvalidScopeError                  not a Scope, empty name, ':', control char, '..'
     │   ├── InvalidStateError                  not a State, unknown status, wrong field types
+    │   ├── InvalidRecordError                 an Alchemy v2 record evstate cannot keep
     │   └── EventTooLargeError                 encoded event over the broker's limit
     ├── SerdeError                             a value could not be (de)serialized
     │   ├── UnserializableError (TypeError)    socket, lock, cycle, ... (names the path)
     │   ├── SecretError                        password missing or wrong
+    │   │   └── SealedSecretError              a v2 secret the server's keys do not open
     │   ├── MalformedEventError                bytes that are not a readable event
     │   └── UnreadableStateError               a stored state that does not decode (names key)
     ├── BrokerError                            running the local Apache Kafka (evstate broker)
@@ -82,6 +84,11 @@ class InvalidStateError(ValidationError):
     """A state has an unknown status or fields of the wrong type."""
 
 
+class InvalidRecordError(ValidationError):
+    """An Alchemy v2 record (or stack output) that evstate cannot keep: not a JSON object,
+    an fqn other than the URL's, or evstate's own sealed-secret marker inside."""
+
+
 class EventTooLargeError(ValidationError):
     """The encoded event is larger than the broker accepts."""
 
@@ -105,6 +112,12 @@ class UnserializableError(SerdeError, TypeError):
 
 class SecretError(SerdeError):
     """A secret was met without a password, or the password is wrong."""
+
+
+class SealedSecretError(SecretError):
+    """A secret sealed by ``evstate serve`` (Alchemy v2) does not open: no secret keys,
+    an unknown key id (a key retired too early), or an altered payload. Not the caller's
+    fault: the server answers 500."""
 
 
 class MalformedEventError(SerdeError):

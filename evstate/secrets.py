@@ -30,6 +30,14 @@ nothing warmed the cache, which blocks the calling thread for that one scrypt. A
 callers avoid stalling the event loop by awaiting :func:`warm` first: it derives the
 write key and the keys of every secret in a serialized tree in a worker thread.
 
+Secrets at rest for Alchemy v2 (:class:`SecretKeys`): v2 sends secret values to the
+store in plaintext, so ``evstate serve`` seals them with a key of its own before they
+reach Kafka: AES-256-GCM, a fresh 12-byte IV per value, the record's place (stack,
+stage, key) as associated data, and the key's id in the payload so keys can rotate (the
+first key of the ring seals, every key opens)::
+
+    {"alg": "A256GCM", "kid": "k2", "iv": b64, "ct": b64 (ciphertext + tag)}
+
 Legacy format: Alchemy 0.94.0 still *reads* a string payload (``{"@secret": "<b64>"}``)
 as libsodium ``crypto_secretbox`` (XSalsa20-Poly1305, key = BLAKE2b-256 of the password).
 It never writes it any more; evstate refuses it with a clear :class:`SecretError`.
@@ -41,6 +49,7 @@ import asyncio
 import binascii
 import contextlib
 import os
+import re
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -49,9 +58,18 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from evstate.errors import SecretError, SerdeError
+from evstate.errors import ConfigError, SealedSecretError, SecretError, SerdeError
 
-__all__ = ["check_payload", "clear_cache", "decrypt", "encrypt", "secret_salts", "warm"]
+__all__ = [
+    "SecretKeys",
+    "check_payload",
+    "clear_cache",
+    "decrypt",
+    "encrypt",
+    "new_secret_key",
+    "secret_salts",
+    "warm",
+]
 
 _KEY_LEN = 32
 _SCRYPT_N = 16384
@@ -318,3 +336,121 @@ def clear_cache() -> None:
     with _lock:
         _keys.clear()
         _writers.clear()
+
+
+# -- secrets at rest for Alchemy v2 ---------------------------------------------------
+
+_SEAL_ALG = "A256GCM"
+_KID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class SecretKeys:
+    """The server's AES-256 keys for Alchemy v2 secrets at rest, by key id.
+
+    The first key seals; every key opens, so a key is rotated by putting a new one first
+    and keeping the old one until no stored record needs it.
+    """
+
+    def __init__(self, keys: list[tuple[str, bytes]]) -> None:
+        """Args:
+            keys: ``(key id, 32-byte key)`` pairs, the sealing key first.
+
+        Raises:
+            ConfigError: no key, a key id used twice or not ``[A-Za-z0-9_.-]{1,64}``, or
+                a key that is not 32 bytes.
+        """
+        if not keys:
+            raise ConfigError("secret keys: give at least one key")
+        self._ciphers: dict[str, AESGCM] = {}
+        for kid, key in keys:
+            if not _KID.fullmatch(kid):
+                raise ConfigError(
+                    f"secret keys: key id {kid[:70]!r} must be 1-64 of A-Z a-z 0-9 _ . -"
+                )
+            if kid in self._ciphers:
+                raise ConfigError(f"secret keys: key id {kid!r} is given twice")
+            if len(key) != _KEY_LEN:
+                raise ConfigError(
+                    f"secret keys: key {kid!r} is {len(key)} bytes; AES-256 wants {_KEY_LEN}"
+                )
+            self._ciphers[kid] = AESGCM(key)
+        self.current = keys[0][0]
+
+    def __repr__(self) -> str:
+        return f"SecretKeys(current={self.current!r}, ids={list(self._ciphers)!r})"
+
+    @classmethod
+    def parse(cls, text: str, source: str) -> SecretKeys:
+        """Keys from text: ``<key id>:<base64 of 32 bytes>`` entries, separated by
+        newlines or commas (``#`` starts a comment); the first seals.
+
+        Args:
+            text: the key file's content, or the environment variable's value.
+            source: where it came from, for messages (never a key).
+
+        Raises:
+            ConfigError: an entry that is not ``id:base64``, or what :meth:`__init__` refuses.
+        """
+        keys: list[tuple[str, bytes]] = []
+        entries = (
+            e.strip() for line in text.splitlines() for e in line.partition("#")[0].split(",")
+        )
+        for number, entry in enumerate((e for e in entries if e), 1):
+            kid, sep, b64 = entry.partition(":")
+            try:
+                key = binascii.a2b_base64(b64.strip(), strict_mode=True) if sep else b""
+            except (binascii.Error, ValueError):
+                key = b""
+            if not sep or not key:
+                raise ConfigError(
+                    f"{source}: entry {number} is not <key id>:<base64 of 32 bytes> "
+                    "(make one with `evstate secret-key`)"
+                )
+            keys.append((kid.strip(), key))
+        try:
+            return cls(keys)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def seal(self, plaintext: bytes, where: bytes) -> dict[str, str]:
+        """Encrypt ``plaintext`` with the current key, bound to ``where``."""
+        iv = os.urandom(_IV_LEN)
+        sealed = self._ciphers[self.current].encrypt(iv, plaintext, where)
+        return {"alg": _SEAL_ALG, "kid": self.current, "iv": _b64(iv), "ct": _b64(sealed)}
+
+    def open(self, payload: object, where: bytes) -> bytes:
+        """The plaintext of a payload from :meth:`seal` with the same ``where``.
+
+        Raises:
+            SealedSecretError: not such a payload, an unknown key id, or one that does not
+                open (altered, or sealed for another place).
+        """
+        if not isinstance(payload, dict) or payload.get("alg") != _SEAL_ALG:
+            raise SealedSecretError("a sealed secret is malformed (no A256GCM payload)")
+        kid = payload.get("kid")
+        cipher = self._ciphers.get(kid) if isinstance(kid, str) else None
+        if cipher is None:
+            raise SealedSecretError(
+                f"a sealed secret names key id {str(kid)[:70]!r}, which the server does not "
+                f"have (its keys: {', '.join(self._ciphers)}); add it back to the ring"
+            )
+        try:
+            iv = binascii.a2b_base64(str(payload.get("iv")), strict_mode=True)
+            data = binascii.a2b_base64(str(payload.get("ct")), strict_mode=True)
+            return cipher.decrypt(iv, data, where)
+        except (binascii.Error, ValueError, InvalidTag):
+            raise SealedSecretError(
+                f"a sealed secret (key {kid!r}) does not open: altered, or sealed for "
+                "another record"
+            ) from None
+
+
+def new_secret_key(kid: str) -> str:
+    """A fresh key entry for :meth:`SecretKeys.parse`: ``<kid>:<base64 of 32 random bytes>``.
+
+    Raises:
+        ConfigError: ``kid`` is not 1-64 of ``A-Z a-z 0-9 _ . -``.
+    """
+    entry = f"{kid}:{_b64(os.urandom(_KEY_LEN))}"
+    SecretKeys.parse(entry, "the new key")
+    return entry

@@ -21,6 +21,7 @@ from evstate.config import Settings
 from evstate.engine import Engine
 from evstate.errors import (
     InvalidKeyError,
+    InvalidRecordError,
     InvalidScopeError,
     InvalidStateError,
     SecretError,
@@ -416,6 +417,39 @@ class KafkaStateStore:
             correlation_id=correlation_id,
             expected_version=expected_version,
             idempotency_key=idempotency_key,
+            lock_token=lock_token,
+            actor=actor,
+            on_behalf_of=on_behalf_of,
+        )
+
+    async def set_record(
+        self,
+        key: str,
+        record: Tree,
+        *,
+        reason: str | None = None,
+        correlation_id: str | None = None,
+        lock_token: int | None = None,
+        actor: str | None = None,
+        on_behalf_of: str | None = None,
+    ) -> Position:
+        """Upsert a record of another shape than Alchemy v1's ``State``, kept whole and
+        opaque (Alchemy v2's records, :mod:`evstate.stacks`): only the key is checked.
+
+        Raises:
+            InvalidKeyError: empty key, ``:`` in it, a control character or a bad segment.
+            InvalidRecordError: ``record`` is not a dict.
+            EventTooLargeError, LockHeldError, FencedError, WriteFailedError: as :meth:`set`.
+        """
+        self._record_key(key)
+        if not isinstance(record, dict):
+            raise InvalidRecordError(f"a record must be a dict, not {type(record).__name__}")
+        return await self._write(
+            "SET",
+            key,
+            record,
+            reason=reason,
+            correlation_id=correlation_id,
             lock_token=lock_token,
             actor=actor,
             on_behalf_of=on_behalf_of,

@@ -193,6 +193,7 @@ async def serve_process(
     token: str,
     ready_timeout: float = 60.0,
     ca_file: str | None = None,
+    log: list[str] | None = None,
 ) -> AsyncIterator[str]:
     """``evstate serve`` as a process: yields its URL once ``HEAD /`` answers 200.
 
@@ -205,13 +206,14 @@ async def serve_process(
         token: the bearer token (passed in the environment, as users are told to).
         ready_timeout: seconds to wait for the server to be ready.
         ca_file: the CA to trust when the server speaks HTTPS (``--tls-cert``).
+        log: when given, the server's log lines are appended to it as they come.
     """
     import signal
 
     proc = await spawn_serve({**env, "EVSTATE_TOKEN": token}, *args)
     assert proc.stdout is not None
     assert proc.stderr is not None
-    drain = asyncio.create_task(proc.stderr.read())
+    drain = asyncio.create_task(proc.stderr.read() if log is None else _lines(proc.stderr, log))
     try:
         line = (await asyncio.wait_for(proc.stdout.readline(), ready_timeout)).decode()
         assert line.startswith(("listening on http://", "listening on https://")), (
@@ -227,6 +229,12 @@ async def serve_process(
         await asyncio.wait_for(proc.wait(), 30)
         await drain
     assert proc.returncode == 0, proc.returncode
+
+
+async def _lines(stream: asyncio.StreamReader, into: list[str]) -> bytes:
+    async for line in stream:
+        into.append(line.decode(errors="replace"))
+    return "".join(into).encode()
 
 
 async def _early_exit(proc: asyncio.subprocess.Process, drain: asyncio.Task[bytes]) -> str:

@@ -5,6 +5,11 @@ background, hands CMD the token in ``EVSTATE_LOCK_TOKEN`` (an evstate client sta
 CMD, the JavaScript one included, writes under it), and releases it when CMD ends. CMD's
 exit status is passed through; when the lock is held by someone else CMD is not started
 and the status is 75 (EX_TEMPFAIL: try again later).
+
+``run --lock STACK/STAGE --state-url URL -- CMD`` does the same for an Alchemy v2 deploy:
+the lease is on the stage's scope (``~v2.STACK/STAGE``), and CMD gets
+``EVSTATE_STATE_URL=URL/lease/<token>``; ``evstate serve`` attaches that token to the
+writes made through it (:mod:`evstate.serve.stacks`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from evstate.cli.store import (
 from evstate.client import EvstateClient
 from evstate.errors import EvstateError, FencedError, LockHeldError
 from evstate.model import Lease
+from evstate.stacks import stage_scope
 
 __all__ = ["EX_TEMPFAIL", "register"]
 
@@ -109,8 +115,24 @@ def run_locked(
     wait: float,
     command: list[str],
     overrides: dict[str, Any],
+    state_url: str | None = None,
 ) -> int:
-    """Hold a lease on ``scope`` while ``command`` runs; its exit status (75: held)."""
+    """Hold a lease on ``scope`` while ``command`` runs; its exit status (75: held).
+
+    With ``state_url`` (an ``evstate serve`` base URL), ``scope`` is an Alchemy v2
+    ``STACK/STAGE``: the lease is taken on its stage's scope and the command gets
+    ``EVSTATE_STATE_URL`` = ``state_url/lease/<token>``, the state URL its writes go to.
+    """
+    if state_url is not None:
+        stack, sep, stage = scope.partition("/")
+        if not sep:
+            error_line(f"--lock with --state-url wants STACK/STAGE (Alchemy v2), got {scope!r}")
+            return 2
+        try:
+            scope = stage_scope(stack, stage).path
+        except EvstateError as exc:
+            error_line(str(exc))
+            return 2
 
     async def main() -> int:
         info = {"command": " ".join(command)[:200], "pid": os.getpid()}
@@ -122,6 +144,8 @@ def run_locked(
                 return EX_TEMPFAIL
             env = {**os.environ, "EVSTATE_LOCK_TOKEN": str(lease.token)}
             env["EVSTATE_LOCK_SCOPE"] = lease.scope
+            if state_url is not None:
+                env["EVSTATE_STATE_URL"] = f"{state_url.rstrip('/')}/lease/{lease.token}"
             try:
                 child = await asyncio.create_subprocess_exec(*command, env=env)
             except OSError as exc:
@@ -159,15 +183,27 @@ def register(app: typer.Typer) -> None:
         lock: Annotated[str, typer.Option("--lock", metavar="SCOPE", help="Scope to lock.")],
         ttl: Annotated[float, typer.Option(help="Lease seconds; renewed every ttl/3.")] = 30.0,
         wait: Annotated[float, typer.Option(help="Seconds to wait for a held lock.")] = 0.0,
+        state_url: Annotated[
+            str | None,
+            typer.Option(
+                "--state-url",
+                metavar="URL",
+                help="Alchemy v2: the evstate serve URL. --lock is then STACK/STAGE, and the "
+                "command gets EVSTATE_STATE_URL=URL/lease/<token> for makeHttpStateStore.",
+                show_default=False,
+            ),
+        ] = None,
         bootstrap_servers: BootstrapServers = None,
         view_dir: ViewDir = None,
         topic_prefix: TopicPrefix = None,
     ) -> None:
         """Run a command while holding a lease: evstate run --lock app/prod -- CMD ARGS...
 
-        The token is in EVSTATE_LOCK_TOKEN for the command. Exit status: the command's;
-        75 when the lock is held by someone else (the command was not started); 2 when
-        evstate refused.
+        The token is in EVSTATE_LOCK_TOKEN for the command; with --state-url (Alchemy
+        v2: evstate run --lock STACK/STAGE --state-url URL -- alchemy deploy ...) the
+        command's state URL, carrying the lease, is in EVSTATE_STATE_URL. Exit status:
+        the command's; 75 when the lock is held by someone else (the command was not
+        started); 2 when evstate refused.
         """
         command = list(ctx.args)
         if command and command[0] == "--":
@@ -177,4 +213,4 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         overrides = settings_overrides(bootstrap_servers, view_dir, topic_prefix)
         sys.stdout.flush()
-        raise typer.Exit(run_locked(lock, ttl, wait, command, overrides))
+        raise typer.Exit(run_locked(lock, ttl, wait, command, overrides, state_url))

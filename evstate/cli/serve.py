@@ -26,12 +26,15 @@ from evstate.cli.store import (
 )
 from evstate.config import Settings
 from evstate.errors import ConfigError, EvstateError
+from evstate.secrets import new_secret_key
 from evstate.serve import (
     DEFAULT_HOST,
     DEFAULT_MAX_BODY,
     DEFAULT_PORT,
     HEADER_TIMEOUT,
+    check_exposure,
     create_app,
+    load_secret_keys,
     run_server,
     tls_context,
 )
@@ -95,6 +98,40 @@ def serve(
         str | None,
         typer.Option("--tls-key", help="The PEM private key of --tls-cert.", show_default=False),
     ] = None,
+    alchemy_v2: Annotated[
+        bool | None,
+        typer.Option(
+            "--alchemy-v2/--no-alchemy-v2",
+            help="Answer Alchemy v2's REST state routes (/version, /state/stacks/...) beside "
+            "v1's POST /. Default: on when secret keys are set.",
+            show_default=False,
+        ),
+    ] = None,
+    secret_key_file: Annotated[
+        str | None,
+        typer.Option(
+            "--secret-key-file",
+            help="File of keys that seal Alchemy v2 secrets at rest: <key id>:<base64 of 32 "
+            "bytes> a line, the sealing key first (default: $EVSTATE_SECRET_KEY_FILE, or the "
+            "keys in $EVSTATE_SECRET_KEYS). Make one with evstate secret-key.",
+            show_default=False,
+        ),
+    ] = None,
+    plaintext_secrets: Annotated[
+        bool,
+        typer.Option(
+            "--plaintext-secrets",
+            help="Serve Alchemy v2 without secret keys: its secrets reach Kafka as sent.",
+        ),
+    ] = False,
+    insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--insecure-http",
+            help="Serve Alchemy v2 on a non-loopback address without TLS (its secrets then "
+            "cross the network in plaintext).",
+        ),
+    ] = False,
     max_body_mib: Annotated[
         float, typer.Option("--max-body-mib", help="Largest request body (MiB); more gets 413.")
     ] = DEFAULT_MAX_BODY / _MIB,
@@ -113,7 +150,8 @@ def serve(
 
     POST / with {"method", "params", "context": {"chain": [...]}}; HEAD / answers 200 once
     connected to Kafka; GET /metrics serves Prometheus metrics. See clients/alchemy for the
-    JavaScript EvstateStateStore.
+    JavaScript EvstateStateStore. With --alchemy-v2 (or secret keys set) it also answers
+    Alchemy v2's /state/stacks/... routes, sealing their secrets at rest.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     # aiokafka logs transient errors it retries itself; what it cannot recover from
@@ -131,8 +169,13 @@ def serve(
             raise ConfigError("--tls-cert and --tls-key go together")
         tls = None if tls_cert is None or tls_key is None else tls_context(tls_cert, tls_key)
         settings = Settings.from_env(
-            **settings_overrides(bootstrap_servers, view_dir, topic_prefix)
+            **settings_overrides(bootstrap_servers, view_dir, topic_prefix),
+            secret_key_file=secret_key_file,
         )
+        keys = load_secret_keys(settings)
+        v2 = alchemy_v2 if alchemy_v2 is not None else keys is not None
+        if v2:
+            check_exposure(host, tls=tls is not None, allow=insecure_http)
         app = create_app(
             settings,
             token=token,
@@ -140,6 +183,9 @@ def serve(
             auth_file=auth_file,
             access_log=access_log,
             max_body=max(1, int(max_body_mib * _MIB)),
+            alchemy_v2=v2,
+            secret_keys=keys,
+            plaintext_secrets=plaintext_secrets,
         )
 
         def listening(url: str) -> None:
@@ -168,6 +214,23 @@ def serve(
         raise typer.Exit(2) from exc
 
 
+def secret_key(
+    kid: Annotated[
+        str, typer.Argument(metavar="[KEY_ID]", help="The new key's id (A-Z a-z 0-9 _ . -).")
+    ] = "k1",
+) -> None:
+    """Print a new key for sealing Alchemy v2 secrets: KEY_ID:<base64 of 32 random bytes>.
+
+    Put it first in the key file (--secret-key-file) or EVSTATE_SECRET_KEYS; keep older
+    keys after it until no stored record needs them.
+    """
+    try:
+        typer.echo(new_secret_key(kid))
+    except EvstateError as exc:
+        raise fail(exc) from exc
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``serve`` to ``app``."""
+    """Add ``serve`` and ``secret-key`` to ``app``."""
     app.command("serve")(serve)
+    app.command("secret-key")(secret_key)

@@ -32,6 +32,7 @@ from evstate.errors import EvstateError
 from evstate.model import Scope
 from evstate.names import printable
 from evstate.serde import deserialize
+from evstate.stacks import REDACTED, kind_of
 from evstate.verify import VerifyReport
 from evstate.view import decode_value
 
@@ -184,10 +185,14 @@ def _missing(message: str) -> typer.Exit:
 
 
 def _walk_secrets(tree: Any, path: str, replace: Callable[[Any, str], Any]) -> Any:
-    """A copy of ``tree`` with every ``{"@secret": ...}`` marker replaced by ``replace``."""
+    """A copy of ``tree`` with every ``{"@secret": ...}`` marker replaced by ``replace``;
+    an Alchemy v2 secret (``{"__redacted__": ...}``, sealed by ``evstate serve``, which
+    alone holds its key) is masked."""
     if isinstance(tree, dict):
         if "@secret" in tree:  # serde recognises markers by the key, so do we
             return replace(tree, path)
+        if REDACTED in tree:
+            return MASK
         return {k: _walk_secrets(v, f"{path}.{k}" if path else k, replace) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_walk_secrets(v, f"{path}[{i}]", replace) for i, v in enumerate(tree)]
@@ -287,7 +292,7 @@ def ls(
     for column in ("id", "kind", "status", "seq", "version"):
         table.add_column(column, justify="right" if column in ("seq", "version") else "left")
     for key, version, tree in rows:
-        cells = (key, tree.get("kind"), tree.get("status"), tree.get("seq"), version)
+        cells = (key, kind_of(tree), tree.get("status", ""), tree.get("seq", ""), version)
         table.add_row(*(printable(str(cell)) for cell in cells))
     out.print(table)
 

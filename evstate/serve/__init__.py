@@ -6,7 +6,8 @@ service.
 :mod:`~evstate.serve.app` (the aiohttp application and its runner),
 :mod:`~evstate.serve.metrics` (``GET /metrics``),
 :mod:`~evstate.serve.auth` (the principals in force, who is calling),
-:mod:`~evstate.serve.audit` (the access log).
+:mod:`~evstate.serve.audit` (the access log),
+:mod:`~evstate.serve.stacks` (Alchemy v2's REST state routes).
 """
 
 from evstate.serve.app import create_app, make_runner, run_server, tls_context
@@ -20,6 +21,7 @@ from evstate.serve.protocol import (
     details_of,
     status_of,
 )
+from evstate.serve.stacks import check_exposure, load_secret_keys
 
 __all__ = [
     "DEFAULT_HOST",
@@ -28,8 +30,10 @@ __all__ = [
     "HEADER_TIMEOUT",
     "METHODS",
     "OPTIONS",
+    "check_exposure",
     "create_app",
     "details_of",
+    "load_secret_keys",
     "make_runner",
     "run_server",
     "status_of",

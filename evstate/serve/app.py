@@ -25,7 +25,8 @@ from evstate.errors import (
     ConfigError,
     EvstateError,
 )
-from evstate.serve import audit, auth
+from evstate.secrets import SecretKeys
+from evstate.serve import audit, auth, stacks
 from evstate.serve import metrics as serve_metrics
 from evstate.serve.backend import Backend
 from evstate.serve.protocol import (
@@ -43,6 +44,7 @@ from evstate.serve.protocol import (
     parse_call,
     status_of,
 )
+from evstate.serve.stacks import is_stacks_path
 from evstate.serve.ui import PREFIX as CONSOLE_PREFIX
 from evstate.serve.ui import console_app
 
@@ -63,6 +65,9 @@ async def _errors_as_json(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except Refused as exc:
+        if exc.status == 401 and is_stacks_path(request.path):
+            # Alchemy v2 expects no body (UnauthorizedNoContent); it says nothing more.
+            return web.Response(status=401, headers={"WWW-Authenticate": "Bearer"})
         return envelope(exc.status, error=str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
@@ -126,6 +131,9 @@ def create_app(
     auth_file: str | None = None,
     auth_poll_interval: float = auth.POLL_INTERVAL,
     access_log: bool | None = None,
+    alchemy_v2: bool = False,
+    secret_keys: SecretKeys | None = None,
+    plaintext_secrets: bool = False,
 ) -> web.Application:
     """Build the aiohttp application of ``evstate serve``.
 
@@ -144,17 +152,28 @@ def create_app(
             seconds) and on SIGHUP (:func:`run_server`).
         access_log: record every request in the topic ``{prefix}.access``
             (:mod:`evstate.access`); None: when there is a principals file.
+        alchemy_v2: answer Alchemy v2's REST state routes too (:mod:`evstate.serve.stacks`).
+        secret_keys: the keys v2 secrets are sealed with at rest.
+        plaintext_secrets: serve v2 without ``secret_keys``, keeping secrets as sent
+            (only when explicitly asked: they then reach Kafka in plaintext).
 
     Returns:
         The application, to run with :func:`run_server` or any aiohttp runner.
 
     Raises:
         ConfigError: no token and no principals file, a principals file that is not
-            valid, or ``max_body`` below 1.
+            valid, ``max_body`` below 1, or ``alchemy_v2`` without ``secret_keys`` (and
+            without ``plaintext_secrets``).
     """
     token = token if token is not None else settings.token
     auth_file = auth_file if auth_file is not None else settings.auth_file
     gate = auth.Gate.open(token=token, auth_file=auth_file)
+    if alchemy_v2 and secret_keys is None and not plaintext_secrets:
+        raise ConfigError(
+            "Alchemy v2 sends secrets in plaintext: evstate serve seals them at rest and needs "
+            "secret keys for that (EVSTATE_SECRET_KEYS, or --secret-key-file; make one with "
+            "`evstate secret-key`), or --plaintext-secrets to keep them as sent"
+        )
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ConfigError(f"max_body must be an int >= 1, got {max_body!r}")
     app = web.Application(
@@ -183,6 +202,8 @@ def create_app(
         ),
     )
     app.router.add_post("/", _post)
+    if alchemy_v2:
+        stacks.install(app, lambda: app[_BACKEND], keys=secret_keys, max_body=max_body)
     # The console signs in through the same gate: the same principals and grants.
     app.add_subapp(CONSOLE_PREFIX, console_app(lambda: app[_BACKEND], gate))
     return app

@@ -24,6 +24,9 @@ from evstate.serve.protocol import Refused
 
 log = logging.getLogger(__name__)
 
+OPEN_PATHS: Final = frozenset({"/version"})
+"""Paths answered without a token: Alchemy v2's version probe (:mod:`evstate.serve.stacks`)."""
+
 POLL_INTERVAL: Final = 1.0
 """Seconds between looks at the principals file for a change."""
 
@@ -173,10 +176,15 @@ def install(
 async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 unless ``Authorization: Bearer <token>`` names a principal; else put it on the
     request (:data:`PRINCIPAL`). ``GET /metrics`` checks its own token; the parts given as
-    ``own_sign_in`` to :func:`install` (the console) sign in on their own, with the gate."""
-    if request.path == serve_metrics.PATH or any(
-        request.path == p or request.path.startswith(p + "/")
-        for p in request.config_dict.get(_OWN_SIGN_IN, ())
+    ``own_sign_in`` to :func:`install` (the console) sign in on their own, with the gate;
+    :data:`OPEN_PATHS` need none."""
+    if (
+        request.path == serve_metrics.PATH
+        or request.path in OPEN_PATHS
+        or any(
+            request.path == p or request.path.startswith(p + "/")
+            for p in request.config_dict.get(_OWN_SIGN_IN, ())
+        )
     ):
         return await handler(request)
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")

@@ -101,6 +101,7 @@ from evstate.errors import (
     LockHeldError,
     MalformedEventError,
     NoSuchLeaseError,
+    SealedSecretError,
     SerdeError,
     TopicMismatchError,
     ValidationError,
@@ -109,6 +110,7 @@ from evstate.errors import (
 from evstate.model import CONSISTENCIES, Consistency, Position, Scope
 from evstate.names import printable
 from evstate.principals import Permission, Principal, decide, may_see
+from evstate.stacks import STACK_PREFIX, is_reserved
 from evstate.store import KafkaStateStore
 
 log = logging.getLogger(__name__)
@@ -193,6 +195,7 @@ _STATUSES: Final[tuple[tuple[type[EvstateError], int], ...]] = (
     (ForbiddenError, 403),
     (LockError, 409),  # LockHeldError, FencedError, NoSuchLeaseError
     (MalformedEventError, 500),
+    (SealedSecretError, 500),
     (SerdeError, 400),
     (TopicMismatchError, 500),
     (KafkaError, 503),  # BrokerUnavailableError, WriteFailedError
@@ -310,6 +313,18 @@ CALL: Final = web.RequestKey("call", _Call)
 """The parsed call of a ``POST /`` (for the access log), once it parsed."""
 
 
+def note_call(request: web.Request, method: str, scope: Scope, key: str | None) -> None:
+    """Say what a request of another protocol (Alchemy v2's routes) is about, for the
+    access log, as :data:`CALL` does for ``POST /``."""
+    request[CALL] = _Call(
+        method=method,
+        params=[] if key is None else [key],
+        scope=scope,
+        consistency="session",
+        min_position=None,
+    )
+
+
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
@@ -412,6 +427,12 @@ def parse_call(payload: Any) -> _Call:
     chain = context.get("chain")
     if not isinstance(chain, list) or not chain:
         raise Refused(400, "context.chain must be a non-empty list of scope names")
+    if is_reserved(chain):
+        raise Refused(
+            400,
+            f"scope names starting with {STACK_PREFIX!r} are Alchemy v2 stacks "
+            "(GET/PUT /state/stacks/...); a v1 chain may not start with one",
+        )
     consistency = context.get("consistency", "session")
     if consistency not in CONSISTENCIES:
         raise Refused(400, f"context.consistency must be one of {', '.join(CONSISTENCIES)}")

@@ -16,6 +16,7 @@ from evstate.serve.ui.shape import (
     flatten,
     masked,
     nested_scopes,
+    resource_row,
     scope_tree,
     show,
     timeline,
@@ -185,3 +186,16 @@ def test_a_timeline_page_is_diffed_against_the_versions_before() -> None:
     ]
     assert page == list(reversed(list(changes_of(events))))
     assert [c.event.version for c in timeline(events, 1, 3)] == [3, 2]
+
+
+def test_an_alchemy_v2_record_shows_its_type_and_hides_its_sealed_secret() -> None:
+    sealed = {"__redacted__": {"__evstate_sealed__": {"alg": "A256GCM", "ct": "Y2lwaGVy"}}}
+    before = {"status": "creating", "resourceType": "Alchemy.Random", "fqn": "Secret"}
+    after = {**before, "status": "created", "attr": {"text": sealed}}
+    row = resource_row("Secret", after, 2, None)
+    assert (row.kind, row.status) == ("Alchemy.Random", "created")
+    changes = {c.path: c for c in field_changes(before, after)}
+    assert changes["status"].new == "created"
+    assert changes["attr.text"].new == MASK
+    assert changes["attr.text"].secret
+    assert "Y2lwaGVy" not in show(after)

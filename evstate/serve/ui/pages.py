@@ -43,6 +43,7 @@ from evstate.serve.ui.shape import (
     timeline,
     walk_tree,
 )
+from evstate.stacks import kind_of
 
 HISTORY_PAGE = 20
 """Deploys per page of a scope's history."""
@@ -244,6 +245,8 @@ async def resource_page(request: web.Request) -> web.Response:
         path=path,
         key=key,
         current=current,
+        kind=kind_of(current) if current else "",
+        state_status=str(current.get("status", "")) if current else "",
         fields=fields,
         changes=timeline(events, first, last),
         total=len(events),

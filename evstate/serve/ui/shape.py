@@ -1,8 +1,9 @@
 """What the console shows, as pure functions of states and events: no I/O, no HTML.
 
 Secrets are masked here, before anything reaches a template: a ``{"@secret": ...}``
-marker becomes :data:`MASK`, so neither a secret's plaintext (never held by the server)
-nor its ciphertext is ever written into a page.
+marker (Alchemy v1) or a ``{"__redacted__": ...}`` one (Alchemy v2, sealed by the server)
+becomes :data:`MASK`, so neither a secret's plaintext nor its ciphertext is ever written
+into a page.
 """
 
 from __future__ import annotations
@@ -14,20 +15,23 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from evstate.model import LOCK_OPS, ChangeEvent, Tree
+from evstate.stacks import REDACTED, kind_of
 
 MASK = "••••"
 """What a secret is shown as."""
 
-DIFFED = ("status", "kind", "props", "output")
-"""The parts of a state compared field by field (``data`` is the provider's own)."""
+DIFFED = ("status", "kind", "resourceType", "props", "attr", "output")
+"""The parts of a state compared field by field (``data`` is the provider's own; a v2
+record's ``resourceType`` and ``attr`` are its kind and output)."""
 
 DEPLOY_GAP = timedelta(minutes=5)
 """Events without a correlation id, by one actor, less than this apart, are one deploy."""
 
 
 def is_secret(value: object) -> bool:
-    """Whether ``value`` is a secret's marker (``{"@secret": ...}``)."""
-    return isinstance(value, dict) and "@secret" in value
+    """Whether ``value`` is a secret's marker (``{"@secret": ...}``, or v2's
+    ``{"__redacted__": ...}``)."""
+    return isinstance(value, dict) and ("@secret" in value or REDACTED in value)
 
 
 def masked(value: Any) -> Any:
@@ -53,7 +57,12 @@ def show(value: Any) -> str:
 def _is_leaf(value: object) -> bool:
     # A marker ({"@date": ...}, {"@buffer": ...}, {"@secret": ...}) is one value, and so
     # is an empty object.
-    return not isinstance(value, dict) or not value or any(k.startswith("@") for k in value)
+    return (
+        not isinstance(value, dict)
+        or not value
+        or REDACTED in value
+        or any(k.startswith("@") for k in value)
+    )
 
 
 def flatten(tree: Mapping[str, Any] | None, parts: Iterable[str] = DIFFED) -> dict[str, Any]:
@@ -142,7 +151,7 @@ def resource_row(key: str, tree: Tree, version: int | None, last: LastChange | N
     """A table row from a stored tree (only plain fields: no secret can be among them)."""
     return ResourceRow(
         id=key,
-        kind=str(tree.get("kind", "")),
+        kind=kind_of(tree),
         status=str(tree.get("status", "")),
         version=version,
         last=last,
