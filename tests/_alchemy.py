@@ -10,7 +10,6 @@ Tests that use this need Node.js and npm; without them they fail, loudly, rather
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests._util import subprocess_env
+from tests._util import npm_install_once, subprocess_env
 
 ALCHEMY_VERSION = "0.94.0"
 NODE_SCRIPTS = Path(__file__).parent / "node"
@@ -47,28 +46,7 @@ def ensure_alchemy() -> Path:
     for tool in ("node", "npm"):
         if shutil.which(tool) is None:
             raise RuntimeError(f"{tool} is not on PATH; the Alchemy interop tests need Node.js")
-    prefix = cache_dir()
-    prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix / ".install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _installed(prefix):
-            subprocess.run(
-                [
-                    "npm",
-                    "install",
-                    "--prefix",
-                    str(prefix),
-                    "--no-audit",
-                    "--no-fund",
-                    "--loglevel=error",
-                    f"alchemy@{ALCHEMY_VERSION}",
-                ],
-                check=True,
-                capture_output=True,
-                timeout=600,
-                env=subprocess_env(),
-            )
-    return prefix
+    return npm_install_once(cache_dir(), [f"alchemy@{ALCHEMY_VERSION}"], _installed, timeout=600)
 
 
 def run_node(

@@ -15,17 +15,15 @@ An app runs in a project dir whose ``node_modules`` links to the cache's, so its
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests._util import subprocess_env
+from tests._util import npm_install_once, subprocess_env
 
 ALCHEMY_VERSION = "2.0.0-beta.79"
 NODE_VERSION = "22.23.5"
@@ -71,30 +69,10 @@ def ensure_alchemy_v2() -> Path:
     """
     if shutil.which("npm") is None:
         raise RuntimeError("npm is not on PATH; the Alchemy v2 tests need it to install Node 22")
-    prefix = cache_dir()
-    prefix.mkdir(parents=True, exist_ok=True)
-    with open(prefix / ".install.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _installed(prefix):
-            subprocess.run(
-                [
-                    "npm",
-                    "install",
-                    "--prefix",
-                    str(prefix),
-                    "--no-audit",
-                    "--no-fund",
-                    "--loglevel=error",
-                    "--save-exact",
-                    *PACKAGES,
-                ],
-                check=True,
-                capture_output=True,
-                timeout=900,
-                env=subprocess_env(),
-            )
-            (prefix / ".installed").write_text(" ".join(PACKAGES))
-    return prefix
+    # The stamp is what was asked for: a change of pins installs again.
+    return npm_install_once(
+        cache_dir(), PACKAGES, _installed, timeout=900, stamp=" ".join(PACKAGES)
+    )
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -271,3 +273,43 @@ async def wait_ready(
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError(f"{url} not ready within {timeout}s (last {status})")
             await asyncio.sleep(0.1)
+
+
+def npm_install_once(
+    prefix: Path,
+    packages: Sequence[str],
+    installed: Callable[[Path], bool],
+    *,
+    timeout: float,
+    stamp: str | None = None,
+) -> Path:
+    """``npm install packages`` into ``prefix`` unless ``installed(prefix)``; return it.
+
+    A file lock keeps two test processes from installing into the same dir at once.
+    ``stamp``, if given, is written to ``prefix/.installed`` once the install is done (for
+    an ``installed`` that checks what was asked for).
+    """
+    prefix.mkdir(parents=True, exist_ok=True)
+    with open(prefix / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not installed(prefix):
+            subprocess.run(
+                [
+                    "npm",
+                    "install",
+                    "--prefix",
+                    str(prefix),
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                    "--save-exact",
+                    *packages,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+                env=subprocess_env(),
+            )
+            if stamp is not None:
+                (prefix / ".installed").write_text(stamp)
+    return prefix
