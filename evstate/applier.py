@@ -254,12 +254,21 @@ class Applier:
         ends = self._tail.last_stable() if self._tail is not None else {}
         return {p: (self.applied(p), ends.get(p)) for p in range(self._partitions)}
 
-    async def start(self) -> None:
+    async def start(self, *, just_read: bool = False) -> None:
         """Resume from the view's stored offsets and start applying in the background.
 
         The first start also takes the start marks (each partition's high watermark).
+
+        Args:
+            just_read: the view was read to every partition's end a moment ago (a
+                rebuild): resume where it stopped, without asking whether its offsets are
+                too old to have seen every tombstone. The check is for a view that was
+                offline; a rebuild on a loaded machine can take longer than half of a
+                very short ``delete.retention.ms`` to hand over, and must not be read
+                again for that.
         """
-        await self._forget_stale_partitions()
+        if not just_read:
+            await self._forget_stale_partitions()
         self._applied = self._view.applied_offsets()
         self._tail = Tail(self._settings, self._settings.state_topic, self._partitions)
         await self._tail.start(self._applied)
@@ -552,15 +561,14 @@ class Applier:
                 if progress is not None:  # records of the topic, the layout marker aside
                     progress(min(read - self.stats.markers, total), total)
             self._view.mark_fresh(dict.fromkeys(ends, asked_at))
-            # The partitions at their end as of the last fetch are fresh as of then: the
-            # applier resumes at once, so a short delete.retention.ms does not make the
-            # view it just rebuilt look stale.
+            # The partitions at their end as of the last fetch are fresh as of then (for
+            # the next start of a process on this view).
             self._mark_fresh(tail)
         finally:
             await tail.stop()
         self.stats.lease_changes += 1
         self.leases_seen = self.stats.lease_changes
-        await self.start()
+        await self.start(just_read=True)
         return read - self.stats.markers  # records of the topic, the layout marker aside
 
     def check(self) -> None:
