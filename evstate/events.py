@@ -37,6 +37,7 @@ __all__ = [
     "header_time_ms",
     "register_writer_schema",
     "schema_fingerprint",
+    "stamped_after",
     "state_record",
     "summarize",
 ]
@@ -128,6 +129,18 @@ existed have none, and are decoded)."""
 _TIME = struct.Struct(">q")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_US = timedelta(microseconds=1)
+
+
+def stamped_after(headers: Sequence[tuple[str, bytes]] | None, when: datetime) -> bool | None:
+    """Whether the event's ``evstate.time`` header is later than ``when``; None without one.
+
+    The header has ms precision; ``when`` may have µs.
+    """
+    stamped = header_time_ms(headers)
+    if stamped is None:
+        return None
+    return stamped * 1000 > (when - _EPOCH) // _US
 
 
 def header_time_ms(headers: Sequence[tuple[str, bytes]] | None) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from evstate import events, keys
 from evstate.config import Settings
@@ -68,10 +68,6 @@ def _check_point(point: Point | None, partition: int, name: str) -> None:
         )
     if isinstance(point, datetime) and point.tzinfo is None:
         raise ValidationError(f"{name} must be a timezone-aware datetime, got {point!r}")
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _ms(when: datetime) -> int:
@@ -208,10 +204,9 @@ def happened_after(record: Record, when: datetime) -> bool:
     Read from the ``evstate.time`` header when the record has one; a record written
     before that header existed is decoded (its Avro record, not its state's JSON).
     """
-    stamped = events.header_time_ms(record.headers)
-    if stamped is not None:
-        # The event's time has ms precision; ``when`` may have µs.
-        return stamped * 1000 > (when - _EPOCH) // _MICROSECOND
+    after = events.stamped_after(record.headers, when)
+    if after is not None:
+        return after
     position = Position(record.partition, record.offset)
     return events.summarize(_event_bytes(record), record.headers, position).timestamp > when
 
