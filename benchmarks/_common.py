@@ -589,8 +589,11 @@ class RequestClock:
 
     While :meth:`running`, every add-partitions, produce and end-transaction request (each
     try, retries included) is timed from send to handled response, keyed by the
-    producer's transactional id: where a transaction's time goes, on the client's side
-    of the wire. Benchmark-only: it wraps aiokafka's request handler for the duration.
+    producer's transactional id, and :meth:`window` times the operations being studied:
+    where a transaction's time goes, on the client's side of the wire. A request partly
+    or wholly outside every window (evstate adds the next transaction's partitions
+    between writes) counts only for the part inside one. Benchmark-only: it wraps
+    aiokafka's request handler for the duration.
     """
 
     KINDS: ClassVar[dict[str, str]] = {
@@ -600,19 +603,40 @@ class RequestClock:
     }
 
     def __init__(self) -> None:
-        self.times: dict[tuple[str | None, str], list[float]] = {}
+        self.times: dict[tuple[str | None, str], list[tuple[float, float]]] = {}
+        self.windows: dict[str, list[tuple[float, float]]] = {}
 
     def clear(self) -> None:
         self.times.clear()
+        self.windows.clear()
 
-    def of(self, tid_prefix: str, kind: str) -> list[float]:
-        """The durations of ``kind`` requests of producers whose id starts so."""
+    async def window(self, side: str, op: Awaitable[object]) -> float:
+        """Await ``op`` as one of ``side``'s operations; how long it took, in seconds."""
+        start = time.perf_counter()
+        await op
+        end = time.perf_counter()
+        self.windows.setdefault(side, []).append((start, end))
+        return end - start
+
+    def of(self, tid_prefix: str, kind: str) -> list[tuple[float, float]]:
+        """The (start, end) of ``kind`` requests of producers whose id starts so."""
         return [
-            d
-            for (tid, k), ds in self.times.items()
+            span
+            for (tid, k), spans in self.times.items()
             if k == kind and tid is not None and tid.startswith(tid_prefix)
-            for d in ds
+            for span in spans
         ]
+
+    def inside(self, side: str, tid_prefix: str, kind: str) -> float:
+        """Seconds ``kind`` requests of those producers spent inside ``side``'s windows."""
+        windows = sorted(self.windows.get(side, []))
+        total = 0.0
+        for start, end in self.of(tid_prefix, kind):
+            for w_start, w_end in windows:
+                if w_start >= end:
+                    break
+                total += max(0.0, min(end, w_end) - max(start, w_start))
+        return total
 
     @contextlib.contextmanager
     def running(self) -> Iterator[RequestClock]:
@@ -631,7 +655,7 @@ class RequestClock:
                 finally:
                     txn = handler._sender._txn_manager
                     tid = txn.transactional_id if txn is not None else None
-                    times.setdefault((tid, kind), []).append(time.perf_counter() - started)
+                    times.setdefault((tid, kind), []).append((started, time.perf_counter()))
 
             return do
 

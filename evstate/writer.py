@@ -177,11 +177,17 @@ class _Sequencer:
     def __init__(self, writer: Writer, partition: int) -> None:
         self._writer = writer
         self.partition = partition
+        settings = writer.settings
+        ahead = [(settings.state_topic, partition)]
+        if settings.history:
+            ahead.append((settings.history_topic, partition))
         self._lane = TransactionalProducer(
-            writer.settings,
-            f"{transactional_base(writer.settings)}-p{partition}",
+            settings,
+            f"{transactional_base(settings)}-p{partition}",
             max_request_size=writer.max_bytes,
+            ahead=ahead,
         )
+        self._wake = asyncio.Event()
         self._owned = False
         self._fresh = False  # the view was just caught up to the partition's end
         # The partition's end if nobody else wrote since this sequencer caught up or last
@@ -194,18 +200,43 @@ class _Sequencer:
     async def stop(self) -> None:
         await self._lane.stop()
 
+    def wake(self) -> None:
+        self._wake.set()
+
     def kick(self) -> None:
+        self._wake.set()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name=f"evstate-write-p{self.partition}")
 
     async def _run(self) -> None:
+        while True:
+            await self._drain()
+            # The lane keeps the next transaction open (its partitions added) for the
+            # next write; once idle for a while it is aborted, well within the broker's
+            # transaction timeout.
+            if not self._lane.opened_ahead or self._writer.closing:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._writer.settings.transaction_timeout / 3):
+                    await self._wake.wait()
+            if self.queue:
+                continue
+            await self._lane.close_ahead()
+            self._expected_end = None  # the abort's marker is in the partition
+            if not self._lane.registered:  # the abort failed: fenced meanwhile?
+                self._lost()
+            if not self.queue:
+                return
+
+    async def _drain(self) -> None:
         while self.queue:
             group = [self.queue.popleft() for _ in range(min(MAX_GROUP, len(self.queue)))]
             group = [p for p in group if not p.done.done()]  # callers may have given up
             if not group:
                 continue
             try:
-                if not self._owned:
+                if not (self._owned and self._lane.registered):
                     await self._own()
                 await self._commit(group)
             except WriterFencedError as exc:
@@ -381,10 +412,17 @@ class Writer:
     async def start(self) -> None:
         """Nothing to connect up front: a partition's ids are registered at its first write."""
 
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`stop` was called: sequencers finish what is queued and end."""
+        return self._closing
+
     async def stop(self) -> None:
         """Let queued writes finish, then disconnect. Idempotent."""
         self._closing = True
         sequencers = list(self._sequencers.values())
+        for s in sequencers:
+            s.wake()  # an idle one is waiting for work: let it see the close
         tasks = [s.task for s in sequencers if s.task is not None]
         with contextlib.suppress(Exception):
             await asyncio.gather(*tasks, return_exceptions=True)
