@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime
 from itertools import compress, count
@@ -78,7 +79,6 @@ _PLAIN = frozenset((str, int, bool, type(None)))  # serialize: passed through (f
 _LEAVES = _PLAIN | {float}  # deserialize: every JSON leaf json.loads makes
 _STR_ONLY = frozenset((str,))
 _MARKER_KEYS = frozenset(MARKERS)
-_IS_PLAIN = _PLAIN.__contains__
 _IS_LEAF = _LEAVES.__contains__
 
 
@@ -100,69 +100,107 @@ def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
         SecretError: A :class:`Secret` is met and ``scope`` has no password; the message
             names where.
     """
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
     try:
-        return _tree_of(scope, value, 0)
+        return _FAST.get(kind, _unusual)(scope, value, 0)
     except _Unusual:
         return _serialize(scope, value, path, set(), 0)
 
 
 class _Unusual(Exception):  # a signal inside this module, never raised out of it
-    """Raised by :func:`_tree_of` for anything off its fast path."""
+    """Raised by the fast path for anything off it."""
 
 
-def _tree_of(scope: Scope, value: object, depth: int) -> Any:
-    """The fast path of :func:`serialize`: exact types only, no path, no cycle tracking.
+# The fast path of serialize: one function per exact type, found in _FAST by type(value).
+# No path is built and no cycle tracked. Anything else (a subclass, a bad value, a
+# refusal, a secret without a password, the depth bound reached) raises _Unusual, and
+# _serialize does the whole value again: it normalises what is odd and raises the error
+# naming the path. A cycle always ends at _MAX_DEPTH, where the slow walk tells it from
+# plain depth. Each takes (scope, value, depth) and returns the value's tree.
 
-    Anything else (a subclass, a bad value, a refusal, a secret without a password, a
-    bound reached) raises :class:`_Unusual`, and :func:`_serialize` does the whole value
-    again: it normalises what is odd and raises the error naming the path. A cycle always
-    ends at :data:`_MAX_DEPTH`, where the slow walk tells it from plain depth.
-    """
-    kind = type(value)
-    if kind is dict:
-        if (
-            depth >= _MAX_DEPTH
-            or not _STR_ONLY.issuperset(map(type, value))  # type: ignore[call-overload]
-            or not _MARKER_KEYS.isdisjoint(value)  # type: ignore[arg-type]
-        ):
-            raise _Unusual
-        items: dict[str, Any] = value  # type: ignore[assignment]
-        out = items.copy()
-        if not _PLAIN.issuperset(map(type, items.values())):
-            # Redo only the values that are not plain, found by C iterators alone: the
-            # Python loop runs once per nested container or special value, not per item.
-            for key in compress(items, map(not_, map(_IS_PLAIN, map(type, items.values())))):
-                out[key] = _tree_of(scope, items[key], depth + 1)
-        return out
-    if kind is list or kind is tuple:
-        if depth >= _MAX_DEPTH:
-            raise _Unusual
-        seq: list[Any] = value  # type: ignore[assignment]
-        copy = list(seq)
-        if not _PLAIN.issuperset(map(type, seq)):
-            for index in compress(count(), map(not_, map(_IS_PLAIN, map(type, seq)))):
-                copy[index] = _tree_of(scope, seq[index], depth + 1)
-        return copy
-    if kind in _PLAIN:
+
+_FAST: dict[type, Callable[[Scope, Any, int], Any]] = {}  # filled below
+
+
+def _fast_dict(scope: Scope, items: dict[Any, Any], depth: int) -> dict[str, Any]:
+    if (
+        depth >= _MAX_DEPTH
+        or not _STR_ONLY.issuperset(map(type, items))
+        or "@secret" in items
+        or "@date" in items
+        or "@scope" in items
+        or "@buffer" in items
+    ):
+        raise _Unusual
+    out = items.copy()
+    # Every value plain is one test in C; otherwise only the values that are not plain
+    # take a Python call.
+    if not _PLAIN.issuperset(map(type, items.values())):
+        for key, item in items.items():
+            kind = type(item)
+            if kind not in _PLAIN:
+                out[key] = _FAST.get(kind, _unusual)(scope, item, depth + 1)
+    return out
+
+
+def _fast_list(scope: Scope, seq: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
+    if depth >= _MAX_DEPTH:
+        raise _Unusual
+    copy = list(seq)
+    if not _PLAIN.issuperset(map(type, seq)):
+        for index, item in enumerate(seq):
+            kind = type(item)
+            if kind not in _PLAIN:
+                copy[index] = _FAST.get(kind, _unusual)(scope, item, depth + 1)
+    return copy
+
+
+def _fast_float(scope: Scope, value: float, depth: int) -> float:
+    if math.isfinite(value):
         return value
-    if kind is float:
-        if math.isfinite(value):  # type: ignore[arg-type]
-            return value
-    elif kind is datetime:
-        try:
-            return {"@date": _format_date(value, "")}  # type: ignore[arg-type]
-        except SerdeError:
-            pass
-    elif kind is bytes:
-        return {"@buffer": encode_buffer(value)}  # type: ignore[arg-type]
-    elif kind is Scope:
-        return {"@scope": None}
-    elif kind is Secret:
-        try:
-            return {"@secret": _encrypt(scope, value, "")}  # type: ignore[arg-type]
-        except SerdeError:
-            pass  # again on the slow walk, for the path in the message
     raise _Unusual
+
+
+def _fast_date(scope: Scope, value: datetime, depth: int) -> dict[str, str]:
+    try:
+        return {"@date": _format_date(value, "")}
+    except SerdeError:
+        raise _Unusual from None
+
+
+def _fast_bytes(scope: Scope, value: bytes, depth: int) -> dict[str, str]:
+    return {"@buffer": encode_buffer(value)}
+
+
+def _fast_scope(scope: Scope, value: Scope, depth: int) -> dict[str, None]:
+    return {"@scope": None}
+
+
+def _fast_secret(scope: Scope, value: Secret, depth: int) -> dict[str, Any]:
+    try:
+        return {"@secret": _encrypt(scope, value, "")}
+    except SerdeError:
+        raise _Unusual from None  # again on the slow walk, for the path in the message
+
+
+def _unusual(scope: Scope, value: Any, depth: int) -> Any:
+    raise _Unusual
+
+
+_FAST.update(
+    {
+        dict: _fast_dict,
+        list: _fast_list,
+        tuple: _fast_list,
+        float: _fast_float,
+        datetime: _fast_date,
+        bytes: _fast_bytes,
+        Scope: _fast_scope,
+        Secret: _fast_secret,
+    }
+)
 
 
 def _serialize(scope: Scope, value: object, path: _Path, active: set[int], depth: int) -> Any:
@@ -413,15 +451,29 @@ def serialize_state(scope: Scope, state: State) -> dict[str, Any]:
             e.g. ``props.db.password``.
     """
     state.validate()
-    tree = state.to_json()
-    for name in _VALUE_FIELDS:
-        value = getattr(state, name)
-        if value is not None:
-            json_name = "oldProps" if name == "old_props" else name
-            try:
-                tree[json_name] = _tree_of(scope, value, 0)
-            except _Unusual:
-                tree[json_name] = _serialize(scope, value, name, set(), 0)
+    data, props, old_props, output = state.data, state.props, state.old_props, state.output
+    fast = _FAST.get  # by exact type: a dict subclass takes the checked walk
+    try:
+        # Spelled out (every write calls it), as to_json spells the state.
+        tree: dict[str, Any] = {
+            "status": state.status,
+            "kind": state.kind,
+            "id": state.id,
+            "fqn": state.fqn,
+            "seq": state.seq,
+            "data": fast(type(data), _unusual)(scope, data, 0),
+            "props": None if props is None else fast(type(props), _unusual)(scope, props, 0),
+        }
+        if old_props is not None:
+            tree["oldProps"] = fast(type(old_props), _unusual)(scope, old_props, 0)
+        tree["output"] = None if output is None else fast(type(output), _unusual)(scope, output, 0)
+    except _Unusual:
+        tree = state.to_json()
+        for name in _VALUE_FIELDS:
+            value = getattr(state, name)
+            if value is not None:
+                json_name = "oldProps" if name == "old_props" else name
+                tree[json_name] = serialize(scope, value, path=name)
     return tree
 
 
