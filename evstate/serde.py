@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable
-from contextvars import ContextVar
 from datetime import datetime
 from itertools import compress, count
 from operator import not_
 from typing import Any
 
 from evstate import secrets
+from evstate import serde_fast as _fast
 from evstate.errors import (
     EvstateError,
     InvalidStateError,
@@ -52,6 +51,12 @@ from evstate.markers import parse_date as _parse_date
 from evstate.markers import render_path as _render
 from evstate.markers import where as _where
 from evstate.model import Scope, State
+from evstate.serde_fast import LEAVES as _LEAVES
+from evstate.serde_fast import MARKER_KEYS as _MARKER_KEYS
+from evstate.serde_fast import MARKERS
+from evstate.serde_fast import MAX_DEPTH as _MAX_DEPTH
+from evstate.serde_fast import PLAIN as _PLAIN
+from evstate.serde_fast import STR_ONLY as _STR_ONLY
 
 __all__ = [
     "MARKERS",
@@ -64,21 +69,9 @@ __all__ = [
     "serialize_state",
 ]
 
-MARKERS = ("@secret", "@date", "@scope", "@buffer")
-
-# JSON from Kafka or a caller could nest arbitrarily; a bound turns "too deep" into a
-# SerdeError naming the path rather than a RecursionError from deep inside.
-_MAX_DEPTH = 200
-
 # A lone surrogate has no UTF-8 form: a tree holding one could never be sent.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# Exact types a serialized tree holds as they are. Sets, so the fast paths below can test a
-# whole container's types in C: frozenset.issuperset(map(type, values)).
-_PLAIN = frozenset((str, int, bool, type(None)))  # serialize: passed through (floats are checked)
-_LEAVES = _PLAIN | {float}  # deserialize: every JSON leaf json.loads makes
-_STR_ONLY = frozenset((str,))
-_MARKER_KEYS = frozenset(MARKERS)
 _IS_LEAF = _LEAVES.__contains__
 
 
@@ -100,107 +93,12 @@ def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
         SecretError: A :class:`Secret` is met and ``scope`` has no password; the message
             names where.
     """
-    kind = type(value)
-    if kind in _PLAIN:
+    if type(value) in _PLAIN:
         return value
     try:
-        return _FAST.get(kind, _unusual)(scope, value, 0)
-    except _Unusual:
+        return _fast.tree_of(scope, value)
+    except _fast.Unusual:
         return _serialize(scope, value, path, set(), 0)
-
-
-class _Unusual(Exception):  # a signal inside this module, never raised out of it
-    """Raised by the fast path for anything off it."""
-
-
-# The fast path of serialize: one function per exact type, found in _FAST by type(value).
-# No path is built and no cycle tracked. Anything else (a subclass, a bad value, a
-# refusal, a secret without a password, the depth bound reached) raises _Unusual, and
-# _serialize does the whole value again: it normalises what is odd and raises the error
-# naming the path. A cycle always ends at _MAX_DEPTH, where the slow walk tells it from
-# plain depth. Each takes (scope, value, depth) and returns the value's tree.
-
-
-_FAST: dict[type, Callable[[Scope, Any, int], Any]] = {}  # filled below
-
-
-def _fast_dict(scope: Scope, items: dict[Any, Any], depth: int) -> dict[str, Any]:
-    if (
-        depth >= _MAX_DEPTH
-        or not _STR_ONLY.issuperset(map(type, items))
-        or "@secret" in items
-        or "@date" in items
-        or "@scope" in items
-        or "@buffer" in items
-    ):
-        raise _Unusual
-    out = items.copy()
-    # Every value plain is one test in C; otherwise only the values that are not plain
-    # take a Python call.
-    if not _PLAIN.issuperset(map(type, items.values())):
-        for key, item in items.items():
-            kind = type(item)
-            if kind not in _PLAIN:
-                out[key] = _FAST.get(kind, _unusual)(scope, item, depth + 1)
-    return out
-
-
-def _fast_list(scope: Scope, seq: list[Any] | tuple[Any, ...], depth: int) -> list[Any]:
-    if depth >= _MAX_DEPTH:
-        raise _Unusual
-    copy = list(seq)
-    if not _PLAIN.issuperset(map(type, seq)):
-        for index, item in enumerate(seq):
-            kind = type(item)
-            if kind not in _PLAIN:
-                copy[index] = _FAST.get(kind, _unusual)(scope, item, depth + 1)
-    return copy
-
-
-def _fast_float(scope: Scope, value: float, depth: int) -> float:
-    if math.isfinite(value):
-        return value
-    raise _Unusual
-
-
-def _fast_date(scope: Scope, value: datetime, depth: int) -> dict[str, str]:
-    try:
-        return {"@date": _format_date(value, "")}
-    except SerdeError:
-        raise _Unusual from None
-
-
-def _fast_bytes(scope: Scope, value: bytes, depth: int) -> dict[str, str]:
-    return {"@buffer": encode_buffer(value)}
-
-
-def _fast_scope(scope: Scope, value: Scope, depth: int) -> dict[str, None]:
-    return {"@scope": None}
-
-
-def _fast_secret(scope: Scope, value: Secret, depth: int) -> dict[str, Any]:
-    try:
-        return {"@secret": _encrypt(scope, value, "")}
-    except SerdeError:
-        raise _Unusual from None  # again on the slow walk, for the path in the message
-
-
-def _unusual(scope: Scope, value: Any, depth: int) -> Any:
-    raise _Unusual
-
-
-_FAST.update(
-    {
-        dict: _fast_dict,
-        list: _fast_list,
-        tuple: _fast_list,
-        float: _fast_float,
-        datetime: _fast_date,
-        bytes: _fast_bytes,
-        Scope: _fast_scope,
-        Secret: _fast_secret,
-    }
-)
 
 
 def _serialize(scope: Scope, value: object, path: _Path, active: set[int], depth: int) -> Any:
@@ -451,23 +349,9 @@ def serialize_state(scope: Scope, state: State) -> dict[str, Any]:
             e.g. ``props.db.password``.
     """
     state.validate()
-    data, props, old_props, output = state.data, state.props, state.old_props, state.output
-    fast = _FAST.get  # by exact type: a dict subclass takes the checked walk
     try:
-        # Spelled out (every write calls it), as to_json spells the state.
-        tree: dict[str, Any] = {
-            "status": state.status,
-            "kind": state.kind,
-            "id": state.id,
-            "fqn": state.fqn,
-            "seq": state.seq,
-            "data": fast(type(data), _unusual)(scope, data, 0),
-            "props": None if props is None else fast(type(props), _unusual)(scope, props, 0),
-        }
-        if old_props is not None:
-            tree["oldProps"] = fast(type(old_props), _unusual)(scope, old_props, 0)
-        tree["output"] = None if output is None else fast(type(output), _unusual)(scope, output, 0)
-    except _Unusual:
+        return _fast.state_tree(scope, state)
+    except _fast.Unusual:
         tree = state.to_json()
         for name in _VALUE_FIELDS:
             value = getattr(state, name)
@@ -515,22 +399,6 @@ def deserialize_state(scope: Scope, tree: object, *, markers: bool = True) -> St
     return state
 
 
-# The scope a loads_state call reads for, seen by the parser's hook (which is handed only
-# the dict); a context variable keeps concurrent reads in threads and tasks apart.
-_reading: ContextVar[Scope] = ContextVar("evstate.serde.reading")
-
-
-def _revive(node: dict[str, Any]) -> Any:
-    """The parser's object hook: a marker dict becomes its live value as the text is parsed."""
-    if _MARKER_KEYS.isdisjoint(node):
-        return node
-    return _from_marker(_reading.get(), node, "")
-
-
-# One decoder for every call: building one (and its C scanner) costs more than a parse.
-_DECODER = json.JSONDecoder(object_hook=_revive)
-
-
 def loads_state(scope: Scope, text: str) -> State:
     """Parse a stored state's JSON text into a live :class:`State`, in one pass.
 
@@ -548,9 +416,14 @@ def loads_state(scope: Scope, text: str) -> State:
         ValueError: ``text`` is not JSON (``json.JSONDecodeError``, as ``json.loads``).
         InvalidStateError, SerdeError, SecretError: as :func:`deserialize_state`.
     """
-    if '"@' not in text and "\\u0040" not in text:
-        # No key can start with "@" (literally or escaped): json.loads is the whole decoding.
-        return deserialize_state(scope, json.loads(text), markers=False)
+    # Without a key starting with "@" (literally or escaped) json.loads is the whole
+    # decoding. One-character tests first: they run at memchr speed.
+    if ("@" not in text or '"@' not in text) and ("\\" not in text or "\\u0040" not in text):
+        try:
+            tree = _fast.parse(_fast.SCAN_PLAIN, text)
+        except ValueError:
+            tree = json.loads(text)  # raises the error json.loads raises, or parses
+        return deserialize_state(scope, tree, markers=False)
     # The hook knows neither where it is nor how deep; below _MAX_DEPTH brackets no depth
     # limit can be hit, and on any error the two-step path runs again to raise its own
     # error, with the path. Both give the same result whenever this one succeeds: the
@@ -558,15 +431,15 @@ def loads_state(scope: Scope, text: str) -> State:
     # beside the state's fields), but a payload holding a revived value is refused, and
     # the rest is dropped by both (property-tested).
     if text.count("{") + text.count("[") < _MAX_DEPTH:
-        token = _reading.set(scope)
+        token = _fast.reading.set(scope)
         try:
-            state = State.from_json(_DECODER.decode(text))
+            state = State.from_json(_fast.parse(_fast.SCAN_REVIVING, text))
         except (EvstateError, ValueError, RecursionError):
             pass
         else:
-            if isinstance(state.output, dict):
+            if type(state.output) is dict:
                 state.output["Scope"] = scope
             return state
         finally:
-            _reading.reset(token)
+            _fast.reading.reset(token)
     return deserialize_state(scope, json.loads(text))
