@@ -433,13 +433,14 @@ def loads_state(scope: Scope, text: str) -> State:
     if text.count("{") + text.count("[") < _MAX_DEPTH:
         token = _fast.reading.set(scope)
         try:
-            state = State.from_json(_fast.parse(_fast.SCAN_REVIVING, text))
-        except (EvstateError, ValueError, RecursionError):
+            tree, end = _fast.SCAN_REVIVING(text, 0)  # as _fast.parse, inline
+            if end == len(text):
+                state = State.from_json(tree)
+                if type(state.output) is dict:
+                    state.output["Scope"] = scope
+                return state
+        except (EvstateError, ValueError, RecursionError, StopIteration):
             pass
-        else:
-            if type(state.output) is dict:
-                state.output["Scope"] = scope
-            return state
         finally:
             _fast.reading.reset(token)
     return deserialize_state(scope, json.loads(text))

@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Callable
 from contextvars import ContextVar
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from evstate.errors import SerdeError
@@ -184,6 +184,7 @@ _FAST.update(
 # The scope a reviving parse reads for, seen by the parser's hook (which is handed only
 # the dict); a context variable keeps concurrent reads in threads and tasks apart.
 reading: ContextVar[Scope] = ContextVar("evstate.serde.reading")
+_fromisoformat = datetime.fromisoformat
 
 
 def _revive(node: dict[str, Any]) -> Any:
@@ -195,7 +196,18 @@ def _revive(node: dict[str, Any]) -> Any:
     """
     if "@date" in node:
         if "@secret" not in node:
-            return _parse_date(node["@date"], "")
+            text = node["@date"]
+            if type(text) is str:
+                # What parse_date does, inline for the text Alchemy and evstate write
+                # ("…Z": UTC); anything else takes parse_date.
+                try:
+                    parsed = _fromisoformat(text)
+                except ValueError:
+                    pass
+                else:
+                    if parsed.tzinfo is UTC:
+                        return parsed
+            return _parse_date(text, "")
     elif "@scope" in node:
         if "@secret" not in node:
             return reading.get()
