@@ -27,13 +27,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from contextvars import ContextVar
 from datetime import datetime
 from itertools import compress, count
 from operator import not_
 from typing import Any
 
 from evstate import secrets
+from evstate import serde_fast as _fast
 from evstate.errors import (
     EvstateError,
     InvalidStateError,
@@ -51,6 +51,12 @@ from evstate.markers import parse_date as _parse_date
 from evstate.markers import render_path as _render
 from evstate.markers import where as _where
 from evstate.model import Scope, State
+from evstate.serde_fast import LEAVES as _LEAVES
+from evstate.serde_fast import MARKER_KEYS as _MARKER_KEYS
+from evstate.serde_fast import MARKERS
+from evstate.serde_fast import MAX_DEPTH as _MAX_DEPTH
+from evstate.serde_fast import PLAIN as _PLAIN
+from evstate.serde_fast import STR_ONLY as _STR_ONLY
 
 __all__ = [
     "MARKERS",
@@ -63,22 +69,9 @@ __all__ = [
     "serialize_state",
 ]
 
-MARKERS = ("@secret", "@date", "@scope", "@buffer")
-
-# JSON from Kafka or a caller could nest arbitrarily; a bound turns "too deep" into a
-# SerdeError naming the path rather than a RecursionError from deep inside.
-_MAX_DEPTH = 200
-
 # A lone surrogate has no UTF-8 form: a tree holding one could never be sent.
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
-# Exact types a serialized tree holds as they are. Sets, so the fast paths below can test a
-# whole container's types in C: frozenset.issuperset(map(type, values)).
-_PLAIN = frozenset((str, int, bool, type(None)))  # serialize: passed through (floats are checked)
-_LEAVES = _PLAIN | {float}  # deserialize: every JSON leaf json.loads makes
-_STR_ONLY = frozenset((str,))
-_MARKER_KEYS = frozenset(MARKERS)
-_IS_PLAIN = _PLAIN.__contains__
 _IS_LEAF = _LEAVES.__contains__
 
 
@@ -100,69 +93,12 @@ def serialize(scope: Scope, value: object, *, path: str = "") -> Any:
         SecretError: A :class:`Secret` is met and ``scope`` has no password; the message
             names where.
     """
-    try:
-        return _tree_of(scope, value, 0)
-    except _Unusual:
-        return _serialize(scope, value, path, set(), 0)
-
-
-class _Unusual(Exception):  # a signal inside this module, never raised out of it
-    """Raised by :func:`_tree_of` for anything off its fast path."""
-
-
-def _tree_of(scope: Scope, value: object, depth: int) -> Any:
-    """The fast path of :func:`serialize`: exact types only, no path, no cycle tracking.
-
-    Anything else (a subclass, a bad value, a refusal, a secret without a password, a
-    bound reached) raises :class:`_Unusual`, and :func:`_serialize` does the whole value
-    again: it normalises what is odd and raises the error naming the path. A cycle always
-    ends at :data:`_MAX_DEPTH`, where the slow walk tells it from plain depth.
-    """
-    kind = type(value)
-    if kind is dict:
-        if (
-            depth >= _MAX_DEPTH
-            or not _STR_ONLY.issuperset(map(type, value))  # type: ignore[call-overload]
-            or not _MARKER_KEYS.isdisjoint(value)  # type: ignore[arg-type]
-        ):
-            raise _Unusual
-        items: dict[str, Any] = value  # type: ignore[assignment]
-        out = items.copy()
-        if not _PLAIN.issuperset(map(type, items.values())):
-            # Redo only the values that are not plain, found by C iterators alone: the
-            # Python loop runs once per nested container or special value, not per item.
-            for key in compress(items, map(not_, map(_IS_PLAIN, map(type, items.values())))):
-                out[key] = _tree_of(scope, items[key], depth + 1)
-        return out
-    if kind is list or kind is tuple:
-        if depth >= _MAX_DEPTH:
-            raise _Unusual
-        seq: list[Any] = value  # type: ignore[assignment]
-        copy = list(seq)
-        if not _PLAIN.issuperset(map(type, seq)):
-            for index in compress(count(), map(not_, map(_IS_PLAIN, map(type, seq)))):
-                copy[index] = _tree_of(scope, seq[index], depth + 1)
-        return copy
-    if kind in _PLAIN:
+    if type(value) in _PLAIN:
         return value
-    if kind is float:
-        if math.isfinite(value):  # type: ignore[arg-type]
-            return value
-    elif kind is datetime:
-        try:
-            return {"@date": _format_date(value, "")}  # type: ignore[arg-type]
-        except SerdeError:
-            pass
-    elif kind is bytes:
-        return {"@buffer": encode_buffer(value)}  # type: ignore[arg-type]
-    elif kind is Scope:
-        return {"@scope": None}
-    elif kind is Secret:
-        try:
-            return {"@secret": _encrypt(scope, value, "")}  # type: ignore[arg-type]
-        except SerdeError:
-            pass  # again on the slow walk, for the path in the message
-    raise _Unusual
+    try:
+        return _fast.tree_of(scope, value)
+    except _fast.Unusual:
+        return _serialize(scope, value, path, set(), 0)
 
 
 def _serialize(scope: Scope, value: object, path: _Path, active: set[int], depth: int) -> Any:
@@ -413,15 +349,15 @@ def serialize_state(scope: Scope, state: State) -> dict[str, Any]:
             e.g. ``props.db.password``.
     """
     state.validate()
-    tree = state.to_json()
-    for name in _VALUE_FIELDS:
-        value = getattr(state, name)
-        if value is not None:
-            json_name = "oldProps" if name == "old_props" else name
-            try:
-                tree[json_name] = _tree_of(scope, value, 0)
-            except _Unusual:
-                tree[json_name] = _serialize(scope, value, name, set(), 0)
+    try:
+        return _fast.state_tree(scope, state)
+    except _fast.Unusual:
+        tree = state.to_json()
+        for name in _VALUE_FIELDS:
+            value = getattr(state, name)
+            if value is not None:
+                json_name = "oldProps" if name == "old_props" else name
+                tree[json_name] = serialize(scope, value, path=name)
     return tree
 
 
@@ -463,22 +399,6 @@ def deserialize_state(scope: Scope, tree: object, *, markers: bool = True) -> St
     return state
 
 
-# The scope a loads_state call reads for, seen by the parser's hook (which is handed only
-# the dict); a context variable keeps concurrent reads in threads and tasks apart.
-_reading: ContextVar[Scope] = ContextVar("evstate.serde.reading")
-
-
-def _revive(node: dict[str, Any]) -> Any:
-    """The parser's object hook: a marker dict becomes its live value as the text is parsed."""
-    if _MARKER_KEYS.isdisjoint(node):
-        return node
-    return _from_marker(_reading.get(), node, "")
-
-
-# One decoder for every call: building one (and its C scanner) costs more than a parse.
-_DECODER = json.JSONDecoder(object_hook=_revive)
-
-
 def loads_state(scope: Scope, text: str) -> State:
     """Parse a stored state's JSON text into a live :class:`State`, in one pass.
 
@@ -496,9 +416,14 @@ def loads_state(scope: Scope, text: str) -> State:
         ValueError: ``text`` is not JSON (``json.JSONDecodeError``, as ``json.loads``).
         InvalidStateError, SerdeError, SecretError: as :func:`deserialize_state`.
     """
-    if '"@' not in text and "\\u0040" not in text:
-        # No key can start with "@" (literally or escaped): json.loads is the whole decoding.
-        return deserialize_state(scope, json.loads(text), markers=False)
+    # Without a key starting with "@" (literally or escaped) json.loads is the whole
+    # decoding. One-character tests first: they run at memchr speed.
+    if ("@" not in text or '"@' not in text) and ("\\" not in text or "\\u0040" not in text):
+        try:
+            tree = _fast.parse(_fast.SCAN_PLAIN, text)
+        except ValueError:
+            tree = json.loads(text)  # raises the error json.loads raises, or parses
+        return deserialize_state(scope, tree, markers=False)
     # The hook knows neither where it is nor how deep; below _MAX_DEPTH brackets no depth
     # limit can be hit, and on any error the two-step path runs again to raise its own
     # error, with the path. Both give the same result whenever this one succeeds: the
@@ -506,15 +431,16 @@ def loads_state(scope: Scope, text: str) -> State:
     # beside the state's fields), but a payload holding a revived value is refused, and
     # the rest is dropped by both (property-tested).
     if text.count("{") + text.count("[") < _MAX_DEPTH:
-        token = _reading.set(scope)
+        token = _fast.reading.set(scope)
         try:
-            state = State.from_json(_DECODER.decode(text))
-        except (EvstateError, ValueError, RecursionError):
+            tree, end = _fast.SCAN_REVIVING(text, 0)  # as _fast.parse, inline
+            if end == len(text):
+                state = State.from_json(tree)
+                if type(state.output) is dict:
+                    state.output["Scope"] = scope
+                return state
+        except (EvstateError, ValueError, RecursionError, StopIteration):
             pass
-        else:
-            if isinstance(state.output, dict):
-                state.output["Scope"] = scope
-            return state
         finally:
-            _reading.reset(token)
+            _fast.reading.reset(token)
     return deserialize_state(scope, json.loads(text))

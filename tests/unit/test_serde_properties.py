@@ -3,8 +3,9 @@
 Every value serde knows round-trips exactly: big and negative integers, finite floats,
 unicode text, tz-aware dates (to the millisecond, as Alchemy keeps them), bytes, secrets
 and the scope, nested in dicts and lists at any place. Plain trees are their own
-serialized form. The fast paths agree with the checked walks, and a bad value anywhere
-is reported at its path.
+serialized form. The fast paths (evstate.serde_fast) agree with the checked walks and the
+two-step read on trees made to trip them (lookalike and escaped marker keys, integers
+past 64 bits, nested lists, any unicode), and a bad value anywhere is reported at its path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evstate import serde
+from evstate import serde, serde_fast
 from evstate.errors import SerdeError, UnserializableError
 from evstate.model import Scope, State
 from evstate.serde import (
@@ -280,3 +281,164 @@ def test_loads_state_is_json_loads_then_deserialize_state(fields: dict[str, Any]
     one_pass = _outcome(lambda: loads_state(SCOPE, text))
     two_steps = _outcome(lambda: deserialize_state(SCOPE, json.loads(text)))
     assert one_pass == two_steps
+
+
+# The fast paths (evstate.serde_fast) against the checked walks and the two-step read, on
+# trees made to trip them: keys that look like markers without being one, escaped keys,
+# integers past 64 bits, deep-ish lists, any unicode (lone surrogates included).
+lookalike_keys = st.one_of(
+    keys,
+    st.sampled_from(["@", "@dat", "@dates", "@Scope", "@types/node", "date", "\\u0040date"]),
+    st.text(alphabet=st.characters(codec=None), max_size=4),  # surrogates too
+)
+wild_leaves = st.one_of(
+    plain_leaves,
+    st.sampled_from([2**64, -(2**64), 2**200, 10**40 + 1]),
+    st.text(alphabet=st.characters(codec=None), max_size=8),
+    st.sampled_from(["@date", "@scope", '{"@date":"x"}', "\\", "\u2028", "NaN"]),
+)
+wild_trees = st.recursive(
+    wild_leaves,
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=2).map(tuple)
+        | st.dictionaries(lookalike_keys.filter(lambda k: k not in MARKERS), children, max_size=4)
+    ),
+    max_leaves=16,
+)
+
+
+def _containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return (
+        st.lists(children, max_size=4)
+        | st.dictionaries(lookalike_keys.filter(lambda k: k not in MARKERS), children, max_size=4)
+        | st.lists(children, max_size=3).map(tuple)
+    )
+
+
+class _Str(str):
+    pass
+
+
+class _Dict(dict[str, Any]):
+    pass
+
+
+@QUICK
+@given(
+    st.one_of(wild_trees, st.recursive(st.one_of(wild_leaves, special), _containers, max_leaves=12))
+)
+def test_serialize_fast_path_agrees_with_the_checked_walk(value: Any) -> None:
+    try:
+        fast = serde_fast.tree_of(SCOPE, value)
+    except serde_fast.Unusual:
+        pass  # left to the checked walk, as below
+    else:
+        checked = serde._serialize(SCOPE, value, "", set(), 0)
+        assert _without_secrets(fast) == _without_secrets(checked)
+        # The same JSON text too: no type changed on the way (True stays True, 1.0 stays 1.0).
+        assert json.dumps(_without_secrets(fast)) == json.dumps(_without_secrets(checked))
+    assert _without_secrets(serialize(SCOPE, value)) == _without_secrets(
+        serde._serialize(SCOPE, value, "", set(), 0)
+    )
+
+
+@QUICK
+@given(
+    st.one_of(wild_trees, special),
+    st.sampled_from([_Str("s"), _Dict(a=1), (1, [2]), float("nan"), {1: 2}, {"@date": 1}]),
+)
+def test_the_fast_path_leaves_unusual_values_to_the_checked_walk(around: Any, unusual: Any) -> None:
+    value = {"a": [around, {"b": unusual}]}
+    one = _outcome(lambda: serialize(SCOPE, value))
+    other = _outcome(lambda: serde._serialize(SCOPE, value, "", set(), 0))
+    assert _without_secrets(one) == _without_secrets(other)
+
+
+@QUICK
+@given(data=st.dictionaries(lookalike_keys, wild_trees, max_size=4), props=st.none() | live_dicts)
+def test_serialize_state_fast_agrees_with_field_by_field(
+    data: dict[str, Any], props: dict[str, Any] | None
+) -> None:
+    state = State(
+        status="created",
+        kind="k",
+        id="i",
+        fqn="f",
+        seq=2**70,
+        data=data,
+        props=props,
+        old_props=props,
+        output={"Scope": SCOPE, "at": datetime(2024, 1, 1, tzinfo=UTC)},
+    )
+    one = _outcome(lambda: serialize_state(SCOPE, state))
+    tree = state.to_json()
+    expected = _outcome(
+        lambda: {
+            **tree,
+            **{
+                json_name: serde._serialize(SCOPE, tree[json_name], name, set(), 0)
+                for json_name, name in serde._JSON_VALUE_FIELDS
+                if tree.get(json_name) is not None
+            },
+        }
+    )
+    assert _without_secrets(one) == _without_secrets(expected)
+    if one[0] == "ok":
+        assert list(one[1]) == list(tree)  # the same fields in the same order
+
+
+@QUICK
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["data", "props", "oldProps", "output", "@date", "extra"]),
+        st.one_of(
+            stored_trees,
+            st.dictionaries(lookalike_keys, st.one_of(wild_trees, stored_trees), max_size=4),
+        ),
+        max_size=4,
+    ),
+    compact=st.booleans(),
+    ascii_only=st.booleans(),
+    around=st.sampled_from(["", " ", "\n", "\ufeff", " x", "{}"]),
+)
+def test_loads_state_agrees_with_two_steps_on_any_text(
+    fields: dict[str, Any], compact: bool, ascii_only: bool, around: str
+) -> None:
+    tree = {"status": "created", "kind": "k", "id": "i", "fqn": "f", "seq": 2**65, "data": {}}
+    separators = (",", ":") if compact else (", ", ": ")
+    text = json.dumps({**tree, **fields}, separators=separators, ensure_ascii=ascii_only)
+    for variant in (text, around + text, text + around):
+        one_pass = _outcome(lambda: loads_state(SCOPE, variant))  # noqa: B023
+        two_steps = _outcome(lambda: deserialize_state(SCOPE, json.loads(variant)))  # noqa: B023
+        assert one_pass == two_steps
+
+
+@QUICK
+@given(wild_trees, st.sampled_from(MARKERS))
+def test_an_escaped_marker_key_is_still_a_marker(tree: Any, marker: str) -> None:
+    payload = {
+        "@secret": "legacy",
+        "@date": "2024-01-02T03:04:05.678Z",
+        "@scope": None,
+        "@buffer": "AQI=",
+    }[marker]
+    state = {"status": "created", "kind": "k", "id": "i", "fqn": "f", "seq": 1, "data": {}}
+    state["props"] = {"t": tree, "m": {marker: payload}}
+    text = json.dumps(state, ensure_ascii=False).replace(
+        f'"{marker}"', '"\\u0040' + marker[1:] + '"'
+    )
+    assert _outcome(lambda: loads_state(SCOPE, text)) == _outcome(
+        lambda: deserialize_state(SCOPE, json.loads(text))
+    )
+
+
+def _without_secrets(tree: Any) -> Any:
+    """``tree`` with each ``@secret`` payload blanked: its IV is fresh on every run."""
+    if isinstance(tree, dict):
+        if "@secret" in tree:
+            return {"@secret": "…"}
+        return {key: _without_secrets(value) for key, value in tree.items()}
+    if isinstance(tree, list | tuple):
+        return [_without_secrets(value) for value in tree]
+    return tree
