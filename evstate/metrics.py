@@ -30,6 +30,7 @@ metric                                        what
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -108,13 +109,25 @@ def timed_write(topic: str) -> Iterator[None]:
     try:
         yield
     except (ValidationError, SerdeError, LockError, ConflictError):  # nothing was sent
-        WRITES.labels(topic, "refused").inc()
+        _writes(topic, "refused").inc()
         raise
     except Exception:  # a cancelled write is not counted
-        WRITES.labels(topic, "failed").inc()
+        _writes(topic, "failed").inc()
         raise
-    WRITES.labels(topic, "ok").inc()
-    WRITE_SECONDS.labels(topic).observe(time.perf_counter() - started)
+    _writes(topic, "ok").inc()
+    _write_seconds(topic).observe(time.perf_counter() - started)
+
+
+# Every write counts itself: its labelled children are looked up once (labels() takes a
+# lock and builds its key each call). No write metric's labels are ever removed.
+@functools.lru_cache(maxsize=1024)
+def _writes(topic: str, outcome: str) -> Counter:
+    return WRITES.labels(topic, outcome)
+
+
+@functools.lru_cache(maxsize=1024)
+def _write_seconds(topic: str) -> Histogram:
+    return WRITE_SECONDS.labels(topic)
 
 
 @contextmanager

@@ -7,7 +7,7 @@ at this level; :mod:`evstate.serde` turns live values into trees and back.
 from __future__ import annotations
 
 import enum
-import uuid
+import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
@@ -30,6 +30,7 @@ __all__ = [
     "State",
     "Status",
     "Tree",
+    "new_event_id",
 ]
 
 Status = Literal["creating", "created", "updating", "updated", "deleting", "deleted"]
@@ -359,6 +360,15 @@ def _now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+def new_event_id() -> str:
+    """A fresh event id: a random (version 4) UUID as 32 hex digits, as ``uuid4().hex``
+    writes it, without building a ``uuid.UUID`` (every write makes one)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
+    return raw.hex()
+
+
 @dataclass(frozen=True, kw_only=True)
 class ChangeEvent:
     """One change to one key: the record written to Kafka.
@@ -448,7 +458,7 @@ class ChangeEvent:
         """
         chain = scope.chain if isinstance(scope, Scope) else tuple(scope)
         return cls(
-            event_id=uuid.uuid4().hex,
+            event_id=new_event_id(),
             op=op,
             scope=chain,
             key=key,

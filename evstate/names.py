@@ -17,6 +17,7 @@ below them so neither imports the other for it.
 
 from __future__ import annotations
 
+import functools
 import re
 
 __all__ = ["name_problem", "printable"]
@@ -37,6 +38,13 @@ def name_problem(name: object) -> str | None:
     """
     if not isinstance(name, str):
         return f"must be a str, not {type(name).__name__}"
+    if type(name) is not str:
+        name = str(name)  # a subclass: checked as the str it holds, never cached
+        return _str_problem(name)
+    return _cached_problem(name) if len(name) <= _CACHED_LENGTH else _str_problem(name)
+
+
+def _str_problem(name: str) -> str | None:
     if not name:
         return "is empty"
     if ":" in name:
@@ -64,3 +72,11 @@ def printable(text: str) -> str:
         The text, safe to print.
     """
     return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+# Every write checks its scope's names and key several times over (store, writer, view):
+# the answer for a usual-length str is cached, so each check after the first is a dict
+# lookup. Longer names are checked each time, so hostile input cannot fill the cache
+# with big strings.
+_CACHED_LENGTH = 256
+_cached_problem = functools.lru_cache(maxsize=8192)(_str_problem)

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import random
 import time
-import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from evstate import events, keys, metrics, rules
 from evstate.config import Settings
 from evstate.errors import EventTooLargeError, EvstateError, WriteFailedError, WriterFencedError
 from evstate.kafka import RECORD_OVERHEAD, OutRecord, TransactionalProducer
-from evstate.model import LOCK_OPS, ChangeEvent, Lease, Op, Position, Scope, Tree
+from evstate.model import LOCK_OPS, ChangeEvent, Lease, Op, Position, Scope, Tree, new_event_id
 
 __all__ = ["Intent", "Outcome", "Writer", "transactional_base"]
 
@@ -571,7 +570,7 @@ class Writer:
         intent: Intent, *, now: datetime, version: int = 0, state: Tree | None = None
     ) -> ChangeEvent:
         return ChangeEvent(
-            event_id=uuid.uuid4().hex,
+            event_id=new_event_id(),
             op=intent.op,
             scope=intent.scope.chain,
             key=intent.key,

@@ -317,3 +317,17 @@ def test_to_json_has_every_field_in_alchemy_order(old_props: dict[str, Any] | No
     tree = make_state(old_props=old_props).to_json()
     assert list(tree) == [name for name in order if name != "oldProps" or old_props]
     assert State.from_json(tree) == make_state(old_props=old_props)
+
+
+def test_event_ids_are_random_version_4_uuids() -> None:
+    import uuid
+
+    from evstate.model import new_event_id
+
+    ids = [new_event_id() for _ in range(200)]
+    assert len(set(ids)) == len(ids)
+    for event_id in ids:
+        parsed = uuid.UUID(hex=event_id)
+        assert parsed.hex == event_id  # 32 lowercase hex digits, as uuid4().hex
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
