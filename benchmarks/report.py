@@ -343,6 +343,14 @@ LIMITS = [
         f"0.38 to 1.24{TIMES}",
     ),
     Limit(
+        "lone `set` with history, 5 ms apart (as a deploy writes), vs raw `send_and_wait` p50",
+        "bench_history",
+        r"lone set \(history\), 5 ms apart, vs send_and_wait p50",
+        "—",
+        None,
+        "—",
+    ),
+    Limit(
         "64 concurrent writers with history vs raw transactions of the same records",
         "bench_history",
         rf"64 writers {TIMES} \d+ sets \(history\) vs raw transactions",
@@ -365,6 +373,14 @@ LIMITS = [
         f"≤ 1.5{TIMES}",
         lambda r: r <= 1.5,
         f"1.55 to 2.4{TIMES}",
+    ),
+    Limit(
+        "same, vs a raw transaction of the state record→consume p50 (like for like)",
+        "bench_store",
+        re.escape("set+get, history off vs transaction (state record)→consume p50"),
+        "—",
+        None,
+        "—",
     ),
     Limit(
         "`set` then `get`, history on, vs raw transaction→consume p50",
