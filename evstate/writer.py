@@ -17,9 +17,13 @@ before it: the log's order is the decision's order.
 One id, not a pool taking turns: two processes registering two ids at once can each end
 up holding one, and both commit (a test saw lost compare-and-set updates that way). So a
 lone writer's next transaction may find the previous one's commit markers unwritten
-(CONCURRENT_TRANSACTIONS, KAFKA-5477); its first add-partitions is then retried after a
-millisecond (:mod:`evstate.kafka.produce`), not aiokafka's 20. One transaction is in
-flight per partition at a time (a batch is decided on the previous one's effects).
+(CONCURRENT_TRANSACTIONS, KAFKA-5477). The partition's producer therefore opens the next
+transaction as soon as one commits, and has its partitions added meanwhile
+(:class:`~evstate.kafka.TransactionalProducer`): that wait falls between writes. An idle
+sequencer aborts that open transaction after a third of ``transaction_timeout``; if the
+abort fails, the producer is dropped and the sequencer registers again and catches up
+before deciding anything. One transaction is in flight per partition at a time (a batch
+is decided on the previous one's effects).
 """
 
 from __future__ import annotations
