@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import json
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ from _common import (
     HISTORY_TOPIC_CONFIGS,
     TIMES,
     BrokerInfo,
+    Measure,
     RawRecord,
     RequestClock,
     Row,
@@ -219,12 +221,17 @@ async def compare_writes(rig: Rig) -> list[Row]:
         return rows + await _concurrent_writes(rig.plan, w)
 
 
-async def _lone_writes(plan: Plan, w: Writers) -> list[Row]:
+Timer = Callable[[Awaitable[object]], Awaitable[float]]
+
+
+def _lone_measures(plan: Plan, w: Writers, time_it: Timer) -> dict[str, Measure]:
+    """One writer's writes, one after another, each timed by ``time_it``: raw
+    send_and_wait, a raw transaction (state + history), evstate with and without history."""
     states, records = w.states[: plan.writes], w.records[: plan.writes]
 
     async def raw() -> list[float]:
         return [
-            await timed(
+            await time_it(
                 w.producer.send_and_wait(
                     w.raw_state, r.value, key=r.key, partition=r.partition, headers=r.headers
                 )
@@ -233,15 +240,19 @@ async def _lone_writes(plan: Plan, w: Writers) -> list[Row]:
         ]
 
     async def raw_txn() -> list[float]:
-        return [await timed(_transact(w, [r])) for r in records]
+        return [await time_it(_transact(w, [r])) for r in records]
 
     async def ev() -> list[float]:
-        return [await timed(w.store.set(s.id, s)) for s in states]
+        return [await time_it(w.store.set(s.id, s)) for s in states]
 
     async def ev_plain() -> list[float]:
-        return [await timed(w.store_plain.set(s.id, s)) for s in states]
+        return [await time_it(w.store_plain.set(s.id, s)) for s in states]
 
-    measures = {"raw": raw, "raw_txn": raw_txn, "evstate": ev, "evstate_plain": ev_plain}
+    return {"raw": raw, "raw_txn": raw_txn, "evstate": ev, "evstate_plain": ev_plain}
+
+
+async def _lone_writes(plan: Plan, w: Writers) -> list[Row]:
+    measures = _lone_measures(plan, w, timed)
     await interleave(1, **measures)  # warm-up
     got = await interleave(plan.rounds, **measures)
     p = {name: percentiles(samples) for name, samples in got.items()}
@@ -289,25 +300,9 @@ async def _paced_writes(plan: Plan, w: Writers) -> list[Row]:
         await asyncio.sleep(PACE)
         return await timed(op)
 
-    states, records = w.states[: plan.writes], w.records[: plan.writes]
-
-    async def raw() -> list[float]:
-        return [
-            await after_pause(
-                w.producer.send_and_wait(
-                    w.raw_state, r.value, key=r.key, partition=r.partition, headers=r.headers
-                )
-            )
-            for r in records
-        ]
-
-    async def raw_txn() -> list[float]:
-        return [await after_pause(_transact(w, [r])) for r in records]
-
-    async def ev() -> list[float]:
-        return [await after_pause(w.store.set(s.id, s)) for s in states]
-
-    got = await interleave(plan.rounds, raw=raw, raw_txn=raw_txn, evstate=ev)
+    measures = _lone_measures(plan, w, after_pause)
+    del measures["evstate_plain"]
+    got = await interleave(plan.rounds, **measures)
     p = {name: percentiles(samples) for name, samples in got.items()}
     paced = f"{PACE * MS:g} ms apart"
     return [
@@ -346,14 +341,8 @@ async def _where_the_time_goes(plan: Plan, w: Writers) -> list[Row]:
     event to its sequencer.
     """
     clock = RequestClock()
-    states, records = w.states[: plan.writes], w.records[: plan.writes]
-
-    async def raw_txn() -> list[float]:
-        return [await clock.window("raw_txn", _transact(w, [r])) for r in records]
-
-    async def ev() -> list[float]:
-        return [await clock.window("evstate", w.store.set(s.id, s)) for s in states]
-
+    raw_txn = _lone_measures(plan, w, functools.partial(clock.window, "raw_txn"))["raw_txn"]
+    ev = _lone_measures(plan, w, functools.partial(clock.window, "evstate"))["evstate"]
     with clock.running():
         got = await interleave(plan.rounds, raw_txn=raw_txn, evstate=ev)
     sides = {"raw_txn": "bench-txn", "evstate": "evstate-"}

@@ -104,7 +104,9 @@ class Settings:
             the same one: the shared ids are how Kafka fences all but one writer of a
             partition (see docs/design.md, the write path).
         transaction_timeout: Seconds before the broker aborts a transaction whose writer
-            vanished (readers of its partitions wait at most this long).
+            vanished (readers of its partitions wait at most this long). A writer keeps
+            its next transaction open between writes and aborts it after a third of
+            this when idle.
         token: The bearer token ``evstate serve`` requires (env ``EVSTATE_TOKEN``); never
             in repr.
         metrics_token: The bearer token ``GET /metrics`` of ``evstate serve`` requires
