@@ -364,8 +364,8 @@ class TransactionalProducer:
                     await self._take_ahead(producer)
                     positions = await self._transact(producer, records)
             except BaseException:
-                # Its transaction state is unknown: drop it; the next commit starts a fresh
-                # producer, whose registration fences this one and aborts what it left open.
+                # Its transaction state is unknown: drop it. The owner registers the id
+                # again (restart), which fences it and aborts what it left open.
                 producer, self._producer = self._producer, None
                 self._opened_at = None
                 if producer is not None:
