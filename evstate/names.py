@@ -38,10 +38,9 @@ def name_problem(name: object) -> str | None:
     """
     if not isinstance(name, str):
         return f"must be a str, not {type(name).__name__}"
-    if type(name) is not str:
-        name = str(name)  # a subclass: checked as the str it holds, never cached
-        return _str_problem(name)
-    return _cached_problem(name) if len(name) <= _CACHED_LENGTH else _str_problem(name)
+    if type(name) is str and len(name) <= _CACHED_LENGTH:
+        return _cached_problem(name)
+    return _str_problem(str(name))  # a long name, or a subclass as the str it holds
 
 
 def _str_problem(name: str) -> str | None:
@@ -61,6 +60,14 @@ def _str_problem(name: str) -> str | None:
     return None
 
 
+# Every write checks its scope's names and key several times over (store, writer, view):
+# the answer for a usual-length str is cached, so each check after the first is a dict
+# lookup. Longer names are checked each time, so hostile input cannot fill the cache
+# with big strings.
+_CACHED_LENGTH = 256
+_cached_problem = functools.lru_cache(maxsize=8192)(_str_problem)
+
+
 def printable(text: str) -> str:
     """``text`` with control characters and lone surrogates escaped (``\\x1b``), for a terminal.
 
@@ -72,11 +79,3 @@ def printable(text: str) -> str:
         The text, safe to print.
     """
     return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-# Every write checks its scope's names and key several times over (store, writer, view):
-# the answer for a usual-length str is cached, so each check after the first is a dict
-# lookup. Longer names are checked each time, so hostile input cannot fill the cache
-# with big strings.
-_CACHED_LENGTH = 256
-_cached_problem = functools.lru_cache(maxsize=8192)(_str_problem)

@@ -207,7 +207,7 @@ class _Sequencer:
         self._wake.set()
 
     def kick(self) -> None:
-        self._wake.set()
+        self.wake()
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._run(), name=f"evstate-write-p{self.partition}")
 
