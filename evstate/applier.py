@@ -18,7 +18,10 @@ watermark, open transactions included). A partition is *ready* once the view has
 it up to that mark, i.e. every write acknowledged before this process looked. Readers of
 a partition (and writers, whose version numbers come from the view) wait for its
 readiness, and while they wait the applier fetches only the partitions someone waits for,
-so one scope's read on an empty view does not wait for all the others.
+so one scope's read on an empty view does not wait for all the others. A reader held
+behind a transaction that stays open (a writer killed mid-write) has it aborted after a
+short grace, through the ``release`` the engine passes in, instead of waiting for the
+broker's transaction timeout.
 
 Tombstones: Kafka drops a delete's tombstone ``delete.retention.ms`` after compaction. The
 view records, per partition, a time at which it held every record appended before it (when
@@ -46,6 +49,7 @@ from evstate.errors import (
     EvstateError,
     MalformedEventError,
 )
+from evstate.held import LOOK_EVERY, HeldPartitions, Release
 from evstate.kafka import Record, Tail
 from evstate.layout import MARKER_KEY
 from evstate.model import Position
@@ -211,6 +215,7 @@ class Applier:
         partitions: int,
         *,
         tombstone_retention_ms: int | None = None,
+        release: Release | None = None,
     ) -> None:
         """Args:
         settings: connection settings and the state topic.
@@ -218,6 +223,10 @@ class Applier:
         partitions: the state topic's partition count.
         tombstone_retention_ms: the topic's ``delete.retention.ms``; None trusts stored
             offsets however old they are.
+        release: called (at most once per partition and ``transaction_timeout``) when a
+            reader waits behind a transaction that has held the partition for a while;
+            it returns False if it did nothing (the transaction is this process's own).
+            None: wait for the broker's transaction timeout.
         """
         self._settings = settings
         self._view = view
@@ -238,6 +247,7 @@ class Applier:
         self._started_at = time.monotonic()
         self._reported_at = 0.0
         self.stats = ApplierStats(settings.state_topic)
+        self._held = HeldPartitions(settings, release)
 
     @property
     def partitions(self) -> int:
@@ -284,6 +294,7 @@ class Applier:
 
     async def stop(self) -> None:
         """Stop applying; what was applied stays in the view. Idempotent."""
+        await self._held.stop()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -499,6 +510,8 @@ class Applier:
             while self._applied.get(partition, 0) < position:
                 if self._failure is not None:
                     raise self._failure
+                stable = self._tail.last_stable().get(partition) if self._tail else None
+                held_at = self._held.look(partition, self._applied.get(partition, 0), stable)
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ConsistencyTimeout(
@@ -506,9 +519,11 @@ class Applier:
                         wanted=position - 1,
                         reached=self._applied.get(partition, 0) - 1,
                         timeout=limit,
+                        held_at=held_at,
+                        transaction_timeout=self._settings.transaction_timeout,
                     )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), left)
+                    await asyncio.wait_for(self._progress.wait(), min(left, LOOK_EVERY))
         finally:
             waiting = self._waiting[partition] - 1
             if waiting:

@@ -19,7 +19,7 @@ import json
 from collections.abc import Callable
 from types import TracebackType
 
-from evstate import keys, metrics
+from evstate import fencing, keys, metrics
 from evstate.applier import Applier, Progress
 from evstate.config import Settings
 from evstate.errors import ClosedError, ValidationError
@@ -155,9 +155,18 @@ class Engine:
             self._view,
             partitions,
             tombstone_retention_ms=int(retention) if retention is not None else None,
+            release=self._release,
         )
         await applier.start()
         self._applier = applier
+
+    async def _release(self, partition: int) -> bool:
+        """Abort a transaction a writer left open in ``partition`` (readers wait behind it);
+        False, doing nothing, while this process's own commit there is in flight."""
+        if self._writer is not None and self._writer.committing(partition):
+            return False
+        await fencing.release(self.settings, partition)
+        return True
 
     # -- topics -------------------------------------------------------------------
 

@@ -342,16 +342,44 @@ class ConsistencyTimeout(EvstateError, TimeoutError):
 
     retriable = True
 
-    def __init__(self, *, partition: int, wanted: int, reached: int, timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        partition: int,
+        wanted: int,
+        reached: int,
+        timeout: float,
+        held_at: int | None = None,
+        transaction_timeout: float | None = None,
+    ) -> None:
+        """Args:
+        partition, wanted, reached: where the view had to get, and got.
+        timeout: the seconds waited.
+        held_at: the offset at which an open transaction held the partition, if one did.
+        transaction_timeout: the writers' ``transaction_timeout`` (named in the message).
+        """
+        if held_at is None:
+            why = (
+                "the consumer may be lagging or the broker unreachable: retry, or raise "
+                "read_timeout"
+            )
+        else:
+            within = "" if transaction_timeout is None else f" ({transaction_timeout:g}s)"
+            why = (
+                f"a transaction left open at offset {held_at} holds the partition, most likely "
+                "by a writer that stopped mid-write; the next evstate write to the partition "
+                f"aborts it, and the broker does within its transaction timeout{within} plus "
+                "its abort check: retry shortly"
+            )
         super().__init__(
             f"the view did not reach offset {wanted} of partition {partition} within "
-            f"{timeout:g}s (applied up to {reached}); the consumer may be lagging or the "
-            "broker unreachable: retry, or raise read_timeout"
+            f"{timeout:g}s (applied up to {reached}); {why}"
         )
         self.partition = partition
         self.wanted = wanted
         self.reached = reached
         self.timeout = timeout
+        self.held_at = held_at
 
 
 class ClosedError(EvstateError, RuntimeError):

@@ -41,22 +41,14 @@ from typing import Any
 from evstate import events, keys, metrics, rules
 from evstate.config import Settings
 from evstate.errors import EventTooLargeError, EvstateError, WriteFailedError, WriterFencedError
+from evstate.fencing import lane_id
 from evstate.kafka import RECORD_OVERHEAD, OutRecord, TransactionalProducer
 from evstate.model import LOCK_OPS, ChangeEvent, Lease, Op, Position, Scope, Tree, new_event_id
 
-__all__ = ["Intent", "Outcome", "Writer", "transactional_base"]
+__all__ = ["Intent", "Outcome", "Writer"]
 
 # Events per transaction at most; more wait for the next one.
 MAX_GROUP = 500
-
-
-def transactional_base(settings: Settings) -> str:
-    """The prefix of the sequencers' transactional ids: the setting, or ``evstate-{prefix}``.
-
-    Every process writing to the same topics must use the same base: the shared ids are
-    what lets Kafka fence all but one writer of a partition.
-    """
-    return settings.transactional_id or f"evstate-{settings.topic_prefix}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,10 +177,7 @@ class _Sequencer:
         if settings.history:
             ahead.append((settings.history_topic, partition))
         self._lane = TransactionalProducer(
-            settings,
-            f"{transactional_base(settings)}-p{partition}",
-            max_request_size=writer.max_bytes,
-            ahead=ahead,
+            settings, lane_id(settings, partition), max_request_size=writer.max_bytes, ahead=ahead
         )
         self._wake = asyncio.Event()
         self._owned = False
@@ -197,6 +186,7 @@ class _Sequencer:
         # committed (its records, then their commit marker); None: unknown.
         self._expected_end: int | None = None
         self.queue: deque[_Pending] = deque()
+        self.committing = False  # a transaction of this sequencer is being written
         self.task: asyncio.Task[None] | None = None
         self.overlay = _Overlay(writer.ledger, partition)
 
@@ -326,7 +316,11 @@ class _Sequencer:
         if records:
             lane = self._lane
             self._expected_end = None  # unknown until this commit is known to have ended
-            positions = await lane.commit(records)
+            self.committing = True
+            try:
+                positions = await lane.commit(records)
+            finally:
+                self.committing = False
             state_topic = self._writer.settings.state_topic
             last = max(
                 o for r, (_, o) in zip(records, positions, strict=True) if r.topic == state_topic
@@ -414,6 +408,11 @@ class Writer:
 
     async def start(self) -> None:
         """Nothing to connect up front: a partition's ids are registered at its first write."""
+
+    def committing(self, partition: int) -> bool:
+        """Whether this writer has a commit in flight in ``partition``."""
+        sequencer = self._sequencers.get(partition)
+        return sequencer is not None and sequencer.committing
 
     @property
     def closing(self) -> bool:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from evstate import ConsistencyTimeout, EvstateClient, Position, Scope
+from evstate.fencing import lane_id
 from tests._util import subprocess_env
 from tests.contract import make_state
 
@@ -143,3 +148,78 @@ async def test_reader_started_before_the_topic_existed_sees_later_writes(
         assert got.props == {"v": 1}
         again = await reader.store(APP).get("a", consistency="eventual", min_position=pos)
         assert again is not None
+
+
+@asynccontextmanager
+async def _dead_mid_write(
+    bootstrap: str, transactional_id: str, topic: str, partition: int
+) -> AsyncIterator[None]:
+    """A process holding a record in an open transaction under ``transactional_id``,
+    SIGKILLed before it could end it (a deploy killed mid-write)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(PROCS / "writer_mid_transaction.py"),
+        bootstrap,
+        transactional_id,
+        topic,
+        str(partition),
+        "120",  # the broker would abort it only after two minutes
+        stdout=asyncio.subprocess.PIPE,
+        env=subprocess_env(),
+    )
+    assert proc.stdout is not None
+    try:
+        assert (await asyncio.wait_for(proc.stdout.readline(), 60)).strip() == b"open"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+    yield
+
+
+async def test_a_fresh_reader_is_not_held_by_a_writer_that_died_mid_write(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Readers wait for every record acknowledged before they looked, open transactions
+    included: a dead writer's transaction would hold every new reader of its partition
+    until the broker's transaction timeout. The waiting reader aborts it instead."""
+    async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
+        await writer.store(APP).set("a", make_state(APP, "a", i=1))
+        partition = writer.engine.partition_of(APP)
+        tid = lane_id(writer.settings, partition)
+    async with _dead_mid_write(bootstrap_servers, tid, f"{topic_prefix}.state", partition):
+        started = time.monotonic()
+        async with _client(bootstrap_servers, topic_prefix, tmp_path / "fresh") as reader:
+            got = await reader.store(APP).get("a")
+            waited = time.monotonic() - started
+            assert got is not None
+            assert got.props == {"i": 1}
+            assert waited < 8, waited  # a few seconds' grace, not the 120 s timeout
+            assert await reader.store(APP).get("half-written", consistency="strong") is None
+        # The writers go on: the next write is decided and read back.
+        async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
+            await writer.store(APP).set("a", make_state(APP, "a", i=2))
+            again = await writer.store(APP).get("a")
+            assert again is not None
+            assert again.props == {"i": 2}
+
+
+async def test_a_reader_held_by_a_foreign_transaction_is_told_why(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """An open transaction under an id that is not evstate's cannot be aborted by
+    registering evstate's: the wait runs out, and says what holds the partition."""
+    async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
+        await writer.store(APP).set("a", make_state(APP, "a", i=1))
+        partition = writer.engine.partition_of(APP)
+    foreign = f"{topic_prefix}-not-evstate"
+    async with _dead_mid_write(bootstrap_servers, foreign, f"{topic_prefix}.state", partition):
+        quick = {"read_timeout": 3.0}
+        async with _client(bootstrap_servers, topic_prefix, tmp_path / "fresh", **quick) as r:
+            with pytest.raises(ConsistencyTimeout) as info:
+                await r.store(APP).get("a")
+    err = info.value
+    assert err.partition == partition
+    # The view sits right before the open transaction's first record, and says so.
+    assert err.held_at is not None
+    assert err.held_at == err.reached + 1
+    assert f"a transaction left open at offset {err.held_at} holds the partition" in str(err)
