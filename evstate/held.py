@@ -19,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 from evstate.config import Settings
-from evstate.errors import EvstateError
 
 __all__ = ["LOOK_EVERY", "HeldPartitions", "Release"]
 
@@ -35,7 +34,7 @@ _GRACE = 2.0
 Release = Callable[[int], Awaitable[bool]]
 """Aborts whatever transaction evstate's writers left open in a partition (by registering
 the partition's transactional id); False if it left it alone (this process's own commit
-is in flight there); raises an EvstateError if it cannot."""
+is in flight there); raises (an EvstateError, logged) if it cannot."""
 
 
 class HeldPartitions:
@@ -98,7 +97,7 @@ class HeldPartitions:
         try:
             if not await release(partition):
                 return
-        except EvstateError as exc:
+        except Exception as exc:  # best effort, in the background: say why, never raise
             log.warning(
                 "partition %d of %s is held at offset %d by a transaction open for %.1f s "
                 "(a writer that stopped mid-write?); aborting it failed: %s. The broker "
