@@ -339,6 +339,13 @@ class Applier:
                     self._pruned_at = now
                 if self._reported_at >= 0 and now - self._reported_at > _PROGRESS_EVERY:
                     self._report_progress(now)
+                if self._reported_at >= 0:
+                    # Not ready yet: a start mark beyond a dead writer's open transaction
+                    # would keep the view unready (evstate serve's HEAD /: 503) until the
+                    # broker aborts it, whether or not a reader waits.
+                    stable = tail.last_stable()
+                    for p, (applied, _) in self.behind().items():
+                        self._held.look(p, applied, stable.get(p))
         except asyncio.CancelledError:
             raise
         except EvstateError as exc:

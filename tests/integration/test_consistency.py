@@ -203,6 +203,29 @@ async def test_a_fresh_reader_is_not_held_by_a_writer_that_died_mid_write(
             assert again.props == {"i": 2}
 
 
+async def test_a_restarted_server_gets_ready_behind_a_writer_that_died_mid_write(
+    bootstrap_servers: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """No reader waits, yet the view must reach its start marks (what ``evstate serve``
+    answers ``HEAD /`` with): the applier aborts the dead writer's transaction itself."""
+    async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
+        await writer.store(APP).set("a", make_state(APP, "a", i=1))
+        partition = writer.engine.partition_of(APP)
+        tid = lane_id(writer.settings, partition)
+    async with _dead_mid_write(bootstrap_servers, tid, f"{topic_prefix}.state", partition):
+        started = time.monotonic()
+        async with _client(bootstrap_servers, topic_prefix, tmp_path / "server") as server:
+            await server.start()
+            applier = server.engine.applier
+            assert applier is not None
+            while applier.behind():
+                assert time.monotonic() - started < 8, applier.behind()
+                await asyncio.sleep(0.1)
+            got = await server.store(APP).get("a", consistency="eventual")
+            assert got is not None
+            assert got.props == {"i": 1}
+
+
 async def test_a_reader_held_by_a_foreign_transaction_is_told_why(
     bootstrap_servers: str, topic_prefix: str, tmp_path: Path
 ) -> None:
