@@ -152,16 +152,22 @@ async def test_reader_started_before_the_topic_existed_sees_later_writes(
 
 @asynccontextmanager
 async def _dead_mid_write(
-    bootstrap: str, transactional_id: str, topic: str, partition: int
-) -> AsyncIterator[None]:
-    """A process holding a record in an open transaction under ``transactional_id``,
-    SIGKILLed before it could end it (a deploy killed mid-write)."""
+    bootstrap: str, prefix: str, tmp: Path, transactional_id: str | None = None
+) -> AsyncIterator[int]:
+    """``a`` written (props ``{"i": 1}``), then a process holding a record of the same
+    partition in an open transaction, SIGKILLed before it could end it (a deploy killed
+    mid-write); yields the partition. The transaction is under the partition's evstate
+    id unless ``transactional_id`` says otherwise."""
+    async with _client(bootstrap, prefix, tmp / "writer") as writer:
+        await writer.store(APP).set("a", make_state(APP, "a", i=1))
+        partition = writer.engine.partition_of(APP)
+        tid = transactional_id or lane_id(writer.settings, partition)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(PROCS / "writer_mid_transaction.py"),
         bootstrap,
-        transactional_id,
-        topic,
+        tid,
+        f"{prefix}.state",
         str(partition),
         "120",  # the broker would abort it only after two minutes
         stdout=asyncio.subprocess.PIPE,
@@ -173,7 +179,7 @@ async def _dead_mid_write(
     finally:
         proc.send_signal(signal.SIGKILL)
         await proc.wait()
-    yield
+    yield partition
 
 
 async def test_a_fresh_reader_is_not_held_by_a_writer_that_died_mid_write(
@@ -182,11 +188,7 @@ async def test_a_fresh_reader_is_not_held_by_a_writer_that_died_mid_write(
     """Readers wait for every record acknowledged before they looked, open transactions
     included: a dead writer's transaction would hold every new reader of its partition
     until the broker's transaction timeout. The waiting reader aborts it instead."""
-    async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
-        await writer.store(APP).set("a", make_state(APP, "a", i=1))
-        partition = writer.engine.partition_of(APP)
-        tid = lane_id(writer.settings, partition)
-    async with _dead_mid_write(bootstrap_servers, tid, f"{topic_prefix}.state", partition):
+    async with _dead_mid_write(bootstrap_servers, topic_prefix, tmp_path):
         started = time.monotonic()
         async with _client(bootstrap_servers, topic_prefix, tmp_path / "fresh") as reader:
             got = await reader.store(APP).get("a")
@@ -208,11 +210,7 @@ async def test_a_restarted_server_gets_ready_behind_a_writer_that_died_mid_write
 ) -> None:
     """No reader waits, yet the view must reach its start marks (what ``evstate serve``
     answers ``HEAD /`` with): the applier aborts the dead writer's transaction itself."""
-    async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
-        await writer.store(APP).set("a", make_state(APP, "a", i=1))
-        partition = writer.engine.partition_of(APP)
-        tid = lane_id(writer.settings, partition)
-    async with _dead_mid_write(bootstrap_servers, tid, f"{topic_prefix}.state", partition):
+    async with _dead_mid_write(bootstrap_servers, topic_prefix, tmp_path):
         started = time.monotonic()
         async with _client(bootstrap_servers, topic_prefix, tmp_path / "server") as server:
             await server.start()
@@ -231,11 +229,8 @@ async def test_a_reader_held_by_a_foreign_transaction_is_told_why(
 ) -> None:
     """An open transaction under an id that is not evstate's cannot be aborted by
     registering evstate's: the wait runs out, and says what holds the partition."""
-    async with _client(bootstrap_servers, topic_prefix, tmp_path / "writer") as writer:
-        await writer.store(APP).set("a", make_state(APP, "a", i=1))
-        partition = writer.engine.partition_of(APP)
     foreign = f"{topic_prefix}-not-evstate"
-    async with _dead_mid_write(bootstrap_servers, foreign, f"{topic_prefix}.state", partition):
+    async with _dead_mid_write(bootstrap_servers, topic_prefix, tmp_path, foreign) as partition:
         quick = {"read_timeout": 3.0}
         async with _client(bootstrap_servers, topic_prefix, tmp_path / "fresh", **quick) as r:
             with pytest.raises(ConsistencyTimeout) as info:
