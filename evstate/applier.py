@@ -339,11 +339,8 @@ class Applier:
                     self._pruned_at = now
                 if self._reported_at >= 0 and now - self._reported_at > _PROGRESS_EVERY:
                     self._report_progress(now)
-                if self._reported_at >= 0:
-                    # Not ready yet: a start mark beyond a dead writer's open transaction
-                    # would keep the view unready (evstate serve's HEAD /: 503) until the
-                    # broker aborts it, whether or not a reader waits.
-                    stable = tail.last_stable()
+                if self._reported_at >= 0:  # not ready: is a dead writer's transaction
+                    stable = tail.last_stable()  # holding a start mark? (held.py)
                     for p, (applied, _) in self.behind().items():
                         self._held.look(p, applied, stable.get(p))
         except asyncio.CancelledError:
@@ -511,15 +508,19 @@ class Applier:
         if self._applied.get(partition, 0) >= position:
             return
         limit = self._settings.read_timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        now = time.monotonic()
+        deadline, look_from = now + limit, now + LOOK_EVERY  # most waits end before
         self._waiting[partition] = self._waiting.get(partition, 0) + 1
         try:
             while self._applied.get(partition, 0) < position:
                 if self._failure is not None:
                     raise self._failure
-                stable = self._tail.last_stable().get(partition) if self._tail else None
-                held_at = self._held.look(partition, self._applied.get(partition, 0), stable)
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
+                held_at = None
+                if now >= look_from or left <= 0:
+                    stable = self._tail.last_stable().get(partition) if self._tail else None
+                    held_at = self._held.look(partition, self._applied.get(partition, 0), stable)
                 if left <= 0:
                     raise ConsistencyTimeout(
                         partition=partition,
