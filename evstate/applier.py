@@ -18,10 +18,9 @@ watermark, open transactions included). A partition is *ready* once the view has
 it up to that mark, i.e. every write acknowledged before this process looked. Readers of
 a partition (and writers, whose version numbers come from the view) wait for its
 readiness, and while they wait the applier fetches only the partitions someone waits for,
-so one scope's read on an empty view does not wait for all the others. A reader held
-behind a transaction that stays open (a writer killed mid-write) has it aborted after a
-short grace, through the ``release`` the engine passes in, instead of waiting for the
-broker's transaction timeout.
+so one scope's read on an empty view does not wait for all the others. A transaction
+left open by a writer killed mid-write is aborted after a short grace (:mod:`evstate.held`)
+rather than waited for until the broker's transaction timeout.
 
 Tombstones: Kafka drops a delete's tombstone ``delete.retention.ms`` after compaction. The
 view records, per partition, a time at which it held every record appended before it (when
@@ -342,7 +341,8 @@ class Applier:
                 if self._reported_at >= 0:  # not ready: is a dead writer's transaction
                     stable = tail.last_stable()  # holding a start mark? (held.py)
                     for p, (applied, _) in self.behind().items():
-                        self._held.look(p, applied, stable.get(p))
+                        if not cold or p in self._waiting:  # fetched: its offset is news
+                            self._held.look(p, applied, stable.get(p))
         except asyncio.CancelledError:
             raise
         except EvstateError as exc:
