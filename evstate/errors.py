@@ -33,6 +33,7 @@ cryptography) never reach a caller: the adapter that met them re-raises one of t
     ├── KafkaError                             talking to Kafka failed
     │   ├── BrokerUnavailableError (ConnectionError)   bootstrap servers unreachable
     │   ├── AuthenticationError (PermissionError)       SASL credentials refused
+    │   ├── NotAuthorizedError (PermissionError)        Kafka's ACLs refuse the principal
     │   ├── TopicMismatchError                 topic exists with other policy/partitions
     │   │   └── LayoutError                    topic written with the old partition rule
     │   │                                      (run `evstate migrate`), or an unknown one
@@ -202,6 +203,11 @@ class AuthenticationError(KafkaError, PermissionError):
         self.bootstrap_servers = bootstrap_servers
         self.username = username
         self.mechanism = mechanism
+
+
+class NotAuthorizedError(KafkaError, PermissionError):
+    """Kafka's ACLs do not let this principal do what was asked (e.g. use a partition's
+    transactional id, which writing needs)."""
 
 
 class TopicMismatchError(KafkaError):

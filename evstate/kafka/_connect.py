@@ -18,7 +18,7 @@ from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.helpers import create_ssl_context
 
 from evstate.config import Settings
-from evstate.errors import AuthenticationError, BrokerUnavailableError
+from evstate.errors import AuthenticationError, BrokerUnavailableError, NotAuthorizedError
 from evstate.kafka._logs import quiet_retries
 
 
@@ -133,6 +133,7 @@ async def start_within(settings: Settings, what: Any) -> None:
 
     Raises:
         AuthenticationError: the broker refused the SASL credentials.
+        NotAuthorizedError: its ACLs refused what starting asked (a transactional id).
         BrokerUnavailableError: nothing answered in time.
     """
     quiet_retries()
@@ -141,10 +142,25 @@ async def start_within(settings: Settings, what: Any) -> None:
         await asyncio.wait_for(what.start(), settings.connect_timeout)
     except (TimeoutError, kerr.KafkaError, OSError) as exc:
         await abandon(what)
+        if isinstance(exc, _NOT_AUTHORIZED):  # it answered: no
+            who = settings.sasl_plain_username or "this client (no SASL user)"
+            raise NotAuthorizedError(
+                f"Kafka at {settings.bootstrap_servers} does not let {who} do this: {exc}; "
+                "grant it in the cluster's ACLs (writing needs WRITE on the partitions' "
+                "transactional ids and topics)"
+            ) from exc
         # A refused login looks like an unreachable broker after aiokafka's bootstrap.
         left = max(1.0, deadline - asyncio.get_running_loop().time())
         await _raise_if_sasl_refused(settings, left)
         raise unavailable(settings, exc) from exc
+
+
+_NOT_AUTHORIZED = (
+    kerr.TransactionalIdAuthorizationFailed,
+    kerr.TopicAuthorizationFailedError,
+    kerr.ClusterAuthorizationFailedError,
+    kerr.GroupAuthorizationFailedError,
+)
 
 
 class _ThreadFilter(logging.Filter):

@@ -5,6 +5,7 @@ refused on the state and history topics, while reading works."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,10 @@ import aiokafka
 import aiokafka.errors as kerr
 import pytest
 
-from evstate import EvstateClient, Scope
+from evstate import ConsistencyTimeout, EvstateClient, Scope
 from evstate.broker import LocalBroker
+from evstate.errors import NotAuthorizedError
+from evstate.fencing import lane_id
 from tests._util import free_port_block
 from tests.contract import make_state
 
@@ -125,6 +128,53 @@ async def test_only_the_gateway_user_writes(acl_broker: LocalBroker, tmp_path: P
     ) as client:
         got = await client.store(APP).get("k", consistency="strong")
         assert got is not None
+
+
+async def test_a_reader_that_may_not_fence_is_told_what_holds_its_partition(
+    acl_broker: LocalBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """serve's transaction is left open holding a record; a reader, who may not use the
+    partition's transactional id, cannot have it aborted: its wait runs out, the log says
+    why the abort failed, and the error names the open transaction."""
+    serve, reader = _sasl(acl_broker, "serve"), _sasl(acl_broker, "reader")
+    async with EvstateClient(
+        view_dir=str(tmp_path / "serve-view"), topic_prefix="aclheld", **serve
+    ) as client:
+        await client.store(APP).set("k", make_state(APP, "k", n=1))
+        partition = client.engine.partition_of(APP)
+        tid = lane_id(client.settings, partition)
+    stuck = aiokafka.AIOKafkaProducer(
+        transactional_id=tid, transaction_timeout_ms=120_000, request_timeout_ms=5000, **serve
+    )
+    await stuck.start()
+    try:
+        await stuck.begin_transaction()
+        await stuck.send_and_wait(
+            "aclheld.state", b"never committed", key=b"app/acl:half", partition=partition
+        )
+        with caplog.at_level(logging.WARNING, logger="evstate.held"):
+            async with EvstateClient(
+                view_dir=str(tmp_path / "reader-view"),
+                topic_prefix="aclheld",
+                read_timeout=3.0,
+                **reader,
+            ) as client:
+                with pytest.raises(ConsistencyTimeout) as info:
+                    await client.store(APP).get("k")
+                # Nor may it write: told so, not that Kafka is unreachable.
+                with pytest.raises(NotAuthorizedError, match="does not let reader"):
+                    await client.store(APP).set("k", make_state(APP, "k", n=2))
+        await stuck.abort_transaction()
+    finally:
+        await stuck.stop()
+    err = info.value
+    assert err.held_at is not None
+    assert err.held_at == err.reached + 1
+    assert f"a transaction left open at offset {err.held_at}" in str(err)
+    failed = [r.getMessage() for r in caplog.records if "aborting it failed" in r.getMessage()]
+    assert failed, [r.getMessage() for r in caplog.records]
+    assert f"held at offset {err.held_at}" in failed[0]
+    assert "does not let reader" in failed[0]  # the ACLs, named as such
 
 
 def test_acl_needs_its_writer_among_the_sasl_users(tmp_path: Path) -> None:
