@@ -159,6 +159,7 @@ _STATE_FIELDS: tuple[tuple[str, str, type, bool], ...] = (
 _OPTIONAL_JSON_FIELDS = frozenset({"props", "oldProps", "output"})
 _STATUS_SET = frozenset(STATUSES)
 _DICT_OR_NONE = frozenset((dict, type(None)))
+_new = object.__new__
 
 
 def _check_field(name: str, value: object, kind: type, nullable: bool) -> None:
@@ -270,25 +271,39 @@ class State:
         """
         if not isinstance(tree, dict):
             raise InvalidStateError(f"a state must be a JSON object, got {type(tree).__name__}")
-        if type(tree) is dict:
-            # The read path's common case; a missing field takes the loop, which names it.
+        if type(tree) is dict and cls is State:
+            # The read path's common case: every field present and of its exact type, the
+            # state filled in without __init__ (a dataclass's is most of the cost).
+            # Anything else takes the loop, which names what is missing or wrong.
+            state = _new(State)
+            fields = state.__dict__
             try:
-                state = cls(
-                    status=tree["status"],
-                    kind=tree["kind"],
-                    id=tree["id"],
-                    fqn=tree["fqn"],
-                    seq=tree["seq"],
-                    data=tree["data"],
-                    props=tree.get("props"),
-                    old_props=tree.get("oldProps"),
-                    output=tree.get("output"),
-                )
+                fields["status"] = status = tree["status"]
+                fields["kind"] = kind = tree["kind"]
+                fields["id"] = id_ = tree["id"]
+                fields["fqn"] = fqn = tree["fqn"]
+                fields["seq"] = seq = tree["seq"]
+                fields["data"] = data = tree["data"]
             except KeyError:
                 pass
             else:
-                state.validate()
-                return state
+                get = tree.get
+                fields["props"] = props = get("props")
+                fields["old_props"] = old_props = get("oldProps")
+                fields["output"] = output = get("output")
+                if (
+                    type(status) is str
+                    and status in _STATUS_SET
+                    and type(kind) is str
+                    and type(id_) is str
+                    and type(fqn) is str
+                    and type(seq) is int
+                    and type(data) is dict
+                    and type(props) in _DICT_OR_NONE
+                    and type(old_props) in _DICT_OR_NONE
+                    and type(output) in _DICT_OR_NONE
+                ):
+                    return state
         values: dict[str, Any] = {}
         for name, json_name, _kind, _nullable in _STATE_FIELDS:
             if json_name in tree:

@@ -53,7 +53,7 @@ from evstate.markers import where as _where
 from evstate.model import Scope, State
 from evstate.serde_fast import LEAVES as _LEAVES
 from evstate.serde_fast import MARKER_KEYS as _MARKER_KEYS
-from evstate.serde_fast import MARKERS
+from evstate.serde_fast import MARKERS, SecretAhead
 from evstate.serde_fast import MAX_DEPTH as _MAX_DEPTH
 from evstate.serde_fast import PLAIN as _PLAIN
 from evstate.serde_fast import STR_ONLY as _STR_ONLY
@@ -61,6 +61,7 @@ from evstate.serde_fast import STR_ONLY as _STR_ONLY
 __all__ = [
     "MARKERS",
     "Secret",
+    "SecretAhead",
     "check_tree",
     "deserialize",
     "deserialize_state",
@@ -399,7 +400,9 @@ def deserialize_state(scope: Scope, tree: object, *, markers: bool = True) -> St
     return state
 
 
-def loads_state(scope: Scope, text: str) -> State:
+def loads_state(
+    scope: Scope, text: str, *, defer_secrets: bool = False, bounded: bool = False
+) -> State:
     """Parse a stored state's JSON text into a live :class:`State`, in one pass.
 
     The same as ``deserialize_state(scope, json.loads(text))``, result and errors alike,
@@ -408,6 +411,13 @@ def loads_state(scope: Scope, text: str) -> State:
     Args:
         scope: The scope of the store reading the state.
         text: The state's JSON text, as stored.
+        defer_secrets: Decrypt no secret: raise :class:`SecretAhead` instead, so that async
+            code derives the keys in a worker thread (``secrets.warm``) and then reads the
+            state with :func:`deserialize_state`. This costs a state without secrets
+            nothing, where looking for secrets first would cost a pass over the text.
+        bounded: The caller vouches that ``text`` holds fewer than ``MAX_DEPTH`` brackets
+            or starts with whitespace (the view stores deeper texts so: see
+            ``evstate.view.encode_value``); otherwise they are counted here.
 
     Returns:
         The state, with ``output["Scope"]`` set to ``scope`` when output is a dict.
@@ -415,25 +425,30 @@ def loads_state(scope: Scope, text: str) -> State:
     Raises:
         ValueError: ``text`` is not JSON (``json.JSONDecodeError``, as ``json.loads``).
         InvalidStateError, SerdeError, SecretError: as :func:`deserialize_state`.
+        SecretAhead: ``defer_secrets`` and the text holds a ``@secret`` marker.
     """
-    # Without a key starting with "@" (literally or escaped) json.loads is the whole
-    # decoding. One-character tests first: they run at memchr speed.
-    if ("@" not in text or '"@' not in text) and ("\\" not in text or "\\u0040" not in text):
-        try:
-            tree = _fast.parse(_fast.SCAN_PLAIN, text)
-        except ValueError:
-            tree = json.loads(text)  # raises the error json.loads raises, or parses
-        return deserialize_state(scope, tree, markers=False)
-    # The hook knows neither where it is nor how deep; below _MAX_DEPTH brackets no depth
-    # limit can be hit, and on any error the two-step path runs again to raise its own
-    # error, with the path. Both give the same result whenever this one succeeds: the
-    # hook also revives markers the walk never visits (inside another marker's payload,
-    # beside the state's fields), but a payload holding a revived value is refused, and
-    # the rest is dropped by both (property-tested).
-    if text.count("{") + text.count("[") < _MAX_DEPTH:
+    # Neither scan knows how deep it is: below _MAX_DEPTH brackets no depth limit can be
+    # hit, and a text with more (or with whitespace first) takes the two-step path.
+    if bounded or text.count("{") + text.count("[") < _MAX_DEPTH:
+        # Without a key starting with "@" (literally or escaped) json.loads is the whole
+        # decoding. One-character tests first: they run at memchr speed.
+        if ("@" not in text or '"@' not in text) and ("\\" not in text or "\\u0040" not in text):
+            try:
+                tree = _fast.parse(_fast.SCAN_PLAIN, text)
+            except ValueError:
+                pass
+            else:
+                return deserialize_state(scope, tree, markers=False)
+            return deserialize_state(scope, json.loads(text))  # json.loads' error, or whitespace
+        # On any error the two-step path runs again to raise its own error, with the path.
+        # Both give the same result whenever this one succeeds: the hook also revives
+        # markers the walk never visits (inside another marker's payload, beside the
+        # state's fields), but a payload holding a revived value is refused, and the
+        # rest is dropped by both (property-tested).
         token = _fast.reading.set(scope)
         try:
-            tree, end = _fast.SCAN_REVIVING(text, 0)  # as _fast.parse, inline
+            scan = _fast.SCAN_DEFERRING if defer_secrets else _fast.SCAN_REVIVING
+            tree, end = scan(text, 0)  # as _fast.parse, inline
             if end == len(text):
                 state = State.from_json(tree)
                 if type(state.output) is dict:
@@ -443,4 +458,7 @@ def loads_state(scope: Scope, text: str) -> State:
             pass
         finally:
             _fast.reading.reset(token)
-    return deserialize_state(scope, json.loads(text))
+    tree = json.loads(text)
+    if defer_secrets and secrets.secret_salts(tree):
+        raise SecretAhead
+    return deserialize_state(scope, tree)

@@ -11,8 +11,8 @@ Python call is paid only per container or special value, never per plain item.
   :data:`MAX_DEPTH`, where the checked walk tells it from plain depth.
 * :func:`parse` runs the C JSON scanner directly, plain (:data:`SCAN_PLAIN`) or reviving
   markers as each object is parsed (:data:`SCAN_REVIVING`, for the scope set in
-  :data:`reading`). Any error is for serde to redo on the two-step path, which raises its
-  own error, with the path.
+  :data:`reading`; :data:`SCAN_DEFERRING` stops at a secret instead). Any error is for
+  serde to redo on the two-step path, which raises its own error, with the path.
 """
 
 from __future__ import annotations
@@ -36,9 +36,11 @@ __all__ = [
     "MARKER_KEYS",
     "MAX_DEPTH",
     "PLAIN",
+    "SCAN_DEFERRING",
     "SCAN_PLAIN",
     "SCAN_REVIVING",
     "STR_ONLY",
+    "SecretAhead",
     "Unusual",
     "parse",
     "reading",
@@ -187,44 +189,65 @@ reading: ContextVar[Scope] = ContextVar("evstate.serde.reading")
 _fromisoformat = datetime.fromisoformat
 
 
-def _revive(node: dict[str, Any]) -> Any:
+class SecretAhead(Exception):
+    """A deferring parse met a secret: the caller derives its key off the event loop first.
+
+    Not an :class:`~evstate.errors.EvstateError`: it never leaves evstate.
+    """
+
+
+def _decrypt(node: dict[str, Any]) -> Any:
+    return from_marker(reading.get(), node, "")
+
+
+def _defer(node: dict[str, Any]) -> Any:
+    raise SecretAhead
+
+
+def _reviver(secret: Callable[[dict[str, Any]], Any]) -> Callable[[dict[str, Any]], Any]:
     """The parser's object hook: a marker dict becomes its live value as the text is parsed.
 
     As :func:`~evstate.markers.from_marker` (the first present of ``@secret``, ``@date``,
     ``@scope``, ``@buffer`` decides), with the common cases first: it runs once per JSON
-    object, and most objects hold no marker.
+    object, and most objects hold no marker. A dict holding ``@secret`` goes to ``secret``.
     """
-    if "@date" in node:
-        if "@secret" not in node:
-            text = node["@date"]
-            if type(text) is str:
-                # What parse_date does, inline for the text Alchemy and evstate write
-                # ("…Z": UTC); anything else takes parse_date.
-                try:
-                    parsed = _fromisoformat(text)
-                except ValueError:
-                    pass
-                else:
-                    if parsed.tzinfo is UTC:
-                        return parsed
-            return _parse_date(text, "")
-    elif "@scope" in node:
-        if "@secret" not in node:
-            return reading.get()
-    elif "@buffer" in node:
-        if "@secret" not in node:
-            return _parse_buffer(node["@buffer"], "")
-    elif "@secret" not in node:
-        return node
-    return from_marker(reading.get(), node, "")
+
+    def revive(node: dict[str, Any]) -> Any:
+        if "@date" in node:
+            if "@secret" not in node:
+                text = node["@date"]
+                if type(text) is str:
+                    # What parse_date does, inline for the text Alchemy and evstate write
+                    # ("…Z": UTC); anything else takes parse_date.
+                    try:
+                        parsed = _fromisoformat(text)
+                    except ValueError:
+                        pass
+                    else:
+                        if parsed.tzinfo is UTC:
+                            return parsed
+                return _parse_date(text, "")
+        elif "@scope" in node:
+            if "@secret" not in node:
+                return reading.get()
+        elif "@buffer" in node:
+            if "@secret" not in node:
+                return _parse_buffer(node["@buffer"], "")
+        elif "@secret" not in node:
+            return node
+        return secret(node)
+
+    return revive
 
 
 # One scanner each for every call: building one costs more than a parse. They are called
 # as JSONDecoder.decode calls them, without its check for whitespace around the value
-# (stored text has none; text that has takes json.loads).
+# (stored text has none; text that has takes json.loads). SCAN_DEFERRING raises
+# SecretAhead at the first secret, so no key is derived inside it.
 _Scan = Callable[[str, int], tuple[Any, int]]
 SCAN_PLAIN: _Scan = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-SCAN_REVIVING: _Scan = json.JSONDecoder(object_hook=_revive).scan_once  # type: ignore[attr-defined]
+SCAN_REVIVING: _Scan = json.JSONDecoder(object_hook=_reviver(_decrypt)).scan_once  # type: ignore[attr-defined]
+SCAN_DEFERRING: _Scan = json.JSONDecoder(object_hook=_reviver(_defer)).scan_once  # type: ignore[attr-defined]
 
 
 def parse(scan: _Scan, text: str) -> Any:

@@ -30,7 +30,13 @@ from evstate.errors import (
     ValidationError,
 )
 from evstate.model import ChangeEvent, Consistency, Op, Position, Scope, State, Tree
-from evstate.serde import check_tree, deserialize_state, loads_state, serialize_state
+from evstate.serde import (
+    SecretAhead,
+    check_tree,
+    deserialize_state,
+    loads_state,
+    serialize_state,
+)
 from evstate.view import decode_value
 from evstate.writer import Intent
 
@@ -63,10 +69,6 @@ class States(dict[str, State]):
         self.unreadable = {}
 
 
-# A view value holding a secret contains this; others need no key derivation.
-_SECRET = b'"@secret"'
-# Every serde marker is a dict key starting with "@".
-_MARKER = b'"@'
 # deinit deletes keys with this many writes in flight at once.
 _DEINIT_CONCURRENCY = 64
 
@@ -131,45 +133,55 @@ class KafkaStateStore:
     async def _states(self, rows: builtins.list[tuple[str, bytes]]) -> States:
         """Decode view values; the scrypt for any secret runs off the event loop first.
 
-        Without a key to derive, each value is parsed and revived in one pass
-        (:func:`~evstate.serde.loads_state`). A value that is broken in itself goes to
+        Each value is parsed and revived in one pass (:func:`~evstate.serde.loads_state`)
+        that stops at a secret; the values holding one are read again once their keys are
+        derived in a worker thread. A value that is broken in itself goes to
         ``unreadable``; a secret that the scope's password does not open raises (the
         password is wrong, not the state).
         """
         result = States()
-        warm = self.scope.password is not None and any(_SECRET in raw for _, raw in rows)
-        trees: dict[str, Tree] = {}
-        if warm:
-            for key, raw in rows:
-                try:
-                    trees[key] = _tree(raw)
-                except ValueError as exc:  # not JSON (UnicodeDecodeError included)
-                    result.unreadable[key] = self._unreadable(key, exc)
-            assert self.scope.password is not None
-            await secrets.warm(self.scope.password, list(trees.values()))
+        read: dict[str, State] = {}
+        held: builtins.list[tuple[str, bytes]] = []
         for key, raw in rows:
-            if key in result.unreadable:
-                continue
             try:
-                if warm:
-                    # Every marker is a key starting with "@": without one, json.loads
-                    # was the decoding.
-                    tree = trees[key]
-                    result[key] = deserialize_state(self.scope, tree, markers=_MARKER in raw)
-                else:
-                    result[key] = loads_state(self.scope, decode_value(raw)[1].decode("utf-8"))
+                text = decode_value(raw)[1].decode("utf-8")
+                read[key] = loads_state(self.scope, text, defer_secrets=True, bounded=True)
+            except (SecretAhead, SecretError):  # SecretError: a legacy secret, say
+                held.append((key, raw))
+            except (SerdeError, ValueError) as exc:  # ValidationError is a ValueError
+                result.unreadable[key] = self._unreadable(key, exc)
+        if held:
+            await self._open_secrets(held, read, result)
+        for key, _ in rows:
+            if key in read:
+                result[key] = read[key]
+        return result
+
+    async def _open_secrets(
+        self, rows: builtins.list[tuple[str, bytes]], read: dict[str, State], result: States
+    ) -> None:
+        """Read into ``read`` the ``rows`` that hold secrets, their keys derived off the loop."""
+        trees: dict[str, Tree] = {}
+        for key, raw in rows:
+            try:  # parsed as far as a secret: the rest may still be broken
+                trees[key] = _tree(raw)
+            except ValueError as exc:
+                result.unreadable[key] = self._unreadable(key, exc)
+        await secrets.warm(self.scope.password, list(trees.values()))
+        for key, tree in trees.items():
+            try:
+                read[key] = deserialize_state(self.scope, tree)
             except SecretError as exc:
-                # Broken in itself (check_tree says so without a password), or a
-                # password that does not open it: only the first is the state's fault.
+                # Broken in itself (check_tree says so without a password), or a password
+                # that does not open it: only the first is the state's fault.
                 try:
-                    check_tree(trees[key] if key in trees else _tree(raw))
+                    check_tree(tree)
                 except (SerdeError, ValueError) as broken:
                     result.unreadable[key] = self._unreadable(key, broken)
                 else:
                     raise exc from None
-            except (SerdeError, ValueError) as exc:  # ValidationError is a ValueError
+            except (SerdeError, ValueError) as exc:
                 result.unreadable[key] = self._unreadable(key, exc)
-        return result
 
     async def _read_one(
         self, key: str, consistency: Consistency, min_position: Position | None

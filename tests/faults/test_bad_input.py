@@ -279,24 +279,31 @@ async def test_a_scope_holding_an_undecodable_record_stays_readable(
         store = client.store(APP)
         await store.init()
         await store.set("good", make_state(APP, "good", n=1))
+        deep: dict[str, Any] = {"leaf": 1}
+        for _ in range(250):  # deeper than serde reads (200): the view's text is marked
+            deep = {"x": deep}
         for key, props in (
             ("bad-date", {"at": {"@date": "garbage"}}),
             ("bad-secret", {"pw": {"@secret": "str"}}),
+            ("too-deep", {"deep": deep}),
+            ("too-deep-dated", {"deep": deep, "at": {"@date": "2024-01-01T00:00:00.000Z"}}),
         ):
             tree = _tree_with(key, **props)
             await produce_legacy(bootstrap_servers, topic_prefix, APP.chain, key, tree)
         states = await store.all(consistency="strong")
         assert set(states) == {"good"}
         assert states["good"].props == {"n": 1}
-        assert set(states.unreadable) == {"bad-date", "bad-secret"}
+        assert set(states.unreadable) == {"bad-date", "bad-secret", "too-deep", "too-deep-dated"}
         assert "@date" in str(states.unreadable["bad-date"])
+        assert "deeper than 200" in str(states.unreadable["too-deep"])
+        assert "deeper than 200" in str(states.unreadable["too-deep-dated"])
         assert states.unreadable["bad-date"].key == "bad-date"
         batch = await store.get_batch(["good", "bad-date", "missing"])
         assert set(batch) == {"good"}
         assert set(batch.unreadable) == {"bad-date"}
         with pytest.raises(UnreadableStateError, match="'bad-secret'"):
             await store.get("bad-secret")
-        assert await store.count() == 3
+        assert await store.count() == 5
 
 
 # -- import-alchemy: everything checked first, only regular files inside DIR -------------

@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from evstate import events
+from evstate import events, secrets
 from evstate.errors import InvalidStateError, SecretError, SerdeError, UnserializableError
 from evstate.model import ChangeEvent, Scope, State
 from evstate.serde import (
     Secret,
+    SecretAhead,
     check_tree,
     deserialize,
     deserialize_state,
@@ -25,6 +26,7 @@ from evstate.serde import (
     serialize,
     serialize_state,
 )
+from evstate.view import decode_value, encode_value
 
 SCOPE = Scope("app", "dev", password="pw")
 
@@ -511,9 +513,71 @@ class TestLoadsState:
         with pytest.raises(SerdeError, match="deeper"):
             loads_state(SCOPE, json.dumps(tree))
 
+    def test_too_deep_without_markers_is_an_error_too(self) -> None:
+        tree = serialize_state(SCOPE, make_state())
+        tree["data"] = _nested(300)
+        text = json.dumps(tree)
+        for read in (
+            lambda: loads_state(SCOPE, text),
+            lambda: deserialize_state(SCOPE, json.loads(text)),
+        ):
+            with pytest.raises(SerdeError, match="deeper than 200"):
+                read()
+
+    @pytest.mark.parametrize("marker", [False, True])
+    def test_the_view_sends_a_deep_text_to_the_walk(self, marker: bool) -> None:
+        # The store parses bounded (no bracket count): the view's codec marks the text.
+        tree = serialize_state(SCOPE, make_state())
+        tree["data"] = {"deep": _nested(250), "when": {"@date": "2024-01-01T00:00:00.000Z"}}
+        if not marker:
+            del tree["data"]["when"]
+        text = json.dumps(tree)
+        stored = decode_value(encode_value(3, text))[1].decode("utf-8")
+        assert stored == " " + text
+        with pytest.raises(SerdeError, match="deeper than 200"):
+            loads_state(SCOPE, stored, bounded=True)
+
+    def test_the_view_keeps_a_shallow_text_as_it_is(self) -> None:
+        text = json.dumps(serialize_state(SCOPE, make_state()))
+        assert decode_value(encode_value(3, text)) == (3, text.encode())
+        assert loads_state(SCOPE, text, bounded=True) == loads_state(SCOPE, text)
+
+    def test_deferring_stops_at_a_secret_without_deriving_a_key(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        text = json.dumps(serialize_state(SCOPE, make_state(props={"p": Secret("s")})))
+
+        def no_scrypt(password: str, salt: bytes) -> None:
+            raise AssertionError("a key was derived on the event loop's path")
+
+        monkeypatch.setattr(secrets, "_derive", no_scrypt)
+        # Without a password the secret would raise SecretError once reached; deferred,
+        # it is not reached, and no key is derived for a scope that has one.
+        for reader in (Scope("app", "dev"), Scope("app", "dev", password="pw")):
+            with pytest.raises(SecretAhead):
+                loads_state(reader, text, defer_secrets=True)
+
+    def test_deferring_a_broken_text_with_a_secret_defers_too(self) -> None:
+        # The one pass fails on the date first; the two-step path would decrypt.
+        tree = serialize_state(SCOPE, make_state(props={"p": Secret("s")}))
+        tree["data"] = {"when": {"@date": "not a date"}}
+        with pytest.raises(SecretAhead):
+            loads_state(SCOPE, json.dumps(tree), defer_secrets=True)
+
+    def test_deferring_changes_nothing_without_a_secret(self) -> None:
+        text = json.dumps(serialize_state(SCOPE, make_state()))
+        assert loads_state(SCOPE, text, defer_secrets=True) == loads_state(SCOPE, text)
+
     def test_not_json(self) -> None:
         with pytest.raises(ValueError, match="Expecting"):
             loads_state(SCOPE, '{"@date": ')
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    tree: dict[str, Any] = {"leaf": 1}
+    for _ in range(levels):
+        tree = {"x": tree}
+    return tree
 
 
 class TestDateRange:
