@@ -60,8 +60,7 @@ log = logging.getLogger(__name__)
 _ALIVE_EVERY = 1.0
 # A batch this large is written from a worker thread so the event loop keeps serving.
 _THREAD_BATCH = 512
-# Seconds between two records of "fresh" times at a partition's end, and between two
-# progress lines.
+# Seconds between two records of "fresh" times at a partition's end; between progress lines.
 _MARK_EVERY = 5.0
 _PROGRESS_EVERY = 2.0
 
@@ -530,8 +529,9 @@ class Applier:
                         held_at=held_at,
                         transaction_timeout=self._settings.transaction_timeout,
                     )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._progress.wait(), min(left, LOOK_EVERY))
+                with contextlib.suppress(TimeoutError):  # not wait_for: 1 loop turn, not 3
+                    async with asyncio.timeout(min(left, LOOK_EVERY)):
+                        await self._progress.wait()
         finally:
             waiting = self._waiting[partition] - 1
             if waiting:
