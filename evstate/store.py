@@ -141,17 +141,17 @@ class KafkaStateStore:
         """
         result = States()
         read: dict[str, State] = {}
-        held: builtins.list[tuple[str, bytes]] = []
+        with_secrets: builtins.list[tuple[str, bytes]] = []
         for key, raw in rows:
             try:
                 text = decode_value(raw)[1].decode("utf-8")
                 read[key] = loads_state(self.scope, text, defer_secrets=True, bounded=True)
             except (SecretAhead, SecretError):  # SecretError: a legacy secret, say
-                held.append((key, raw))
+                with_secrets.append((key, raw))
             except (SerdeError, ValueError) as exc:  # ValidationError is a ValueError
                 result.unreadable[key] = self._unreadable(key, exc)
-        if held:
-            await self._open_secrets(held, read, result)
+        if with_secrets:
+            await self._open_secrets(with_secrets, read, result)
         for key, _ in rows:
             if key in read:
                 result[key] = read[key]

@@ -142,12 +142,12 @@ async def start_within(settings: Settings, what: Any) -> None:
         await asyncio.wait_for(what.start(), settings.connect_timeout)
     except (TimeoutError, kerr.KafkaError, OSError) as exc:
         await abandon(what)
-        if isinstance(exc, _NOT_AUTHORIZED):  # it answered: no
+        needs = next((n for kind, n in _NOT_AUTHORIZED.items() if isinstance(exc, kind)), None)
+        if needs is not None:  # it answered: no
             who = settings.sasl_plain_username or "this client (no SASL user)"
             raise NotAuthorizedError(
                 f"Kafka at {settings.bootstrap_servers} does not let {who} do this: {exc}; "
-                "grant it in the cluster's ACLs (writing needs WRITE on the partitions' "
-                "transactional ids and topics)"
+                f"grant it in the cluster's ACLs ({needs})"
             ) from exc
         # A refused login looks like an unreachable broker after aiokafka's bootstrap.
         left = max(1.0, deadline - asyncio.get_running_loop().time())
@@ -155,12 +155,15 @@ async def start_within(settings: Settings, what: Any) -> None:
         raise unavailable(settings, exc) from exc
 
 
-_NOT_AUTHORIZED = (
-    kerr.TransactionalIdAuthorizationFailed,
-    kerr.TopicAuthorizationFailedError,
-    kerr.ClusterAuthorizationFailedError,
-    kerr.GroupAuthorizationFailedError,
-)
+# What each refusal means the principal lacks, for the message.
+_NOT_AUTHORIZED: dict[type[Exception], str] = {
+    kerr.TransactionalIdAuthorizationFailed: "writing needs WRITE on the partitions' "
+    "transactional ids, evstate-PREFIX-p* or the transactional_id setting's, and on the topics",
+    kerr.TopicAuthorizationFailedError: "reading needs READ on the topics, writing WRITE",
+    kerr.ClusterAuthorizationFailedError: "a cluster ACL: CREATE to create the topics, or "
+    "IDEMPOTENT_WRITE for a producer on an older broker",
+    kerr.GroupAuthorizationFailedError: "a watcher in a group needs READ on the group",
+}
 
 
 class _ThreadFilter(logging.Filter):

@@ -162,7 +162,10 @@ async def test_a_reader_that_may_not_fence_is_told_what_holds_its_partition(
                 with pytest.raises(ConsistencyTimeout) as info:
                     await client.store(APP).get("k")
                 # Nor may it write: told so, not that Kafka is unreachable.
-                with pytest.raises(NotAuthorizedError, match="does not let reader"):
+                with pytest.raises(
+                    NotAuthorizedError,
+                    match=r"does not let reader.*WRITE on the partitions' transactional ids",
+                ):
                     await client.store(APP).set("k", make_state(APP, "k", n=2))
         await stuck.abort_transaction()
     finally:
