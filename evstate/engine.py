@@ -361,35 +361,34 @@ class Engine:
             ValidationError: unknown consistency.
         """
         label = consistency if consistency in CONSISTENCIES else "invalid"
+        # Every read comes here: one coroutine, and what is already so (the engine open,
+        # the partition ready, the client's own writes applied) is checked without another.
         with metrics.timed_consistency(self.settings.state_topic, label):
-            await self._consistent(scope, consistency, min_position)
-
-    async def _consistent(
-        self, scope: Scope, consistency: Consistency, min_position: Position | None
-    ) -> None:
-        await self._open()
-        if consistency not in CONSISTENCIES:
-            raise ValidationError(
-                f"consistency must be one of {', '.join(CONSISTENCIES)}, not {consistency!r}"
-            )
-        applier = self._applier
-        if applier is None and (consistency != "eventual" or min_position is not None):
-            applier = await self._discover_topic()
-        if applier is None:  # no topic yet: nothing was ever written
-            return
-        applier.check()
-        if min_position is not None:
-            await applier.wait_for(min_position.partition, min_position.offset)
-        if consistency == "eventual":
-            return
-        partition = self.partition_of(scope)
-        await applier.ready(partition)
-        if consistency == "strong":
-            await applier.wait_until(partition, await applier.end_offset(partition))
-            return
-        written = self._written.get(partition)
-        if written is not None:
-            await applier.wait_for(partition, written)
+            if self._state is not Lifecycle.OPEN:
+                await self.start()
+            if consistency not in CONSISTENCIES:
+                raise ValidationError(
+                    f"consistency must be one of {', '.join(CONSISTENCIES)}, not {consistency!r}"
+                )
+            applier = self._applier
+            if applier is None and (consistency != "eventual" or min_position is not None):
+                applier = await self._discover_topic()
+            if applier is None:  # no topic yet: nothing was ever written
+                return
+            applier.check()
+            if min_position is not None:
+                await applier.wait_for(min_position.partition, min_position.offset)
+            if consistency == "eventual":
+                return
+            partition = self.partition_of(scope)
+            if not applier.ready_now(partition):
+                await applier.ready(partition)
+            if consistency == "strong":
+                await applier.wait_until(partition, await applier.end_offset(partition))
+                return
+            written = self._written.get(partition)
+            if written is not None and applier.applied(partition) <= written:
+                await applier.wait_for(partition, written)
 
     async def ready(self, scope: Scope) -> None:
         """Wait until the view holds everything committed to ``scope``'s partition before
