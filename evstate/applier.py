@@ -106,7 +106,7 @@ def to_changes(
             pos = Position(r.partition, r.offset)
             _poison(stats, pos, f"record key {r.key!r} is not 'scope:id'", report)
             continue
-        if len(r.headers) > 1:  # the schema header is alone on a plain SET
+        if r.headers and r.headers[-1][0] != events.TIME_HEADER:  # a plain SET ends so
             _index_idempotency(r, changes)
         if r.key[-1] == _COLON:  # a lock event
             _lease_change(r, changes, stats, report)

@@ -23,7 +23,7 @@ def encode_value(version: int, state_text: str) -> bytes:
     start on it and leaves it to the walk that bounds the depth. So the brackets are
     counted once per write, here, and not on every read.
     """
-    if state_text.count("{") + state_text.count("[") >= MAX_DEPTH:
+    if len(state_text) >= MAX_DEPTH and state_text.count("{") + state_text.count("[") >= MAX_DEPTH:
         state_text = " " + state_text
     return _VERSION.pack(version) + state_text.encode("utf-8")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from evstate import events
+from evstate import events, keys
 from evstate.applier import ApplierStats, to_changes
 from evstate.kafka import Record
 from evstate.model import ChangeEvent, Position
@@ -42,3 +42,36 @@ def test_set_tombstone_and_poison() -> None:
     assert "at 2:8" in stats.poison[2].reason
     assert "evstate.schema" in stats.poison[2].reason
     assert stats.records_applied == 2
+
+
+def test_idempotency_keys_are_indexed_whatever_headers_carry_them() -> None:
+    def record(offset: int, op: str, idem: str | None, legacy: bool = False) -> Record:
+        state = {"a": 1} if op == "SET" else None
+        event = ChangeEvent.new(
+            op=op,
+            scope=("app",),
+            key="k",
+            state=state,
+            version=1,
+            actor="t",
+            idempotency_key=idem,
+        )
+        value, headers = events.state_record(event)
+        if legacy:  # written before events carried their time
+            headers = [h for h in headers if h[0] != events.TIME_HEADER]
+        return Record(2, offset, b"app:k", value, headers, 1000 + offset)
+
+    records = [
+        record(1, "SET", None),
+        record(2, "SET", "deploy-1"),
+        record(3, "DELETE", None),
+        record(4, "DELETE", "deploy-2"),
+        record(5, "SET", "deploy-3", legacy=True),
+        record(6, "SET", None, legacy=True),
+    ]
+    indexed = {
+        key
+        for key, _ in to_changes(records, ApplierStats(topic="t"), report=False)
+        if key.startswith(keys.IDEMPOTENCY_PREFIX)
+    }
+    assert indexed == {keys.idempotency_key(2, f"deploy-{n}") for n in (1, 2, 3)}
